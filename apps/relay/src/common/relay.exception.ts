@@ -1,0 +1,48 @@
+import { ErrorCode, type ErrorBody } from '@chat/protocol';
+
+/**
+ * The one exception type of the relay. Services throw it with a protocol
+ * `ErrorCode`; the HTTP filter maps the code to a status, the WS filter to an
+ * `error` frame. Tests assert `code`, never `message`.
+ */
+export class RelayException extends Error {
+  constructor(
+    readonly code: ErrorCode,
+    message: string,
+    readonly details?: string[],
+    /** Seconds, for `RATE_LIMITED`. */
+    readonly retryAfter?: number,
+  ) {
+    super(message);
+    this.name = 'RelayException';
+  }
+
+  toBody(): ErrorBody {
+    return this.details ? { code: this.code, message: this.message, details: this.details } : { code: this.code, message: this.message };
+  }
+}
+
+/** HTTP status of each code. A `Record` so that a new code without a status does not compile. */
+export const HTTP_STATUS_OF: Record<ErrorCode, number> = {
+  [ErrorCode.ValidationFailed]: 400,
+  [ErrorCode.MalformedJson]: 400,
+  [ErrorCode.PayloadTooLarge]: 413,
+  [ErrorCode.NotFound]: 404,
+  [ErrorCode.AuthenticationRequired]: 401,
+  [ErrorCode.InvalidToken]: 401,
+  [ErrorCode.TokenExpired]: 401,
+  [ErrorCode.InvalidCredentials]: 401,
+  [ErrorCode.InvalidRefreshToken]: 401,
+  [ErrorCode.UsernameTaken]: 409,
+  [ErrorCode.InvalidKey]: 400,
+  [ErrorCode.InvalidSignature]: 400,
+  [ErrorCode.IdentityKeyMismatch]: 409,
+  [ErrorCode.KeysIncomplete]: 400,
+  [ErrorCode.DuplicateKeyId]: 409,
+  [ErrorCode.UnknownRecipient]: 404,
+  [ErrorCode.MismatchedDevices]: 409,
+  [ErrorCode.MessageNotFound]: 404,
+  [ErrorCode.UnknownFrameType]: 400,
+  [ErrorCode.RateLimited]: 429,
+  [ErrorCode.Internal]: 500,
+};

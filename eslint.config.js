@@ -1,0 +1,42 @@
+import nx from '@nx/eslint-plugin';
+
+export default [
+  ...nx.configs['flat/base'],
+  ...nx.configs['flat/typescript'],
+  {
+    ignores: ['**/dist', '**/node_modules', '**/generated', '**/coverage', 'tmp', 'data'],
+  },
+  {
+    files: ['**/*.ts', '**/*.js'],
+    rules: {
+      // protocol depends on nothing of ours; the SDK only on protocol; the relay
+      // on protocol (the SDK only in its tests, see the override below).
+      '@nx/enforce-module-boundaries': [
+        'error',
+        {
+          enforceBuildableLibDependency: true,
+          allow: [],
+          depConstraints: [
+            { sourceTag: 'scope:shared', onlyDependOnLibsWithTags: [] },
+            { sourceTag: 'scope:sdk', onlyDependOnLibsWithTags: ['scope:shared'] },
+            { sourceTag: 'scope:relay', onlyDependOnLibsWithTags: ['scope:shared'] },
+            { sourceTag: 'type:lib', onlyDependOnLibsWithTags: ['type:lib'] },
+          ],
+        },
+      ],
+      '@typescript-eslint/no-unused-vars': ['error', { argsIgnorePattern: '^_', varsIgnorePattern: '^_' }],
+    },
+  },
+  {
+    // The relay's end-to-end tests drive real SDK clients against it.
+    files: ['apps/relay/test/**/*.ts'],
+    rules: {
+      '@nx/enforce-module-boundaries': [
+        'error',
+        {
+          depConstraints: [{ sourceTag: 'scope:relay', onlyDependOnLibsWithTags: ['scope:shared', 'scope:sdk'] }],
+        },
+      ],
+    },
+  },
+];

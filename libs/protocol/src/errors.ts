@@ -1,0 +1,77 @@
+/**
+ * Stable error codes. The relay answers every refusal with one of these, as
+ * `{ code, message, details? }` over HTTP, in an `error` frame, or as the
+ * reason of a WebSocket close. Clients branch on `code`, never on `message`.
+ */
+export enum ErrorCode {
+  /** A field is missing, of the wrong type, or out of its bounds. */
+  ValidationFailed = 'VALIDATION_FAILED',
+  /** The body or frame is not valid JSON. */
+  MalformedJson = 'MALFORMED_JSON',
+  /** The body or frame is larger than the relay accepts. */
+  PayloadTooLarge = 'PAYLOAD_TOO_LARGE',
+  /** No such route or method. */
+  NotFound = 'NOT_FOUND',
+
+  /** No bearer token was presented. */
+  AuthenticationRequired = 'AUTHENTICATION_REQUIRED',
+  /** The token is malformed, forged, of the wrong algorithm or audience. */
+  InvalidToken = 'INVALID_TOKEN',
+  /** The token was valid and has expired. */
+  TokenExpired = 'TOKEN_EXPIRED',
+  /** Username or password is wrong (which one is not said). */
+  InvalidCredentials = 'INVALID_CREDENTIALS',
+  /** The refresh token is unknown, used or expired. */
+  InvalidRefreshToken = 'INVALID_REFRESH_TOKEN',
+  /** The username is taken (compared case-insensitively). */
+  UsernameTaken = 'USERNAME_TAKEN',
+
+  /** A public key does not parse as the type the field names. */
+  InvalidKey = 'INVALID_KEY',
+  /** A prekey signature does not verify against the account's identity key. */
+  InvalidSignature = 'INVALID_SIGNATURE',
+  /** An upload names an identity key other than the one the account registered. */
+  IdentityKeyMismatch = 'IDENTITY_KEY_MISMATCH',
+  /** A first upload lacks the signed prekey or the Kyber last-resort prekey. */
+  KeysIncomplete = 'KEYS_INCOMPLETE',
+  /** A prekey id was uploaded before for this device. */
+  DuplicateKeyId = 'DUPLICATE_KEY_ID',
+
+  /** No account of that name, or it has not uploaded keys yet. */
+  UnknownRecipient = 'UNKNOWN_RECIPIENT',
+  /** The send does not address exactly the recipient's devices. */
+  MismatchedDevices = 'MISMATCHED_DEVICES',
+  /** No stored message of that id for this device. */
+  MessageNotFound = 'MESSAGE_NOT_FOUND',
+
+  /** The frame has a `type` the relay does not know. */
+  UnknownFrameType = 'UNKNOWN_FRAME_TYPE',
+  /** Too many requests; retry after the time the relay names. */
+  RateLimited = 'RATE_LIMITED',
+  /** The relay failed; nothing about the request is implied. */
+  Internal = 'INTERNAL',
+}
+
+/** The JSON body of every HTTP error and the payload of every `error` frame. */
+export interface ErrorBody {
+  code: ErrorCode;
+  message: string;
+  /** For `VALIDATION_FAILED`: one line per failed constraint, naming the field. */
+  details?: string[];
+}
+
+/**
+ * WebSocket close codes the relay uses. 1000-1015 are RFC 6455's; 4000-4999
+ * are ours. The close reason is the matching `ErrorCode` where there is one.
+ */
+export enum CloseCode {
+  Normal = 1000,
+  /** The relay is shutting down; reconnect (to another instance). */
+  GoingAway = 1001,
+  /** A frame exceeded `MAX_WS_FRAME_BYTES`. */
+  MessageTooBig = 1009,
+  /** The token expired while the socket was open; refresh and reconnect. */
+  TokenExpired = 4401,
+  /** The same device connected again; this older socket is closed. Do not reconnect. */
+  ConnectionReplaced = 4409,
+}

@@ -1,0 +1,7 @@
+export * from './limits.js';
+export * from './errors.js';
+export * from './validators.js';
+export * from './auth.dto.js';
+export * from './keys.dto.js';
+export * from './messages.dto.js';
+export * from './frames.js';

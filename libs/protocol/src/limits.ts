@@ -1,0 +1,60 @@
+/**
+ * Sizes and bounds of the wire, shared by the relay (which enforces them) and
+ * the SDK (which respects them before sending). Byte counts are of decoded
+ * bytes unless the name says otherwise.
+ */
+
+/** The wire version; it is also the first segment of every HTTP path (`/v1`). */
+export const PROTOCOL_VERSION = 1;
+export const API_PREFIX = `/v${PROTOCOL_VERSION}`;
+/** Path of the WebSocket endpoint, relative to the relay's base URL. */
+export const WS_PATH = `${API_PREFIX}/ws`;
+
+export const USERNAME_MIN_LENGTH = 3;
+export const USERNAME_MAX_LENGTH = 32;
+/** Usernames are stored and compared in lower case; this is the canonical form. */
+export const USERNAME_PATTERN = /^[a-z0-9_.]{3,32}$/;
+
+export const PASSWORD_MIN_LENGTH = 8;
+/** Argon2 hashes any length, but an unbounded password is a denial-of-service lever. */
+export const PASSWORD_MAX_LENGTH = 256;
+
+/** libsignal device ids are 1..127; the first device of an account is 1. */
+export const DEVICE_ID_MIN = 1;
+export const DEVICE_ID_MAX = 127;
+export const PRIMARY_DEVICE_ID = 1;
+
+/** libsignal registration ids are 14-bit. */
+export const REGISTRATION_ID_MIN = 1;
+export const REGISTRATION_ID_MAX = 0x3fff;
+
+/** Prekey ids are 24-bit (libsignal's `PreKeyId` fits in a u32; Signal clients use 24 bits). */
+export const KEY_ID_MIN = 0;
+export const KEY_ID_MAX = 0xffffff;
+
+/** Serialized Curve25519 public key: a type byte (0x05) and 32 bytes. */
+export const EC_PUBLIC_KEY_BYTES = 33;
+/** Serialized Kyber1024 public key: a type byte (0x08) and 1568 bytes. */
+export const KYBER_PUBLIC_KEY_BYTES = 1569;
+/** XEdDSA signature. */
+export const SIGNATURE_BYTES = 64;
+
+/** One-time EC prekeys and one-time Kyber prekeys accepted in one upload, each. */
+export const MAX_PREKEYS_PER_UPLOAD = 100;
+
+/** Largest ciphertext of one device's message. */
+export const MAX_CIPHERTEXT_BYTES = 64 * 1024;
+/** Devices one send may address (an account has at most this many). */
+export const MAX_DEVICES_PER_ACCOUNT = 6;
+
+/** Largest HTTP request body, in bytes of JSON (a full key upload is about 230 KB). */
+export const MAX_HTTP_BODY_BYTES = 512 * 1024;
+/** Largest WebSocket frame the relay reads; larger ones close the socket with 1009. */
+export const MAX_WS_FRAME_BYTES = 512 * 1024;
+
+/** Envelopes in one page of `GET /v1/messages`. */
+export const MAX_MESSAGES_PER_PAGE = 100;
+export const DEFAULT_MESSAGES_PER_PAGE = 100;
+
+/** Client-chosen request ids on WebSocket frames. */
+export const REQUEST_ID_MAX_LENGTH = 64;

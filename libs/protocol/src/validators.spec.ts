@@ -1,0 +1,60 @@
+import 'reflect-metadata';
+import { plainToInstance } from 'class-transformer';
+import { validateSync } from 'class-validator';
+import { decodedBase64Length } from './validators.js';
+import { RegisterRequest } from './auth.dto.js';
+import { UploadKeysRequest } from './keys.dto.js';
+import { EC_PUBLIC_KEY_BYTES, MAX_PREKEYS_PER_UPLOAD } from './limits.js';
+
+const b64 = (bytes: number) => Buffer.alloc(bytes, 7).toString('base64');
+
+describe('decodedBase64Length', () => {
+  it.each([0, 1, 2, 3, 33, 64, 1569])('measures %i bytes', (n) => {
+    expect(decodedBase64Length(b64(n))).toBe(n);
+  });
+
+  it.each(['abc', 'ab=c', 'YQ', '!!!!', 'YWJj\n', 'YW=='.replace('=', '*')])('rejects %j', (s) => {
+    expect(decodedBase64Length(s)).toBe(-1);
+  });
+});
+
+describe('RegisterRequest', () => {
+  const check = (plain: object) => validateSync(plainToInstance(RegisterRequest, plain));
+
+  it('lower-cases the username before checking it', () => {
+    const dto = plainToInstance(RegisterRequest, { username: 'Alice.B_1', password: 'correct horse' });
+    expect(dto.username).toBe('alice.b_1');
+    expect(validateSync(dto)).toHaveLength(0);
+  });
+
+  it.each(['ab', 'a'.repeat(33), 'al ice', 'alïce', 'al-ice'])('refuses username %j', (username) => {
+    expect(check({ username, password: 'correct horse' }).map((e) => e.property)).toEqual(['username']);
+  });
+
+  it('refuses a short password and a non-string one', () => {
+    expect(check({ username: 'alice', password: 'short' }).map((e) => e.property)).toEqual(['password']);
+    expect(check({ username: 'alice', password: 12345678 }).map((e) => e.property)).toEqual(['password']);
+  });
+});
+
+describe('UploadKeysRequest', () => {
+  const base = { identityKey: b64(EC_PUBLIC_KEY_BYTES), registrationId: 42 };
+
+  it('accepts a batch of the maximum size and refuses one more', () => {
+    const preKeys = (n: number) => Array.from({ length: n }, (_, keyId) => ({ keyId, publicKey: b64(33) }));
+    const ok = plainToInstance(UploadKeysRequest, { ...base, preKeys: preKeys(MAX_PREKEYS_PER_UPLOAD) });
+    const tooMany = plainToInstance(UploadKeysRequest, { ...base, preKeys: preKeys(MAX_PREKEYS_PER_UPLOAD + 1) });
+    expect(validateSync(ok)).toHaveLength(0);
+    expect(validateSync(tooMany).map((e) => e.property)).toEqual(['preKeys']);
+  });
+
+  it('refuses a public key of the wrong length inside a nested prekey', () => {
+    const dto = plainToInstance(UploadKeysRequest, {
+      ...base,
+      signedPreKey: { keyId: 1, publicKey: b64(32), signature: b64(64) },
+    });
+    const [error] = validateSync(dto);
+    expect(error?.property).toBe('signedPreKey');
+    expect(error?.children?.[0]?.property).toBe('publicKey');
+  });
+});
