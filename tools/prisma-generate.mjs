@@ -3,11 +3,14 @@
 // which never runs it; where the engine binary cannot be downloaded (offline
 // installs, this project's CI) any existing file satisfies the check.
 import { spawnSync } from 'node:child_process';
+import { createRequire } from 'node:module';
+import { dirname, join } from 'node:path';
+
+const require = createRequire(join(process.cwd(), 'apps/relay/package.json'));
+const cli = join(dirname(require.resolve('prisma/package.json')), 'build/index.js');
 
 const env = { ...process.env };
 env.PRISMA_SCHEMA_ENGINE_BINARY ??= process.execPath;
-const result = spawnSync(process.execPath, ['node_modules/prisma/build/index.js', 'generate'], {
-  stdio: 'inherit',
-  env,
-});
+env.PRISMA_HIDE_UPDATE_MESSAGE ??= '1';
+const result = spawnSync(process.execPath, [cli, 'generate'], { stdio: 'inherit', env });
 process.exit(result.status ?? 1);
