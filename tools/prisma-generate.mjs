@@ -6,7 +6,7 @@ import { spawnSync } from 'node:child_process';
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 
-const require = createRequire(join(process.cwd(), 'apps/relay/package.json'));
+const require = createRequire(import.meta.url);
 const cli = join(dirname(require.resolve('prisma/package.json')), 'build/index.js');
 
 const env = { ...process.env };
