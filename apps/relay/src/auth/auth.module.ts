@@ -1,0 +1,18 @@
+import { Module } from '@nestjs/common';
+import { JwtModule } from '@nestjs/jwt';
+import { PassportModule } from '@nestjs/passport';
+import { AuthController } from './auth.controller.js';
+import { AuthRepository } from './auth.repository.js';
+import { AuthService } from './auth.service.js';
+import { JwtAuthGuard } from './jwt-auth.guard.js';
+import { JwtStrategy } from './jwt.strategy.js';
+import { TokenVerifier } from './token-verifier.js';
+
+@Module({
+  // Secrets and algorithms are passed per call from RelayConfig (token-verifier.ts), not registered here.
+  imports: [PassportModule, JwtModule.register({})],
+  controllers: [AuthController],
+  providers: [AuthService, AuthRepository, JwtStrategy, JwtAuthGuard, TokenVerifier],
+  exports: [TokenVerifier, JwtAuthGuard],
+})
+export class AuthModule {}

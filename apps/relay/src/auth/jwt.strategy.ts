@@ -1,0 +1,26 @@
+import { Inject, Injectable } from '@nestjs/common';
+import { PassportStrategy } from '@nestjs/passport';
+import { ExtractJwt, Strategy } from 'passport-jwt';
+import { RELAY_CONFIG, type RelayConfig } from '../config/relay-config.js';
+import type { AuthenticatedDevice } from './authenticated-device.js';
+import { accessTokenVerifyOptions, deviceFromClaims } from './token-verifier.js';
+
+/** `Authorization: Bearer <jwt>` on HTTP, verified with the options `TokenVerifier` uses. */
+@Injectable()
+export class JwtStrategy extends PassportStrategy(Strategy, 'jwt') {
+  constructor(@Inject(RELAY_CONFIG) config: RelayConfig) {
+    const { secret, algorithms, issuer, audience } = accessTokenVerifyOptions(config);
+    super({
+      jwtFromRequest: ExtractJwt.fromAuthHeaderAsBearerToken(),
+      secretOrKey: secret as string,
+      algorithms,
+      issuer: issuer as string,
+      audience: audience as string,
+      ignoreExpiration: false,
+    });
+  }
+
+  validate(claims: unknown): AuthenticatedDevice {
+    return deviceFromClaims(claims);
+  }
+}

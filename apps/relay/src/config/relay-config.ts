@@ -1,0 +1,125 @@
+import { randomBytes } from 'node:crypto';
+import { chmodSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { join, resolve } from 'node:path';
+import { plainToInstance } from 'class-transformer';
+import { validateSync, type ValidationError } from 'class-validator';
+import { JWT_SECRET_MIN_LENGTH, RelayEnv, type NodeEnvironment, type RelayLogLevel } from './relay-env.js';
+
+/** The relay's settings, validated once at start-up and frozen. */
+export interface RelayConfig {
+  readonly port: number;
+  readonly host: string;
+  readonly nodeEnv: NodeEnvironment;
+  readonly logLevel: RelayLogLevel;
+  readonly dataDir: string;
+  readonly database:
+    | { readonly mode: 'postgres'; readonly url: string }
+    | { readonly mode: 'embedded'; readonly dataDir: string };
+  readonly jwt: { readonly secret: string; readonly ttlSeconds: number };
+  readonly refreshTokenTtlDays: number;
+  readonly argon2: { readonly memoryKib: number; readonly timeCost: number; readonly parallelism: number };
+  readonly heartbeatIntervalMs: number;
+}
+
+/** Injection token of the `RelayConfig`. */
+export const RELAY_CONFIG = Symbol('RelayConfig');
+
+/** A variable that cannot be used; the message names it. */
+export class ConfigError extends Error {
+  override name = 'ConfigError';
+}
+
+export interface LoadConfigOptions {
+  /**
+   * Where a development relay without JWT_SECRET keeps its generated secret.
+   * Returns the secret and whether it was just created.
+   */
+  developmentSecret?: (dataDir: string) => { secret: string; created: boolean };
+  /** Told (without the secret) when a development secret is in use. */
+  warn?: (message: string) => void;
+}
+
+type Env = Record<string, string | undefined>;
+
+/**
+ * Validates the environment into a `RelayConfig`. Throws `ConfigError` naming
+ * every bad variable. Apart from `developmentSecret`, it has no side effects.
+ */
+export function loadConfig(env: Env, options: LoadConfigOptions = {}): RelayConfig {
+  // Empty variables count as unset, as most shells and .env loaders mean them.
+  const raw = Object.fromEntries(
+    RELAY_VARIABLES.filter((name) => env[name] !== undefined && env[name] !== '').map((name) => [name, env[name]]),
+  );
+  const parsed = plainToInstance(RelayEnv, raw, { exposeDefaultValues: true });
+  const errors = validateSync(parsed, { whitelist: true, forbidUnknownValues: true });
+  if (errors.length > 0) throw new ConfigError(`Invalid relay configuration:\n${describe(errors)}`);
+
+  const dataDir = resolve(parsed.DATA_DIR);
+  let secret = parsed.JWT_SECRET;
+  if (secret === undefined) {
+    if (parsed.NODE_ENV === 'production') {
+      throw new ConfigError(
+        `Invalid relay configuration:\nJWT_SECRET is required when NODE_ENV=production (at least ${JWT_SECRET_MIN_LENGTH} characters)`,
+      );
+    }
+    const stored = (options.developmentSecret ?? readOrCreateDevelopmentSecret)(dataDir);
+    secret = stored.secret;
+    options.warn?.(
+      `JWT_SECRET is not set; using the ${stored.created ? 'newly generated' : 'stored'} development secret in ${join(dataDir, DEVELOPMENT_SECRET_FILE)}. Set JWT_SECRET in production.`,
+    );
+  }
+
+  return deepFreeze<RelayConfig>({
+    port: parsed.PORT,
+    host: parsed.HOST,
+    nodeEnv: parsed.NODE_ENV,
+    logLevel: parsed.LOG_LEVEL,
+    dataDir,
+    database: parsed.DATABASE_URL
+      ? { mode: 'postgres', url: parsed.DATABASE_URL }
+      : { mode: 'embedded', dataDir: join(dataDir, 'pglite') },
+    jwt: { secret, ttlSeconds: parsed.JWT_TTL_SECONDS },
+    refreshTokenTtlDays: parsed.REFRESH_TOKEN_TTL_DAYS,
+    argon2: {
+      memoryKib: parsed.ARGON2_MEMORY_KIB,
+      timeCost: parsed.ARGON2_TIME_COST,
+      parallelism: parsed.ARGON2_PARALLELISM,
+    },
+    heartbeatIntervalMs: parsed.HEARTBEAT_INTERVAL_MS,
+  });
+}
+
+const RELAY_VARIABLES = [...Object.keys(new RelayEnv()), 'DATABASE_URL', 'JWT_SECRET'];
+
+const DEVELOPMENT_SECRET_FILE = 'jwt-secret';
+
+/** Keeps one random secret per data directory so that tokens survive a restart. */
+export function readOrCreateDevelopmentSecret(dataDir: string): { secret: string; created: boolean } {
+  const file = join(dataDir, DEVELOPMENT_SECRET_FILE);
+  try {
+    const secret = readFileSync(file, 'utf8').trim();
+    if (secret.length >= JWT_SECRET_MIN_LENGTH) return { secret, created: false };
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code !== 'ENOENT') throw error;
+  }
+  mkdirSync(dataDir, { recursive: true });
+  const secret = randomBytes(48).toString('base64url');
+  writeFileSync(file, `${secret}\n`, { mode: 0o600 });
+  // `mode` applies only when the file is created; an old, too short file keeps its bits.
+  chmodSync(file, 0o600);
+  return { secret, created: true };
+}
+
+function describe(errors: ValidationError[]): string {
+  return errors
+    .flatMap((error) => Object.values(error.constraints ?? {}).map((message) => `${error.property}: ${message}`))
+    .join('\n');
+}
+
+function deepFreeze<T>(value: T): T {
+  if (value && typeof value === 'object') {
+    for (const inner of Object.values(value)) deepFreeze(inner);
+    Object.freeze(value);
+  }
+  return value;
+}

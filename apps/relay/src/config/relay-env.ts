@@ -1,0 +1,90 @@
+import { Type } from 'class-transformer';
+import { IsIn, IsInt, IsOptional, IsString, Matches, Max, Min, MinLength } from 'class-validator';
+
+export const NODE_ENVIRONMENTS = ['development', 'production', 'test'] as const;
+export type NodeEnvironment = (typeof NODE_ENVIRONMENTS)[number];
+
+export const LOG_LEVELS = ['error', 'warn', 'log', 'debug', 'verbose'] as const;
+export type RelayLogLevel = (typeof LOG_LEVELS)[number];
+
+/** Shortest JWT secret accepted: 256 bits of HS256 key, as RFC 7518 section 3.2 requires. */
+export const JWT_SECRET_MIN_LENGTH = 32;
+
+/**
+ * The relay's environment variables, as strings in and typed values out.
+ * Property names are the variable names so that a validation error names the variable.
+ */
+export class RelayEnv {
+  @IsOptional()
+  @Type(() => Number)
+  @IsInt()
+  @Min(0)
+  @Max(65535)
+  PORT = 8080;
+
+  @IsOptional()
+  @IsString()
+  @MinLength(1)
+  HOST = '127.0.0.1';
+
+  @IsOptional()
+  @IsIn(NODE_ENVIRONMENTS)
+  NODE_ENV: NodeEnvironment = 'development';
+
+  /** Absent: the embedded PGlite database under DATA_DIR. */
+  @IsOptional()
+  @Matches(/^postgres(?:ql)?:\/\/\S+$/, { message: 'DATABASE_URL must be a postgres:// or postgresql:// URL' })
+  DATABASE_URL?: string;
+
+  @IsOptional()
+  @IsString()
+  @MinLength(1)
+  DATA_DIR = './data';
+
+  @IsOptional()
+  @IsString()
+  @MinLength(JWT_SECRET_MIN_LENGTH)
+  JWT_SECRET?: string;
+
+  @IsOptional()
+  @Type(() => Number)
+  @IsInt()
+  @Min(1)
+  JWT_TTL_SECONDS = 900;
+
+  @IsOptional()
+  @Type(() => Number)
+  @IsInt()
+  @Min(1)
+  REFRESH_TOKEN_TTL_DAYS = 30;
+
+  // OWASP Password Storage Cheat Sheet, argon2id: m=19 MiB, t=2, p=1.
+  @IsOptional()
+  @Type(() => Number)
+  @IsInt()
+  @Min(8)
+  ARGON2_MEMORY_KIB = 19456;
+
+  @IsOptional()
+  @Type(() => Number)
+  @IsInt()
+  @Min(1)
+  ARGON2_TIME_COST = 2;
+
+  @IsOptional()
+  @Type(() => Number)
+  @IsInt()
+  @Min(1)
+  @Max(16)
+  ARGON2_PARALLELISM = 1;
+
+  @IsOptional()
+  @Type(() => Number)
+  @IsInt()
+  @Min(10)
+  HEARTBEAT_INTERVAL_MS = 30000;
+
+  @IsOptional()
+  @IsIn(LOG_LEVELS)
+  LOG_LEVEL: RelayLogLevel = 'log';
+}

@@ -1,0 +1,37 @@
+import { Logger, type OnApplicationShutdown } from '@nestjs/common';
+import { PrismaPg } from '@prisma/adapter-pg';
+import type { RelayConfig } from '../config/relay-config.js';
+import { openDatabase, type DatabaseConnection } from './database-connection.js';
+import { PrismaClient } from './generated/client.js';
+import { applyMigrations } from './migrator.js';
+
+/**
+ * The relay's Prisma client over `@prisma/adapter-pg`, on Postgres or on the
+ * embedded PGlite. Only repositories use it. `connect` opens the database and
+ * applies pending migrations before the first query.
+ */
+export class PrismaService extends PrismaClient implements OnApplicationShutdown {
+  private static readonly logger = new Logger('Database');
+
+  private constructor(readonly database: DatabaseConnection) {
+    super({ adapter: new PrismaPg({ connectionString: database.url, max: database.poolMax }) });
+  }
+
+  static async connect(config: Pick<RelayConfig, 'database'>): Promise<PrismaService> {
+    const database = await openDatabase(config.database);
+    try {
+      await applyMigrations(database.url, { log: (message) => PrismaService.logger.log(message) });
+      const prisma = new PrismaService(database);
+      await prisma.$connect();
+      return prisma;
+    } catch (error) {
+      await database.close();
+      throw error;
+    }
+  }
+
+  async onApplicationShutdown(): Promise<void> {
+    await this.$disconnect();
+    await this.database.close();
+  }
+}
