@@ -1,4 +1,11 @@
 import { Module } from '@nestjs/common';
+import { AuthModule } from '../auth/auth.module.js';
+import { MessagesModule } from '../messages/messages.module.js';
+import { ChatGateway } from './chat.gateway.js';
+import { DeliveryModule } from './delivery.module.js';
 
-@Module({})
+@Module({
+  imports: [AuthModule, MessagesModule, DeliveryModule],
+  providers: [ChatGateway],
+})
 export class GatewayModule {}

@@ -1,0 +1,199 @@
+import type { IncomingMessage } from 'node:http';
+import { Inject, Logger, type OnModuleDestroy } from '@nestjs/common';
+import { WebSocketGateway, type OnGatewayConnection, type OnGatewayDisconnect, type OnGatewayInit } from '@nestjs/websockets';
+import type { ServerOptions, WebSocket, WebSocketServer } from 'ws';
+import {
+  AckFrame,
+  ClientFrameType,
+  CloseCode,
+  ErrorCode,
+  MAX_WS_FRAME_BYTES,
+  SendFrame,
+  ServerFrameType,
+  WS_PATH,
+  type ServerFrame,
+} from '@chat/protocol';
+import type { AuthenticatedDevice } from '../auth/authenticated-device.js';
+import { TokenVerifier } from '../auth/token-verifier.js';
+import { toRelayException } from '../common/http-exception.filter.js';
+import { RELAY_CONFIG, type RelayConfig } from '../config/relay-config.js';
+import { MessagesService } from '../messages/messages.service.js';
+import { errorFrame, parseClientFrame, requestIdOf, validateFrame } from './client-frames.js';
+import { DeliveryService } from './delivery.service.js';
+import { DeviceConnection } from './device-connection.js';
+import { HandshakeAuthenticator } from './handshake.js';
+
+/** What the gateway knows about one open socket. */
+interface SocketSession {
+  device: AuthenticatedDevice;
+  /** Resolves once the device's row is known; sends do not wait for it, acks do. */
+  deviceRowId: Promise<string>;
+  connection?: DeviceConnection;
+  answeredPing: boolean;
+  expiryTimer?: NodeJS.Timeout;
+  closed: boolean;
+}
+
+/** Close code of RFC 6455 for a failure of the server. */
+const INTERNAL_ERROR_CLOSE = 1011;
+/** setTimeout's ceiling; a longer token lifetime is waited out in steps. */
+const MAX_TIMER_DELAY_MS = 2 ** 31 - 1;
+
+/**
+ * `/v1/ws`: one authenticated socket per device, carrying its stored queue,
+ * then live messages, and its `send`/`ack` frames.
+ *
+ * The handshake is authenticated by ws's `verifyClient`, installed on the
+ * server in `afterInit`, so an unauthenticated upgrade never becomes a
+ * socket; this works with Nest's plain `WsAdapter`. Frames are read here
+ * rather than through `@SubscribeMessage`, because the wire frames carry
+ * `type` (not Nest's `event`/`data`) and every frame, including malformed
+ * ones, must be answered.
+ */
+@WebSocketGateway({ path: WS_PATH, maxPayload: MAX_WS_FRAME_BYTES })
+export class ChatGateway implements OnGatewayInit, OnGatewayConnection, OnGatewayDisconnect, OnModuleDestroy {
+  private readonly logger = new Logger(ChatGateway.name);
+  private readonly sessions = new WeakMap<WebSocket, SocketSession>();
+  private readonly handshake: HandshakeAuthenticator;
+  private heartbeat?: NodeJS.Timeout;
+
+  constructor(
+    private readonly messages: MessagesService,
+    private readonly delivery: DeliveryService,
+    tokenVerifier: TokenVerifier,
+    @Inject(RELAY_CONFIG) private readonly config: RelayConfig,
+  ) {
+    this.handshake = new HandshakeAuthenticator(tokenVerifier);
+  }
+
+  afterInit(server: WebSocketServer): void {
+    // ws reads `options.verifyClient` on every upgrade; the server exists before the HTTP port listens.
+    (server.options as ServerOptions).verifyClient = this.handshake.verifyClient;
+    this.heartbeat = setInterval(() => this.checkHeartbeats(server), this.config.heartbeatIntervalMs);
+    this.heartbeat.unref();
+  }
+
+  onModuleDestroy(): void {
+    clearInterval(this.heartbeat);
+  }
+
+  handleConnection(socket: WebSocket, request: IncomingMessage): void {
+    const device = this.handshake.deviceOf(request);
+    if (!device) {
+      // Only reachable if the server was created without our verifyClient: fail closed.
+      socket.close(1008, ErrorCode.AuthenticationRequired);
+      return;
+    }
+    const session: SocketSession = {
+      device,
+      deviceRowId: this.messages.deviceRowIdOf(device),
+      answeredPing: true,
+      closed: false,
+    };
+    // Also awaited by acks and the queue drain; this keeps an unawaited rejection from being unhandled.
+    session.deviceRowId.catch(() => undefined);
+    this.sessions.set(socket, session);
+    socket.on('pong', () => {
+      session.answeredPing = true;
+    });
+    socket.on('message', (data: Buffer, isBinary: boolean) => {
+      void this.answerFrame(socket, session, isBinary ? data : data.toString('utf8'));
+    });
+    this.scheduleExpiry(socket, session);
+    void this.sendQueueThenGoLive(socket, session);
+  }
+
+  handleDisconnect(socket: WebSocket): void {
+    const session = this.sessions.get(socket);
+    if (!session) return;
+    session.closed = true;
+    clearTimeout(session.expiryTimer);
+    if (session.connection) this.delivery.detach(session.connection);
+  }
+
+  /** Every frame gets its answer: `sent` for a send, nothing for an ack, `error` for any refusal. */
+  private async answerFrame(socket: WebSocket, session: SocketSession, data: string | Buffer): Promise<void> {
+    const parsed = parseClientFrame(data);
+    if (parsed.kind === 'refused') {
+      this.sendFrame(socket, parsed.answer);
+      return;
+    }
+    try {
+      switch (parsed.type) {
+        case ClientFrameType.Send: {
+          const { requestId, message } = validateFrame(SendFrame, parsed.frame);
+          const { serverTimestamp } = await this.messages.send(session.device, message);
+          this.sendFrame(socket, { type: ServerFrameType.Sent, requestId, serverTimestamp });
+          return;
+        }
+        case ClientFrameType.Ack: {
+          // Not answered; an id that is not this device's message changes nothing.
+          const { id } = validateFrame(AckFrame, parsed.frame);
+          await this.messages.ackQueued(await session.deviceRowId, id);
+          return;
+        }
+      }
+    } catch (error) {
+      const exception = toRelayException(error);
+      if (exception.code === ErrorCode.Internal) {
+        this.logger.error(`A ${parsed.type} frame failed`, error instanceof Error ? error.stack : String(error));
+      }
+      this.sendFrame(socket, errorFrame(exception, requestIdOf(parsed.frame)));
+    }
+  }
+
+  /**
+   * Registers the connection before reading the queue, so that a message
+   * stored meanwhile is either read from the queue or held back as live; the
+   * connection drops whichever copy it has already sent.
+   */
+  private async sendQueueThenGoLive(socket: WebSocket, session: SocketSession): Promise<void> {
+    try {
+      const connection = new DeviceConnection(await session.deviceRowId, socket);
+      if (session.closed) return;
+      session.connection = connection;
+      this.delivery.attach(connection);
+      for await (const envelope of this.messages.queued(connection.deviceRowId)) {
+        if (!connection.isOpen) return;
+        connection.sendQueued(envelope);
+      }
+      connection.finishQueue();
+    } catch (error) {
+      const exception = toRelayException(error);
+      if (exception.code === ErrorCode.Internal) {
+        this.logger.error('Sending the stored queue failed', error instanceof Error ? error.stack : String(error));
+      }
+      socket.close(INTERNAL_ERROR_CLOSE, exception.code);
+    }
+  }
+
+  /** RFC 6455 ping/pong: a socket that has not answered the previous ping is dead. */
+  private checkHeartbeats(server: WebSocketServer): void {
+    for (const socket of server.clients) {
+      const session = this.sessions.get(socket);
+      if (!session) continue;
+      if (!session.answeredPing) {
+        socket.terminate();
+        continue;
+      }
+      session.answeredPing = false;
+      socket.ping();
+    }
+  }
+
+  private scheduleExpiry(socket: WebSocket, session: SocketSession): void {
+    const remaining = session.device.expiresAt * 1000 - Date.now();
+    session.expiryTimer = setTimeout(
+      () => {
+        if (session.closed) return;
+        if (session.device.expiresAt * 1000 <= Date.now()) socket.close(CloseCode.TokenExpired, ErrorCode.TokenExpired);
+        else this.scheduleExpiry(socket, session);
+      },
+      Math.min(Math.max(remaining, 0), MAX_TIMER_DELAY_MS),
+    );
+  }
+
+  private sendFrame(socket: WebSocket, frame: ServerFrame): void {
+    if (socket.readyState === socket.OPEN) socket.send(JSON.stringify(frame));
+  }
+}

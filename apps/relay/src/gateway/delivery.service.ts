@@ -1,0 +1,44 @@
+import { Injectable, Logger } from '@nestjs/common';
+import { CloseCode, type Envelope } from '@chat/protocol';
+import type { DeviceConnection } from './device-connection.js';
+
+/**
+ * Hands stored envelopes to their recipient's live connection. Services
+ * publish here and never touch sockets. This implementation keeps the
+ * connections of this process; with several relay instances a shared bus
+ * replaces `notify` while `attach`/`detach` stay local.
+ */
+@Injectable()
+export class DeliveryService {
+  private readonly logger = new Logger(DeliveryService.name);
+  private readonly connections = new Map<string, DeviceConnection>();
+
+  /** Called after the envelope is stored; never throws, as the sender's message is already safe. */
+  notify(deviceRowId: string, envelope: Envelope): void {
+    try {
+      this.connections.get(deviceRowId)?.deliverLive(envelope);
+    } catch (error) {
+      this.logger.error(`Live delivery to a device failed; the message stays queued`, (error as Error).stack);
+    }
+  }
+
+  /** Registers a device's connection; an older one of the same device is closed with 4409. */
+  attach(connection: DeviceConnection): void {
+    const previous = this.connections.get(connection.deviceRowId);
+    this.connections.set(connection.deviceRowId, connection);
+    if (previous && previous !== connection) {
+      previous.close(CloseCode.ConnectionReplaced, 'CONNECTION_REPLACED');
+    }
+  }
+
+  /** Forgets the connection unless a newer one of the same device has replaced it. */
+  detach(connection: DeviceConnection): void {
+    if (this.connections.get(connection.deviceRowId) === connection) {
+      this.connections.delete(connection.deviceRowId);
+    }
+  }
+
+  isConnected(deviceRowId: string): boolean {
+    return this.connections.has(deviceRowId);
+  }
+}
