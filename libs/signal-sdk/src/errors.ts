@@ -1,0 +1,99 @@
+import type { ErrorCode } from '@chat/protocol';
+
+/** What went wrong, for callers to branch on (never on `message`). */
+export enum SecureChatErrorCode {
+  /** An option given to `SecureChatClient.create` is invalid (e.g. `relayUrl`). */
+  InvalidOptions = 'INVALID_OPTIONS',
+  /** An argument of a public method is invalid (username, body size). */
+  InvalidArgument = 'INVALID_ARGUMENT',
+  /** The method needs `register`/`login` first, or `connect` was called twice. */
+  InvalidState = 'INVALID_STATE',
+  /** `login` on an install whose stores hold no identity key. */
+  NoLocalIdentity = 'NO_LOCAL_IDENTITY',
+  /** The relay refused the request; `relayCode` says why. */
+  RelayRejected = 'RELAY_REJECTED',
+  /** The relay could not be reached, or answered with something that is not our protocol. */
+  Network = 'NETWORK',
+  /** The connection closed while a request on it was waiting for its answer. */
+  ConnectionLost = 'CONNECTION_LOST',
+  /** The relay did not answer a `send` frame in time; the message may or may not have been stored. */
+  Timeout = 'TIMEOUT',
+  /** Another connection of this device replaced this one (close 4409); the client does not reconnect. */
+  ConnectionReplaced = 'CONNECTION_REPLACED',
+  /** The access token could not be renewed; log in again. */
+  SessionExpired = 'SESSION_EXPIRED',
+  /** A peer's prekey bundle was invalid (bad signature, bad key); no session was formed. */
+  InvalidPreKeyBundle = 'INVALID_PREKEY_BUNDLE',
+  /** The peer's identity key changed and is not trusted for sending. */
+  UntrustedIdentity = 'UNTRUSTED_IDENTITY',
+  /** libsignal could not encrypt. */
+  EncryptionFailed = 'ENCRYPTION_FAILED',
+  /** An incoming message did not decrypt; it was dropped (acked) after this was reported. */
+  DecryptionFailed = 'DECRYPTION_FAILED',
+  /** An incoming message decrypted but its content is not valid; it was dropped (acked). */
+  MalformedContent = 'MALFORMED_CONTENT',
+  /** A store failed; the message is left on the relay and retried on the next connection. */
+  StoreFailure = 'STORE_FAILURE',
+  /** A `message` listener threw; the message is not acked and will be delivered again. */
+  ListenerFailed = 'LISTENER_FAILED',
+  /** Acking a message at the relay failed. */
+  AckFailed = 'ACK_FAILED',
+  /** The relay sent an `error` frame that answers no request of ours. */
+  RelayError = 'RELAY_ERROR',
+}
+
+/** Where an error about an incoming message came from; never its content. */
+export interface IncomingMessageContext {
+  messageId: string;
+  sender: string;
+  senderDevice: number;
+}
+
+export interface SecureChatErrorOptions {
+  cause?: unknown;
+  /** The relay's code, for `RelayRejected` and `RelayError`. */
+  relayCode?: ErrorCode;
+  /** HTTP status of the refusal, when it came over HTTP. */
+  status?: number;
+  /** The relay's per-field validation messages, if any. */
+  details?: string[];
+  /** For errors about an incoming message. */
+  incoming?: IncomingMessageContext;
+}
+
+/**
+ * The one error class of the SDK (libsignal `Errors.ts` style). Messages never
+ * contain plaintext, keys, passwords or tokens.
+ */
+export class SecureChatError extends Error {
+  override readonly name = 'SecureChatError';
+  readonly code: SecureChatErrorCode;
+  readonly relayCode?: ErrorCode;
+  readonly status?: number;
+  readonly details?: string[];
+  readonly incoming?: IncomingMessageContext;
+
+  constructor(code: SecureChatErrorCode, message: string, options: SecureChatErrorOptions = {}) {
+    super(message, options.cause === undefined ? undefined : { cause: options.cause });
+    this.code = code;
+    this.relayCode = options.relayCode;
+    this.status = options.status;
+    this.details = options.details;
+    this.incoming = options.incoming;
+  }
+
+  /** True when this error has `code`. */
+  is(code: SecureChatErrorCode): boolean {
+    return this.code === code;
+  }
+
+  /** True when `error` is a `SecureChatError`, of `code` if given. */
+  static is(error: unknown, code?: SecureChatErrorCode): error is SecureChatError {
+    return error instanceof SecureChatError && (code === undefined || error.code === code);
+  }
+
+  /** True when `error` is the relay's refusal with `relayCode`. */
+  static isRelay(error: unknown, relayCode: ErrorCode): error is SecureChatError {
+    return error instanceof SecureChatError && error.relayCode === relayCode;
+  }
+}

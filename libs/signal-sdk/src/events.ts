@@ -1,0 +1,99 @@
+import { EventEmitter } from 'node:events';
+import type { SecureChatError } from './errors.js';
+import type { DeviceId, MessageId } from './ids.js';
+
+/** Events of `SecureChatClient` (matrix-js-sdk `CryptoEvent` style: enum and handler map side by side). */
+export enum ChatEvent {
+  /** A message decrypted; see `IncomingMessage` for when it is acked. */
+  Message = 'message',
+  /** The connection to the relay changed state; emitted on every change. */
+  ConnectionState = 'connectionState',
+  /** Every message stored before this connection opened has been emitted. */
+  QueueEmpty = 'queueEmpty',
+  /** Something failed outside a call the app awaits (an undecryptable message, a lost connection). */
+  Error = 'error',
+}
+
+export enum ConnectionState {
+  Disconnected = 'disconnected',
+  Connecting = 'connecting',
+  Connected = 'connected',
+  /** The connection dropped; the client waits (back-off) and connects again. */
+  Reconnecting = 'reconnecting',
+}
+
+/** A decrypted message. */
+export interface IncomingMessage {
+  /** The relay's id of the stored envelope. */
+  readonly id: MessageId;
+  /** The sender's username (canonical, lower case), as the relay authenticated it. */
+  readonly sender: string;
+  readonly senderDevice: DeviceId;
+  /** The sender's clock when it sent (ms since the epoch), from inside the encrypted content. */
+  readonly timestamp: number;
+  /** When the relay stored the message (ms since the epoch). */
+  readonly serverTimestamp: number;
+  readonly body: Uint8Array;
+  /** The body as text when it was sent as text. */
+  readonly text?: string;
+  /**
+   * Tells the relay to delete the message. With `autoAck` (the default) the
+   * client does this itself once every `message` listener has returned.
+   * Idempotent.
+   * @throws {SecureChatError} `AckFailed` when the relay could not be told.
+   */
+  ack(): Promise<void>;
+}
+
+export interface ChatEventHandlerMap {
+  /** May return a promise; with `autoAck` the message is acked after it settles (not if it rejects). */
+  [ChatEvent.Message]: (message: IncomingMessage) => void | Promise<void>;
+  [ChatEvent.ConnectionState]: (state: ConnectionState, previous: ConnectionState) => void;
+  [ChatEvent.QueueEmpty]: () => void;
+  [ChatEvent.Error]: (error: SecureChatError) => void;
+}
+
+type Listener = (...args: never[]) => unknown;
+const asNodeListener = (listener: unknown) => listener as (...args: unknown[]) => void;
+
+/**
+ * An EventEmitter whose event names and listener signatures are checked
+ * (matrix-js-sdk `TypedEventEmitter`). Unlike Node's, emitting `error` with no
+ * listener does not throw: a library must not crash its host for a report.
+ */
+export class TypedEventEmitter<Events extends string, Handlers extends { [E in Events]: Listener }> {
+  private readonly emitter = new EventEmitter();
+
+  on<E extends Events>(event: E, listener: Handlers[E]): this {
+    this.emitter.on(event, asNodeListener(listener));
+    return this;
+  }
+
+  once<E extends Events>(event: E, listener: Handlers[E]): this {
+    this.emitter.once(event, asNodeListener(listener));
+    return this;
+  }
+
+  off<E extends Events>(event: E, listener: Handlers[E]): this {
+    this.emitter.off(event, asNodeListener(listener));
+    return this;
+  }
+
+  removeAllListeners(event?: Events): this {
+    this.emitter.removeAllListeners(event);
+    return this;
+  }
+
+  listenerCount(event: Events): number {
+    return this.emitter.listenerCount(event);
+  }
+
+  listeners<E extends Events>(event: E): Handlers[E][] {
+    return this.emitter.listeners(event) as Handlers[E][];
+  }
+
+  protected emit<E extends Events>(event: E, ...args: Parameters<Handlers[E]>): boolean {
+    if (this.emitter.listenerCount(event) === 0) return false;
+    return this.emitter.emit(event, ...args);
+  }
+}

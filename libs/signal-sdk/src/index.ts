@@ -1,0 +1,35 @@
+// The public API of @chat/signal-sdk. Exports are listed by hand: anything
+// not named here is internal and may change without notice.
+export {
+  SecureChatClient,
+  type SecureChatClientOptions,
+  type SecureChatLogger,
+  type SentMessage,
+} from './secure-chat-client.js';
+export {
+  ChatEvent,
+  ConnectionState,
+  TypedEventEmitter,
+  type ChatEventHandlerMap,
+  type IncomingMessage,
+} from './events.js';
+export {
+  SecureChatError,
+  SecureChatErrorCode,
+  type IncomingMessageContext,
+  type SecureChatErrorOptions,
+} from './errors.js';
+export type { DeviceId, KyberPreKeyId, MessageId, PreKeyId, RegistrationId, SignedPreKeyId } from './ids.js';
+export {
+  KeyIdKind,
+  SecureChatIdentityKeyStore,
+  SecureChatKyberPreKeyStore,
+  SecureChatMetadataStore,
+  type AccountRecord,
+  type LocalIdentity,
+  type SecureChatStores,
+} from './stores/stores.js';
+export { amendStores } from './stores/memory-stores.js';
+export { CONTENT_VERSION, ContentKind, MAX_BODY_BYTES, PADDING_BLOCK } from './session/content.js';
+export type { BackOffOptions } from './transport/back-off.js';
+export type { Credentials, RelaySocket, RelaySocketListener, RelayTransport } from './transport/relay-transport.js';

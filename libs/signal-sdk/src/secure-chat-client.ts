@@ -1,0 +1,746 @@
+import { randomUUID } from 'node:crypto';
+import PQueue from 'p-queue';
+import { ErrorCode as LibSignalErrorCode, LibSignalErrorBase, ProtocolAddress } from '@signalapp/libsignal-client';
+import type { AuthResponse, Envelope, SendMessageRequest, ServerFrame } from '@chat/protocol';
+import {
+  ClientFrameType,
+  CloseCode,
+  DEVICE_ID_MAX,
+  DEVICE_ID_MIN,
+  EnvelopeType,
+  ErrorCode,
+  MAX_PREKEYS_PER_UPLOAD,
+  PASSWORD_MAX_LENGTH,
+  ServerFrameType,
+  USERNAME_PATTERN,
+  canonicalUsername,
+} from './wire.js';
+import { SecureChatError, SecureChatErrorCode, type IncomingMessageContext } from './errors.js';
+import { ChatEvent, ConnectionState, TypedEventEmitter, type ChatEventHandlerMap, type IncomingMessage } from './events.js';
+import { asDeviceId, asMessageId, type DeviceId } from './ids.js';
+import { amendStores } from './stores/memory-stores.js';
+import type { LocalIdentity, SecureChatStores } from './stores/stores.js';
+import { ContentFormatError, ContentKind, MAX_BODY_BYTES, decodeContent, decodeText, encodeContent, type MessageContent } from './session/content.js';
+import { PeerSessions } from './session/peer-sessions.js';
+import { generateKeyUpload, generateLocalIdentity } from './session/prekeys.js';
+import { BackOff, type BackOffOptions } from './transport/back-off.js';
+import { HttpRelayTransport, relayUrlsOf } from './transport/http-relay-transport.js';
+import type { RelaySocket, RelayTransport } from './transport/relay-transport.js';
+
+/** Receives the client's diagnostics. Messages never contain plaintext, keys, passwords or tokens. */
+export interface SecureChatLogger {
+  debug?(message: string): void;
+  warn?(message: string): void;
+}
+
+export interface SecureChatClientOptions {
+  /** The relay's base URL, `http://` or `https://`; the WebSocket URL is derived from it. */
+  relayUrl: string;
+  /** Stores left out are memory stores (lost on exit). */
+  stores?: Partial<SecureChatStores>;
+  /**
+   * Ack each message once every `message` listener has returned (default
+   * true). With false, the app calls `message.ack()` itself.
+   */
+  autoAck?: boolean;
+  /** How to reach the relay; defaults to HTTP + WebSocket at `relayUrl`. */
+  transport?: RelayTransport;
+  /** Reconnect delays. */
+  backOff?: BackOffOptions;
+  /** One-time EC and one-time Kyber prekeys per upload (default and maximum 100). */
+  oneTimePreKeyBatch?: number;
+  /** The login tops one-time prekeys up when the relay holds fewer than this (default 20). */
+  preKeyRefillThreshold?: number;
+  /** How long a `send` over the WebSocket waits for `sent` (default 30 s). */
+  sendTimeoutMs?: number;
+  /** The clock, ms since the epoch; injectable for tests. */
+  now?: () => number;
+  logger?: SecureChatLogger;
+}
+
+/** What `send` returns. */
+export interface SentMessage {
+  /** The timestamp put inside the encrypted content. */
+  timestamp: number;
+  /** When the relay stored the message. */
+  serverTimestamp: number;
+  /** The recipient devices the message was encrypted for. */
+  devices: DeviceId[];
+}
+
+interface AuthSession {
+  accessToken: string;
+  refreshToken: string;
+  expiresAt: number;
+}
+
+interface PendingSend {
+  resolve(serverTimestamp: number): void;
+  reject(error: SecureChatError): void;
+  timer: NodeJS.Timeout;
+}
+
+/**
+ * A delivered message the app has not acked yet. Its decrypted content is
+ * kept because the ratchet has moved on: if the relay delivers it again (a
+ * listener threw, or the socket reconnected) it can never decrypt again and
+ * is re-emitted from here instead.
+ */
+interface UnackedMessage {
+  content: MessageContent;
+  /** True while listeners run or while waiting for the app's `ack()`: a redelivery is then ignored. */
+  inFlight: boolean;
+}
+
+/** Refresh this long before the access token expires (at most a fifth of its lifetime). */
+const REFRESH_MARGIN_MS = 60_000;
+const MAX_UNACKED_MESSAGES = 1000;
+
+/**
+ * An end-to-end encrypted chat client: PQXDH and the Double Ratchet from
+ * libsignal, over the relay's HTTP and WebSocket API.
+ *
+ * Events: see `ChatEvent` and `ChatEventHandlerMap`.
+ */
+export class SecureChatClient extends TypedEventEmitter<ChatEvent, ChatEventHandlerMap> {
+  readonly stores: SecureChatStores;
+  private readonly transport: RelayTransport;
+  private readonly sessions: PeerSessions;
+  private readonly autoAck: boolean;
+  private readonly backOff: BackOff;
+  private readonly oneTimePreKeyBatch: number;
+  private readonly preKeyRefillThreshold: number;
+  private readonly sendTimeoutMs: number;
+  private readonly now: () => number;
+  private readonly logger: SecureChatLogger;
+
+  private account: { username: string; deviceId: DeviceId } | null = null;
+  private auth: AuthSession | null = null;
+  private refreshing: Promise<void> | undefined;
+  private refreshTimer: NodeJS.Timeout | undefined;
+
+  private state = ConnectionState.Disconnected;
+  private wantConnected = false;
+  private socket: RelaySocket | null = null;
+  private socketGeneration = 0;
+  private reconnectTimer: NodeJS.Timeout | undefined;
+  private readonly pendingSends = new Map<string, PendingSend>();
+  /** Incoming frames are handled one at a time, in the order the relay sent them. */
+  private readonly incoming = new PQueue({ concurrency: 1 });
+  private readonly unacked = new Map<string, UnackedMessage>();
+
+  private constructor(options: SecureChatClientOptions) {
+    super();
+    this.stores = amendStores(options.stores);
+    this.transport = options.transport ?? new HttpRelayTransport(options.relayUrl);
+    this.autoAck = options.autoAck ?? true;
+    this.backOff = new BackOff(options.backOff);
+    this.oneTimePreKeyBatch = options.oneTimePreKeyBatch ?? MAX_PREKEYS_PER_UPLOAD;
+    this.preKeyRefillThreshold = options.preKeyRefillThreshold ?? 20;
+    this.sendTimeoutMs = options.sendTimeoutMs ?? 30_000;
+    this.now = options.now ?? Date.now;
+    this.logger = options.logger ?? {};
+    this.sessions = new PeerSessions(this.stores, () => this.localAddress());
+    if (!Number.isInteger(this.oneTimePreKeyBatch) || this.oneTimePreKeyBatch < 1 || this.oneTimePreKeyBatch > MAX_PREKEYS_PER_UPLOAD) {
+      throw new SecureChatError(SecureChatErrorCode.InvalidOptions, `oneTimePreKeyBatch must be 1..${MAX_PREKEYS_PER_UPLOAD}`);
+    }
+  }
+
+  /**
+   * @throws {SecureChatError} `InvalidOptions` when `relayUrl` is not an http(s) URL.
+   */
+  static create(options: SecureChatClientOptions): SecureChatClient {
+    relayUrlsOf(options.relayUrl);
+    return new SecureChatClient(options);
+  }
+
+  get connectionState(): ConnectionState {
+    return this.state;
+  }
+
+  /** The signed-in username, or null before `register`/`login`. */
+  get username(): string | null {
+    return this.account?.username ?? null;
+  }
+
+  get deviceId(): DeviceId | null {
+    return this.account?.deviceId ?? null;
+  }
+
+  /**
+   * Creates the account and its first device, creating this install's
+   * identity key and registration id if the stores hold none, and uploads the
+   * public halves of a signed prekey, a Kyber last-resort prekey and one-time
+   * EC and Kyber prekeys. Private halves stay in the stores.
+   * @throws {SecureChatError} `RelayRejected` (e.g. `USERNAME_TAKEN`, `VALIDATION_FAILED`), `Network`.
+   */
+  async register(username: string, password: string): Promise<void> {
+    const identity = await this.ensureLocalIdentity();
+    this.acceptAuth(await this.transport.register({ username, password: checkPassword(password) }));
+    await this.saveAccount();
+    await this.uploadKeys(identity, true);
+  }
+
+  /**
+   * Signs in an install whose stores already hold its identity, and uploads
+   * keys when the relay holds none for this device (or tops up one-time keys
+   * that run low).
+   * @throws {SecureChatError} `NoLocalIdentity`, `InvalidState` (the stores belong to another account),
+   *   `RelayRejected` (e.g. `INVALID_CREDENTIALS`, `IDENTITY_KEY_MISMATCH`), `Network`.
+   */
+  async login(username: string, password: string): Promise<void> {
+    const identity = await this.stores.identity.getLocalIdentity();
+    if (!identity) throw new SecureChatError(SecureChatErrorCode.NoLocalIdentity, 'the stores hold no identity key; register first');
+    const stored = await this.stores.metadata.getAccount();
+    if (stored && stored.username !== canonicalUsername(username)) {
+      throw new SecureChatError(SecureChatErrorCode.InvalidState, 'the stores belong to another account');
+    }
+    this.acceptAuth(await this.transport.login({ username, password: checkPassword(password) }));
+    await this.saveAccount();
+    const count = await this.authorized((token) => this.transport.getPreKeyCount(token));
+    if (count.preKeys === 0 && count.kyberPreKeys === 0) {
+      await this.uploadKeys(identity, true);
+    } else if (count.preKeys < this.preKeyRefillThreshold || count.kyberPreKeys < this.preKeyRefillThreshold) {
+      await this.uploadKeys(identity, false);
+    }
+  }
+
+  /**
+   * Opens the WebSocket. Resolves once connected; afterwards a dropped
+   * connection is re-opened with back-off until `close()`, except when another
+   * connection of this device replaced it (close 4409).
+   * @throws {SecureChatError} `InvalidState` before `register`/`login`; `RelayRejected`, `Network`,
+   *   `SessionExpired` when the first attempt fails (the client then stays disconnected).
+   */
+  async connect(): Promise<void> {
+    this.requireAuth();
+    if (this.wantConnected) throw new SecureChatError(SecureChatErrorCode.InvalidState, 'connect() was already called');
+    this.wantConnected = true;
+    this.setState(ConnectionState.Connecting);
+    try {
+      await this.openSocket();
+    } catch (error) {
+      this.wantConnected = false;
+      this.setState(ConnectionState.Disconnected);
+      throw error;
+    }
+  }
+
+  /**
+   * Encrypts `body` for every device of `username` and hands it to the relay:
+   * over the WebSocket when connected, else over HTTP. Without a session, the
+   * recipient's prekey bundle is fetched first (PQXDH).
+   * @throws {SecureChatError} `InvalidArgument`, `InvalidState`, `RelayRejected` (e.g. `UNKNOWN_RECIPIENT`),
+   *   `InvalidPreKeyBundle`, `UntrustedIdentity`, `EncryptionFailed`, `Network`, `ConnectionLost`, `Timeout`.
+   */
+  async send(username: string, body: string | Uint8Array): Promise<SentMessage> {
+    this.requireAuth();
+    const to = canonicalUsername(username);
+    if (!USERNAME_PATTERN.test(to)) throw new SecureChatError(SecureChatErrorCode.InvalidArgument, 'not a valid username');
+    const isText = typeof body === 'string';
+    const bytes = isText ? new TextEncoder().encode(body) : body;
+    if (!isText && !(bytes instanceof Uint8Array)) {
+      throw new SecureChatError(SecureChatErrorCode.InvalidArgument, 'body must be a string or a Uint8Array');
+    }
+    if (bytes.length > MAX_BODY_BYTES) {
+      throw new SecureChatError(SecureChatErrorCode.InvalidArgument, `body larger than ${MAX_BODY_BYTES} bytes`);
+    }
+    const timestamp = this.now();
+    const plaintext = encodeContent({ kind: isText ? ContentKind.Text : ContentKind.Bytes, timestamp, body: bytes });
+
+    return this.sessions.withPeer(to, async () => {
+      let devices = await this.devicesWithSession(to);
+      if (devices.length === 0) devices = await this.openSessions(to);
+      try {
+        return { timestamp, devices, serverTimestamp: await this.transmit(to, devices, plaintext) };
+      } catch (error) {
+        if (!SecureChatError.isRelay(error, ErrorCode.MismatchedDevices)) throw error;
+        // The recipient added or removed a device: address exactly the devices its bundle names now.
+        devices = await this.openSessions(to);
+        return { timestamp, devices, serverTimestamp: await this.transmit(to, devices, plaintext) };
+      }
+    });
+  }
+
+  /** Closes the connection and stops reconnecting and refreshing. Unacked messages stay on the relay. */
+  async close(): Promise<void> {
+    this.wantConnected = false;
+    clearTimeout(this.reconnectTimer);
+    clearTimeout(this.refreshTimer);
+    this.socketGeneration++;
+    const socket = this.socket;
+    this.socket = null;
+    socket?.close(CloseCode.Normal, 'client closed');
+    this.failPendingSends();
+    this.incoming.clear();
+    this.setState(ConnectionState.Disconnected);
+  }
+
+  // --- keys and account -----------------------------------------------------
+
+  private async ensureLocalIdentity(): Promise<LocalIdentity> {
+    const existing = await this.stores.identity.getLocalIdentity();
+    if (existing) return existing;
+    const identity = generateLocalIdentity();
+    await this.stores.identity.saveLocalIdentity(identity);
+    return identity;
+  }
+
+  private async saveAccount(): Promise<void> {
+    if (this.account) await this.stores.metadata.saveAccount(this.account);
+  }
+
+  private async uploadKeys(identity: LocalIdentity, withSignedKeys: boolean): Promise<void> {
+    const upload = await generateKeyUpload(this.stores, identity, {
+      withSignedKeys,
+      oneTimePreKeys: this.oneTimePreKeyBatch,
+      oneTimeKyberPreKeys: this.oneTimePreKeyBatch,
+      now: this.now(),
+    });
+    await this.authorized((token) => this.transport.uploadKeys(token, upload));
+  }
+
+  private localAddress(): ProtocolAddress {
+    if (!this.account) throw new SecureChatError(SecureChatErrorCode.InvalidState, 'not signed in');
+    return ProtocolAddress.new(this.account.username, this.account.deviceId);
+  }
+
+  // --- tokens ---------------------------------------------------------------
+
+  private acceptAuth(response: AuthResponse): void {
+    this.account = { username: response.username, deviceId: asDeviceId(response.deviceId) };
+    this.auth = {
+      accessToken: response.accessToken,
+      refreshToken: response.refreshToken,
+      expiresAt: this.now() + response.expiresIn * 1000,
+    };
+    clearTimeout(this.refreshTimer);
+    const lifetimeMs = response.expiresIn * 1000;
+    const delay = Math.max(0, lifetimeMs - Math.min(REFRESH_MARGIN_MS, lifetimeMs / 5));
+    this.refreshTimer = setTimeout(() => {
+      this.refresh().catch((error: unknown) => this.report(error));
+    }, delay);
+    this.refreshTimer.unref();
+  }
+
+  private requireAuth(): AuthSession {
+    if (!this.auth) throw new SecureChatError(SecureChatErrorCode.InvalidState, 'register or log in first');
+    return this.auth;
+  }
+
+  /** One refresh at a time: refresh tokens are single use. */
+  private refresh(): Promise<void> {
+    this.refreshing ??= this.exchangeRefreshToken().finally(() => {
+      this.refreshing = undefined;
+    });
+    return this.refreshing;
+  }
+
+  private async exchangeRefreshToken(): Promise<void> {
+    const { refreshToken } = this.requireAuth();
+    try {
+      this.acceptAuth(await this.transport.refresh(refreshToken));
+    } catch (cause) {
+      if (SecureChatError.is(cause, SecureChatErrorCode.RelayRejected)) {
+        this.auth = null;
+        clearTimeout(this.refreshTimer);
+        throw new SecureChatError(SecureChatErrorCode.SessionExpired, 'the session could not be renewed; log in again', { cause });
+      }
+      throw cause;
+    }
+  }
+
+  private async accessToken(): Promise<string> {
+    if (this.requireAuth().expiresAt - this.now() < 5_000) await this.refresh();
+    return this.requireAuth().accessToken;
+  }
+
+  /** Runs `request` with the access token, refreshing once if the relay says it expired. */
+  private async authorized<T>(request: (accessToken: string) => Promise<T>): Promise<T> {
+    try {
+      return await request(await this.accessToken());
+    } catch (error) {
+      if (!SecureChatError.isRelay(error, ErrorCode.TokenExpired)) throw error;
+      await this.refresh();
+      return request(this.requireAuth().accessToken);
+    }
+  }
+
+  // --- connection -----------------------------------------------------------
+
+  private setState(state: ConnectionState): void {
+    if (state === this.state) return;
+    const previous = this.state;
+    this.state = state;
+    this.emit(ChatEvent.ConnectionState, state, previous);
+  }
+
+  private async openSocket(): Promise<void> {
+    const generation = ++this.socketGeneration;
+    const listener = {
+      onFrame: (frame: ServerFrame) => {
+        if (generation === this.socketGeneration) this.onFrame(frame);
+      },
+      onClose: (code: number, reason: string) => {
+        if (generation === this.socketGeneration) this.onSocketClosed(code, reason);
+      },
+    };
+    let socket: RelaySocket;
+    try {
+      socket = await this.transport.openSocket(await this.accessToken(), listener);
+    } catch (error) {
+      if (!SecureChatError.isRelay(error, ErrorCode.TokenExpired)) throw error;
+      await this.refresh();
+      socket = await this.transport.openSocket(this.requireAuth().accessToken, listener);
+    }
+    if (!this.wantConnected || generation !== this.socketGeneration) {
+      socket.close(CloseCode.Normal, 'client closed');
+      return;
+    }
+    this.socket = socket;
+    this.backOff.reset();
+    this.setState(ConnectionState.Connected);
+  }
+
+  private onSocketClosed(code: number, reason: string): void {
+    this.socket = null;
+    this.failPendingSends();
+    this.logger.debug?.(`connection closed (${code} ${reason})`);
+    if (!this.wantConnected) {
+      this.setState(ConnectionState.Disconnected);
+      return;
+    }
+    if (code === CloseCode.ConnectionReplaced) {
+      this.wantConnected = false;
+      this.setState(ConnectionState.Disconnected);
+      this.emit(
+        ChatEvent.Error,
+        new SecureChatError(SecureChatErrorCode.ConnectionReplaced, 'another connection of this device replaced this one'),
+      );
+      return;
+    }
+    // 4401: the token expired while open; a fresh one is needed, no reason to wait.
+    this.scheduleReconnect(code === CloseCode.TokenExpired ? 0 : this.backOff.next(), code === CloseCode.TokenExpired);
+  }
+
+  private scheduleReconnect(delayMs: number, refreshFirst: boolean): void {
+    this.setState(ConnectionState.Reconnecting);
+    clearTimeout(this.reconnectTimer);
+    this.reconnectTimer = setTimeout(() => {
+      void this.reconnect(refreshFirst);
+    }, delayMs);
+  }
+
+  private async reconnect(refreshFirst: boolean): Promise<void> {
+    if (!this.wantConnected) return;
+    try {
+      if (refreshFirst) await this.refresh();
+      await this.openSocket();
+    } catch (error) {
+      if (!this.wantConnected) return;
+      if (SecureChatError.is(error, SecureChatErrorCode.SessionExpired) || isAuthRefusal(error)) {
+        this.wantConnected = false;
+        this.setState(ConnectionState.Disconnected);
+        this.report(error);
+        return;
+      }
+      this.logger.debug?.('reconnect failed; backing off');
+      this.scheduleReconnect(this.backOff.next(), false);
+    }
+  }
+
+  private failPendingSends(): void {
+    for (const [requestId, pending] of this.pendingSends) {
+      clearTimeout(pending.timer);
+      pending.reject(
+        new SecureChatError(SecureChatErrorCode.ConnectionLost, 'the connection closed before the relay confirmed the send'),
+      );
+      this.pendingSends.delete(requestId);
+    }
+  }
+
+  private onFrame(frame: ServerFrame): void {
+    switch (frame.type) {
+      case ServerFrameType.Message:
+        void this.incoming.add(() => this.receive(frame.envelope));
+        return;
+      case ServerFrameType.QueueEmpty:
+        void this.incoming.add(async () => {
+          this.emit(ChatEvent.QueueEmpty);
+        });
+        return;
+      case ServerFrameType.Sent: {
+        const pending = this.pendingSends.get(frame.requestId);
+        if (!pending) return;
+        this.pendingSends.delete(frame.requestId);
+        clearTimeout(pending.timer);
+        pending.resolve(frame.serverTimestamp);
+        return;
+      }
+      case ServerFrameType.Error: {
+        const error = new SecureChatError(
+          frame.requestId ? SecureChatErrorCode.RelayRejected : SecureChatErrorCode.RelayError,
+          `relay error frame (${frame.code})`,
+          { relayCode: frame.code, details: frame.details },
+        );
+        const pending = frame.requestId ? this.pendingSends.get(frame.requestId) : undefined;
+        if (pending && frame.requestId) {
+          this.pendingSends.delete(frame.requestId);
+          clearTimeout(pending.timer);
+          pending.reject(error);
+        } else {
+          this.emit(ChatEvent.Error, error);
+        }
+        return;
+      }
+      default:
+        this.logger.debug?.('ignored a frame of unknown type');
+    }
+  }
+
+  // --- sending --------------------------------------------------------------
+
+  private async devicesWithSession(username: string): Promise<DeviceId[]> {
+    const known = await this.stores.metadata.getPeerDevices(username);
+    const withSession: DeviceId[] = [];
+    for (const deviceId of known) {
+      if (await this.sessions.hasSession(username, deviceId)) withSession.push(deviceId);
+    }
+    return withSession;
+  }
+
+  private async openSessions(username: string): Promise<DeviceId[]> {
+    const bundle = await this.authorized((token) => this.transport.getPreKeyBundle(token, username));
+    if (canonicalUsername(bundle.username) !== username) {
+      throw new SecureChatError(SecureChatErrorCode.InvalidPreKeyBundle, 'the relay answered with a bundle of another user');
+    }
+    const devices = await this.sessions.processBundle(bundle);
+    await this.stores.metadata.savePeerDevices(username, devices);
+    return devices;
+  }
+
+  private async transmit(to: string, devices: DeviceId[], plaintext: Uint8Array<ArrayBuffer>): Promise<number> {
+    const messages = [];
+    for (const deviceId of devices) {
+      const { type, ciphertext } = await this.sessions.encrypt(to, deviceId, plaintext);
+      messages.push({ deviceId, type, ciphertext: Buffer.from(ciphertext).toString('base64') });
+    }
+    const request: SendMessageRequest = { to, messages };
+    if (this.socket?.isOpen) return this.sendOverSocket(this.socket, request);
+    const response = await this.authorized((token) => this.transport.sendMessage(token, request));
+    return response.serverTimestamp;
+  }
+
+  private sendOverSocket(socket: RelaySocket, message: SendMessageRequest): Promise<number> {
+    const requestId = randomUUID();
+    return new Promise<number>((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.pendingSends.delete(requestId);
+        reject(new SecureChatError(SecureChatErrorCode.Timeout, 'the relay did not confirm the send in time'));
+      }, this.sendTimeoutMs);
+      this.pendingSends.set(requestId, { resolve, reject, timer });
+      try {
+        socket.send({ type: ClientFrameType.Send, requestId, message });
+      } catch (error) {
+        clearTimeout(timer);
+        this.pendingSends.delete(requestId);
+        reject(error);
+      }
+    });
+  }
+
+  // --- receiving ------------------------------------------------------------
+
+  /**
+   * Decrypts one envelope and hands it to the app.
+   *
+   * Ack rules: a message is acked only once the app has it (every listener
+   * returned, or the app called `ack()`). A message that can never be read
+   * (libsignal refused it, or its content is malformed) is reported with an
+   * `error` event and then acked, so it is not delivered forever. A store
+   * failure is reported and not acked: the relay delivers it again on the next
+   * connection. A duplicate (already decrypted) is acked silently.
+   */
+  private async receive(envelope: Envelope): Promise<void> {
+    const context = envelopeContext(envelope);
+    if (!context) {
+      this.emit(ChatEvent.Error, new SecureChatError(SecureChatErrorCode.RelayError, 'the relay sent a malformed envelope'));
+      return;
+    }
+    const known = this.unacked.get(context.messageId);
+    if (known?.inFlight) return;
+
+    let content = known?.content;
+    if (!content) {
+      let plaintext: Uint8Array;
+      try {
+        plaintext = await this.sessions.withPeer(context.sender, () =>
+          this.sessions.decrypt(
+            context.sender,
+            asDeviceId(context.senderDevice),
+            envelope.type,
+            new Uint8Array(Buffer.from(envelope.ciphertext, 'base64')),
+          ),
+        );
+      } catch (cause) {
+        if (cause instanceof LibSignalErrorBase) {
+          if (cause.is(LibSignalErrorCode.DuplicatedMessage)) {
+            this.logger.debug?.(`dropped a duplicate message ${context.messageId}`);
+          } else {
+            this.emit(
+              ChatEvent.Error,
+              new SecureChatError(SecureChatErrorCode.DecryptionFailed, `message ${context.messageId} did not decrypt; dropped`, {
+                cause,
+                incoming: context,
+              }),
+            );
+          }
+          await this.ackQuietly(context.messageId);
+        } else {
+          this.emit(
+            ChatEvent.Error,
+            new SecureChatError(SecureChatErrorCode.StoreFailure, `message ${context.messageId} left for a retry`, { cause, incoming: context }),
+          );
+        }
+        return;
+      }
+      await this.rememberPeerDevice(context.sender, asDeviceId(context.senderDevice));
+      try {
+        content = decodeContent(plaintext);
+        if (content.kind === ContentKind.Text) decodeText(content.body);
+      } catch (cause) {
+        if (!(cause instanceof ContentFormatError)) throw cause;
+        this.emit(
+          ChatEvent.Error,
+          new SecureChatError(SecureChatErrorCode.MalformedContent, `message ${context.messageId} has malformed content; dropped`, {
+            cause,
+            incoming: context,
+          }),
+        );
+        await this.ackQuietly(context.messageId);
+        return;
+      }
+      if (this.unacked.size >= MAX_UNACKED_MESSAGES) {
+        const oldest = this.unacked.keys().next().value;
+        if (oldest !== undefined) this.unacked.delete(oldest);
+      }
+    }
+
+    const entry: UnackedMessage = { content, inFlight: true };
+    this.unacked.set(context.messageId, entry);
+    await this.deliver(this.incomingMessage(envelope, context, content), entry);
+  }
+
+  private async deliver(message: IncomingMessage, entry: UnackedMessage): Promise<void> {
+    const listeners = this.listeners(ChatEvent.Message);
+    if (listeners.length === 0) {
+      // Nobody received it: leave it on the relay.
+      entry.inFlight = false;
+      this.logger.warn?.('a message arrived with no message listener; it is not acked');
+      return;
+    }
+    try {
+      for (const listener of listeners) await listener(message);
+    } catch (cause) {
+      entry.inFlight = false;
+      this.emit(
+        ChatEvent.Error,
+        new SecureChatError(SecureChatErrorCode.ListenerFailed, `a message listener threw; message ${message.id} not acked`, {
+          cause,
+          incoming: { messageId: message.id, sender: message.sender, senderDevice: message.senderDevice },
+        }),
+      );
+      return;
+    }
+    if (this.autoAck) await message.ack().catch((error: unknown) => this.report(error));
+  }
+
+  private incomingMessage(envelope: Envelope, context: IncomingMessageContext, content: MessageContent): IncomingMessage {
+    let acked: Promise<void> | undefined;
+    const body = content.body.slice();
+    return {
+      id: asMessageId(context.messageId),
+      sender: context.sender,
+      senderDevice: asDeviceId(context.senderDevice),
+      timestamp: content.timestamp,
+      serverTimestamp: envelope.serverTimestamp,
+      body,
+      ...(content.kind === ContentKind.Text ? { text: decodeText(content.body) } : {}),
+      ack: () => {
+        acked ??= this.ack(context.messageId).catch((error: unknown) => {
+          acked = undefined;
+          throw error;
+        });
+        return acked;
+      },
+    };
+  }
+
+  private async rememberPeerDevice(username: string, deviceId: DeviceId): Promise<void> {
+    const devices = await this.stores.metadata.getPeerDevices(username);
+    if (!devices.includes(deviceId)) await this.stores.metadata.savePeerDevices(username, [...devices, deviceId]);
+  }
+
+  /** @throws {SecureChatError} `AckFailed`. */
+  private async ack(messageId: string): Promise<void> {
+    try {
+      if (this.socket?.isOpen) {
+        this.socket.send({ type: ClientFrameType.Ack, id: messageId });
+      } else {
+        await this.authorized((token) => this.transport.ackMessage(token, messageId));
+      }
+    } catch (cause) {
+      // Already deleted (acked over a socket that then dropped): the goal is met.
+      if (!SecureChatError.isRelay(cause, ErrorCode.MessageNotFound)) {
+        throw new SecureChatError(SecureChatErrorCode.AckFailed, `ack of message ${messageId} failed`, { cause });
+      }
+    }
+    this.unacked.delete(messageId);
+  }
+
+  private async ackQuietly(messageId: string): Promise<void> {
+    await this.ack(messageId).catch((error: unknown) => this.report(error));
+  }
+
+  private report(error: unknown): void {
+    this.emit(
+      ChatEvent.Error,
+      SecureChatError.is(error) ? error : new SecureChatError(SecureChatErrorCode.Network, 'background task failed', { cause: error }),
+    );
+  }
+}
+
+function checkPassword(password: string): string {
+  if (typeof password !== 'string' || password.length === 0 || password.length > PASSWORD_MAX_LENGTH) {
+    throw new SecureChatError(SecureChatErrorCode.InvalidArgument, `password must be 1..${PASSWORD_MAX_LENGTH} characters`);
+  }
+  return password;
+}
+
+function isAuthRefusal(error: unknown): boolean {
+  return (
+    SecureChatError.isRelay(error, ErrorCode.InvalidToken) ||
+    SecureChatError.isRelay(error, ErrorCode.AuthenticationRequired) ||
+    SecureChatError.isRelay(error, ErrorCode.TokenExpired)
+  );
+}
+
+/** The envelope's routing fields, checked; null when the relay sent something malformed. */
+function envelopeContext(envelope: Envelope): IncomingMessageContext | null {
+  if (
+    typeof envelope !== 'object' ||
+    envelope === null ||
+    typeof envelope.id !== 'string' ||
+    typeof envelope.source !== 'string' ||
+    !USERNAME_PATTERN.test(envelope.source) ||
+    !Number.isInteger(envelope.sourceDevice) ||
+    envelope.sourceDevice < DEVICE_ID_MIN ||
+    envelope.sourceDevice > DEVICE_ID_MAX ||
+    (envelope.type !== EnvelopeType.PreKey && envelope.type !== EnvelopeType.Signal) ||
+    typeof envelope.ciphertext !== 'string' ||
+    typeof envelope.serverTimestamp !== 'number'
+  ) {
+    return null;
+  }
+  return { messageId: envelope.id, sender: envelope.source, senderDevice: envelope.sourceDevice };
+}

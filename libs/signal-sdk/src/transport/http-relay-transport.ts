@@ -1,0 +1,191 @@
+import WebSocket from 'ws';
+import type {
+  AuthResponse,
+  ClientFrame,
+  ErrorBody,
+  PreKeyBundleResponse,
+  PreKeyCountResponse,
+  SendMessageRequest,
+  SendMessageResponse,
+  ServerFrame,
+  UploadKeysRequest,
+} from '@chat/protocol';
+import { API_PREFIX, MAX_WS_FRAME_BYTES, WS_PATH, type ErrorCode } from '../wire.js';
+import { SecureChatError, SecureChatErrorCode } from '../errors.js';
+import type { Credentials, RelaySocket, RelaySocketListener, RelayTransport } from './relay-transport.js';
+
+export interface RelayUrls {
+  /** Base URL for HTTP, without a trailing slash. */
+  http: string;
+  /** URL of the WebSocket endpoint. */
+  ws: string;
+}
+
+/**
+ * Derives the relay's HTTP and WebSocket URLs from its base URL
+ * (http -> ws, https -> wss, plus `WS_PATH`).
+ * @throws {SecureChatError} `InvalidOptions` when `relayUrl` is not an http(s) URL without query or fragment.
+ */
+export function relayUrlsOf(relayUrl: string): RelayUrls {
+  let url: URL;
+  try {
+    url = new URL(relayUrl);
+  } catch (cause) {
+    throw new SecureChatError(SecureChatErrorCode.InvalidOptions, `relayUrl is not a URL: ${JSON.stringify(relayUrl)}`, { cause });
+  }
+  if (url.protocol !== 'http:' && url.protocol !== 'https:') {
+    throw new SecureChatError(SecureChatErrorCode.InvalidOptions, `relayUrl must be http: or https:, not ${url.protocol}`);
+  }
+  if (url.search || url.hash || url.username || url.password) {
+    throw new SecureChatError(SecureChatErrorCode.InvalidOptions, 'relayUrl must not carry credentials, a query or a fragment');
+  }
+  const base = url.href.replace(/\/+$/, '');
+  const wsBase = (url.protocol === 'https:' ? 'wss:' : 'ws:') + base.slice(url.protocol.length);
+  return { http: base, ws: wsBase + WS_PATH };
+}
+
+function isErrorBody(value: unknown): value is ErrorBody {
+  return typeof value === 'object' && value !== null && typeof (value as ErrorBody).code === 'string';
+}
+
+function relayRejection(status: number, body: unknown): SecureChatError {
+  if (isErrorBody(body)) {
+    return new SecureChatError(SecureChatErrorCode.RelayRejected, `relay refused (${status} ${body.code})`, {
+      relayCode: body.code as ErrorCode,
+      status,
+      details: Array.isArray(body.details) ? body.details.filter((d) => typeof d === 'string') : undefined,
+    });
+  }
+  return new SecureChatError(SecureChatErrorCode.Network, `relay answered ${status} without an error body`, { status });
+}
+
+/** The relay over HTTP (global `fetch`) and WebSocket (`ws`). */
+export class HttpRelayTransport implements RelayTransport {
+  private readonly urls: RelayUrls;
+
+  constructor(relayUrl: string) {
+    this.urls = relayUrlsOf(relayUrl);
+  }
+
+  register(credentials: Credentials): Promise<AuthResponse> {
+    return this.request('POST', '/auth/register', { body: credentials });
+  }
+
+  login(credentials: Credentials): Promise<AuthResponse> {
+    return this.request('POST', '/auth/login', { body: credentials });
+  }
+
+  refresh(refreshToken: string): Promise<AuthResponse> {
+    return this.request('POST', '/auth/refresh', { body: { refreshToken } });
+  }
+
+  async uploadKeys(accessToken: string, keys: UploadKeysRequest): Promise<void> {
+    await this.request('PUT', '/keys', { accessToken, body: keys });
+  }
+
+  getPreKeyCount(accessToken: string): Promise<PreKeyCountResponse> {
+    return this.request('GET', '/keys/count', { accessToken });
+  }
+
+  getPreKeyBundle(accessToken: string, username: string): Promise<PreKeyBundleResponse> {
+    return this.request('GET', `/keys/${encodeURIComponent(username)}`, { accessToken });
+  }
+
+  sendMessage(accessToken: string, message: SendMessageRequest): Promise<SendMessageResponse> {
+    return this.request('POST', '/messages', { accessToken, body: message });
+  }
+
+  async ackMessage(accessToken: string, messageId: string): Promise<void> {
+    await this.request('DELETE', `/messages/${encodeURIComponent(messageId)}`, { accessToken });
+  }
+
+  openSocket(accessToken: string, listener: RelaySocketListener): Promise<RelaySocket> {
+    return new Promise((resolve, reject) => {
+      const socket = new WebSocket(this.urls.ws, {
+        headers: { Authorization: `Bearer ${accessToken}` },
+        maxPayload: MAX_WS_FRAME_BYTES,
+      });
+      let opened = false;
+
+      socket.on('unexpected-response', (_request, response) => {
+        const chunks: Buffer[] = [];
+        response.on('data', (chunk: Buffer) => chunks.push(chunk));
+        response.on('end', () => {
+          let body: unknown;
+          try {
+            body = JSON.parse(Buffer.concat(chunks).toString('utf8'));
+          } catch {
+            body = undefined;
+          }
+          reject(relayRejection(response.statusCode ?? 0, body));
+        });
+        socket.terminate();
+      });
+      socket.on('error', (cause) => {
+        if (!opened) reject(new SecureChatError(SecureChatErrorCode.Network, 'WebSocket connection failed', { cause }));
+      });
+      socket.on('open', () => {
+        opened = true;
+        resolve(new WsRelaySocket(socket));
+      });
+      socket.on('message', (data, isBinary) => {
+        if (isBinary) return;
+        let frame: unknown;
+        try {
+          frame = JSON.parse(data.toString());
+        } catch {
+          return;
+        }
+        if (typeof frame === 'object' && frame !== null && typeof (frame as ServerFrame).type === 'string') {
+          listener.onFrame(frame as ServerFrame);
+        }
+      });
+      socket.on('close', (code, reason) => {
+        if (opened) listener.onClose(code, reason.toString());
+      });
+    });
+  }
+
+  private async request<T>(method: string, path: string, options: { accessToken?: string; body?: unknown }): Promise<T> {
+    const headers: Record<string, string> = { accept: 'application/json' };
+    if (options.body !== undefined) headers['content-type'] = 'application/json';
+    if (options.accessToken) headers['authorization'] = `Bearer ${options.accessToken}`;
+    let response: Response;
+    try {
+      response = await fetch(this.urls.http + API_PREFIX + path, {
+        method,
+        headers,
+        body: options.body === undefined ? undefined : JSON.stringify(options.body),
+      });
+    } catch (cause) {
+      throw new SecureChatError(SecureChatErrorCode.Network, `${method} ${API_PREFIX}${path} failed`, { cause });
+    }
+    const text = await response.text();
+    let body: unknown;
+    try {
+      body = text ? JSON.parse(text) : undefined;
+    } catch (cause) {
+      if (response.ok) throw new SecureChatError(SecureChatErrorCode.Network, 'relay answered with invalid JSON', { cause });
+    }
+    if (!response.ok) throw relayRejection(response.status, body);
+    return body as T;
+  }
+}
+
+class WsRelaySocket implements RelaySocket {
+  constructor(private readonly socket: WebSocket) {}
+
+  get isOpen(): boolean {
+    return this.socket.readyState === WebSocket.OPEN;
+  }
+
+  send(frame: ClientFrame): void {
+    if (!this.isOpen) throw new SecureChatError(SecureChatErrorCode.ConnectionLost, 'the connection is not open');
+    this.socket.send(JSON.stringify(frame));
+  }
+
+  close(code = 1000, reason = ''): void {
+    if (this.socket.readyState === WebSocket.CONNECTING) this.socket.terminate();
+    else this.socket.close(code, reason);
+  }
+}

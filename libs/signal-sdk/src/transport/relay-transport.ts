@@ -1,0 +1,48 @@
+import type {
+  AuthResponse,
+  ClientFrame,
+  PreKeyBundleResponse,
+  PreKeyCountResponse,
+  SendMessageRequest,
+  SendMessageResponse,
+  ServerFrame,
+  UploadKeysRequest,
+} from '@chat/protocol';
+
+export interface Credentials {
+  username: string;
+  password: string;
+}
+
+/** Receives what an open socket delivers. */
+export interface RelaySocketListener {
+  onFrame(frame: ServerFrame): void;
+  /** Called once, when the socket closed for any reason. */
+  onClose(code: number, reason: string): void;
+}
+
+export interface RelaySocket {
+  readonly isOpen: boolean;
+  /** @throws {SecureChatError} `ConnectionLost` when the socket is not open. */
+  send(frame: ClientFrame): void;
+  close(code?: number, reason?: string): void;
+}
+
+/**
+ * Everything the client asks of the relay. The default implementation speaks
+ * HTTP and WebSocket (`HttpRelayTransport`); tests may pass a fake.
+ * Every method rejects with a `SecureChatError`: `RelayRejected` carrying the
+ * relay's `ErrorCode`, or `Network`.
+ */
+export interface RelayTransport {
+  register(credentials: Credentials): Promise<AuthResponse>;
+  login(credentials: Credentials): Promise<AuthResponse>;
+  refresh(refreshToken: string): Promise<AuthResponse>;
+  uploadKeys(accessToken: string, keys: UploadKeysRequest): Promise<void>;
+  getPreKeyCount(accessToken: string): Promise<PreKeyCountResponse>;
+  getPreKeyBundle(accessToken: string, username: string): Promise<PreKeyBundleResponse>;
+  sendMessage(accessToken: string, message: SendMessageRequest): Promise<SendMessageResponse>;
+  ackMessage(accessToken: string, messageId: string): Promise<void>;
+  /** Resolves once the WebSocket is open; rejects when the upgrade is refused or fails. */
+  openSocket(accessToken: string, listener: RelaySocketListener): Promise<RelaySocket>;
+}
