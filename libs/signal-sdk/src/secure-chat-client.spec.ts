@@ -1,0 +1,349 @@
+import { randomUUID } from 'node:crypto';
+import type {
+  AuthResponse,
+  ClientFrame,
+  Envelope,
+  PreKeyBundleResponse,
+  SendMessageRequest,
+  ServerFrame,
+  UploadKeysRequest,
+} from '@chat/protocol';
+import { ErrorCode, EnvelopeType, ServerFrameType } from './wire.js';
+import { SecureChatError, SecureChatErrorCode } from './errors.js';
+import { ChatEvent, ConnectionState, type IncomingMessage } from './events.js';
+import { SecureChatClient } from './secure-chat-client.js';
+import { createMemoryStores } from './stores/memory-stores.js';
+import type { SecureChatStores } from './stores/stores.js';
+import type { Credentials, RelaySocket, RelaySocketListener, RelayTransport } from './transport/relay-transport.js';
+import { waitForEvent, waitForMessage } from './testing/wait-for.js';
+
+/**
+ * An in-process stand-in for the relay's transport: it keeps uploaded public
+ * keys, hands out one-time keys once, stores messages until acked and pushes
+ * them to a connected socket. The real relay is covered by the e2e specs.
+ */
+function transportOf(relay: FakeRelay): RelayTransport {
+  return relay._transportBody(relay);
+}
+
+class FakeRelay {
+  readonly uploads: Array<{ username: string; keys: UploadKeysRequest }> = [];
+  readonly acked: string[] = [];
+  readonly accounts = new Map<
+    string,
+    { password: string; keys?: UploadKeysRequest; queue: Envelope[]; socket?: RelaySocketListener }
+  >();
+
+  transport(): RelayTransport {
+    return transportOf(this);
+  }
+
+  /** @internal used by transportOf */
+  _transportBody(relay: FakeRelay): RelayTransport {
+    const auth = (username: string): AuthResponse => ({
+      accountId: username,
+      username,
+      deviceId: 1,
+      accessToken: `token:${username}`,
+      expiresIn: 900,
+      refreshToken: `refresh:${username}`,
+    });
+    const who = (token: string) => token.slice('token:'.length);
+    const reject = (relayCode: ErrorCode) =>
+      Promise.reject(new SecureChatError(SecureChatErrorCode.RelayRejected, relayCode, { relayCode }));
+    return {
+      async register({ username, password }: Credentials) {
+        relay.accounts.set(username, { password, queue: [] });
+        return auth(username);
+      },
+      async login({ username, password }: Credentials) {
+        if (relay.accounts.get(username)?.password !== password) return reject(ErrorCode.InvalidCredentials);
+        return auth(username);
+      },
+      async refresh(refreshToken: string) {
+        return auth(refreshToken.slice('refresh:'.length));
+      },
+      async uploadKeys(token: string, keys: UploadKeysRequest) {
+        relay.uploads.push({ username: who(token), keys: structuredClone(keys) });
+        const account = relay.accounts.get(who(token))!;
+        const previous = account.keys;
+        account.keys = {
+          ...keys,
+          signedPreKey: keys.signedPreKey ?? previous?.signedPreKey,
+          kyberLastResortPreKey: keys.kyberLastResortPreKey ?? previous?.kyberLastResortPreKey,
+          preKeys: [...(previous?.preKeys ?? []), ...(keys.preKeys ?? [])],
+          kyberPreKeys: [...(previous?.kyberPreKeys ?? []), ...(keys.kyberPreKeys ?? [])],
+        };
+      },
+      async getPreKeyCount(token: string) {
+        const keys = relay.accounts.get(who(token))?.keys;
+        return { preKeys: keys?.preKeys?.length ?? 0, kyberPreKeys: keys?.kyberPreKeys?.length ?? 0 };
+      },
+      async getPreKeyBundle(_token: string, username: string): Promise<PreKeyBundleResponse> {
+        const keys = relay.accounts.get(username)?.keys;
+        if (!keys) return reject(ErrorCode.UnknownRecipient);
+        return {
+          username,
+          identityKey: keys.identityKey,
+          devices: [
+            {
+              deviceId: 1,
+              registrationId: keys.registrationId,
+              signedPreKey: keys.signedPreKey!,
+              preKey: keys.preKeys?.shift() ?? null,
+              kyberPreKey: keys.kyberPreKeys?.shift() ?? keys.kyberLastResortPreKey!,
+            },
+          ],
+        };
+      },
+      async sendMessage(token: string, message: SendMessageRequest) {
+        return { serverTimestamp: relay.store(who(token), message) };
+      },
+      async ackMessage(token: string, id: string) {
+        relay.ack(who(token), id);
+      },
+      async openSocket(token: string, listener: RelaySocketListener): Promise<RelaySocket> {
+        const account = relay.accounts.get(who(token))!;
+        account.socket = listener;
+        let open = true;
+        queueMicrotask(() => {
+          for (const envelope of account.queue) listener.onFrame({ type: ServerFrameType.Message, envelope });
+          listener.onFrame({ type: ServerFrameType.QueueEmpty });
+        });
+        return {
+          get isOpen() {
+            return open;
+          },
+          send(frame: ClientFrame) {
+            if (frame.type === 'ack') relay.ack(who(token), frame.id);
+            else {
+              const serverTimestamp = relay.store(who(token), frame.message);
+              listener.onFrame({ type: ServerFrameType.Sent, requestId: frame.requestId, serverTimestamp });
+            }
+          },
+          close() {
+            open = false;
+            account.socket = undefined;
+            listener.onClose(1000, '');
+          },
+        };
+      },
+    };
+  }
+
+  /** Puts an envelope in `to`'s queue and pushes it if connected. */
+  deliver(to: string, envelope: Envelope): void {
+    const account = this.accounts.get(to)!;
+    account.queue.push(envelope);
+    account.socket?.onFrame({ type: ServerFrameType.Message, envelope } satisfies ServerFrame);
+  }
+
+  private store(from: string, message: SendMessageRequest): number {
+    const serverTimestamp = Date.now();
+    for (const m of message.messages) {
+      this.deliver(message.to, { id: randomUUID(), source: from, sourceDevice: 1, type: m.type, ciphertext: m.ciphertext, serverTimestamp });
+    }
+    return serverTimestamp;
+  }
+
+  private ack(username: string, id: string): void {
+    this.acked.push(id);
+    const account = this.accounts.get(username)!;
+    account.queue = account.queue.filter((e) => e.id !== id);
+  }
+
+  queueOf(username: string): Envelope[] {
+    return this.accounts.get(username)?.queue ?? [];
+  }
+}
+
+const settle = () => new Promise((resolve) => setTimeout(resolve, 20));
+
+async function pair(options: { autoAck?: boolean } = {}) {
+  const relay = new FakeRelay();
+  const make = async (name: string, stores: SecureChatStores = createMemoryStores()) => {
+    const client = SecureChatClient.create({ relayUrl: 'http://127.0.0.1:1', transport: relay.transport(), stores, ...options });
+    await client.register(name, 'correct horse battery');
+    return client;
+  };
+  const alice = await make('alice');
+  const bob = await make('bob');
+  return { relay, alice, bob };
+}
+
+describe('SecureChatClient', () => {
+  it('validates the relay URL', () => {
+    expect(() => SecureChatClient.create({ relayUrl: 'ftp://relay.example' })).toThrow(
+      expect.objectContaining({ code: SecureChatErrorCode.InvalidOptions }),
+    );
+    expect(() => SecureChatClient.create({ relayUrl: 'not a url' })).toThrow(SecureChatError);
+    expect(() => SecureChatClient.create({ relayUrl: 'https://relay.example/' })).not.toThrow();
+  });
+
+  it('uploads only public keys: no private key byte string from the stores appears in the upload', async () => {
+    const stores = createMemoryStores();
+    const relay = new FakeRelay();
+    const client = SecureChatClient.create({ relayUrl: 'http://127.0.0.1:1', transport: relay.transport(), stores });
+    await client.register('alice', 'correct horse battery');
+
+    const [upload] = relay.uploads;
+    expect(upload?.keys.preKeys).toHaveLength(100);
+    expect(upload?.keys.kyberPreKeys).toHaveLength(100);
+    expect(upload?.keys.signedPreKey).toBeDefined();
+    expect(upload?.keys.kyberLastResortPreKey).toBeDefined();
+
+    const identity = (await stores.identity.getLocalIdentity())!;
+    const secrets: Uint8Array[] = [identity.identityKeyPair.privateKey.serialize()];
+    secrets.push((await stores.signedPreKey.getSignedPreKey(upload!.keys.signedPreKey!.keyId)).privateKey().serialize());
+    secrets.push((await stores.kyberPreKey.getKyberPreKey(upload!.keys.kyberLastResortPreKey!.keyId)).secretKey().serialize());
+    for (const { keyId } of upload!.keys.preKeys!) secrets.push((await stores.preKey.getPreKey(keyId)).privateKey().serialize());
+    for (const { keyId } of upload!.keys.kyberPreKeys!) secrets.push((await stores.kyberPreKey.getKyberPreKey(keyId)).secretKey().serialize());
+    expect(secrets).toHaveLength(203);
+
+    const uploaded = JSON.stringify(relay.uploads);
+    const uploadedBytes = Buffer.concat(
+      [...uploaded.matchAll(/"([A-Za-z0-9+/]{40,}={0,2})"/g)].map((m) => Buffer.from(m[1]!, 'base64')),
+    );
+    for (const secret of secrets) {
+      // Curve25519 private keys are 32 bytes; Kyber secret keys carry a type byte: compare the raw key material.
+      const material = Buffer.from(secret.length > 32 ? secret.subarray(1) : secret);
+      expect(uploadedBytes.includes(material)).toBe(false);
+      expect(uploaded.includes(material.toString('base64').slice(0, 40))).toBe(false);
+      expect(uploaded.includes(material.toString('hex').slice(0, 40))).toBe(false);
+    }
+  });
+
+  it('delivers a first message and replies, acking each only after every listener has finished', async () => {
+    const { relay, alice, bob } = await pair();
+    await bob.connect();
+    const events: string[] = [];
+    let release!: () => void;
+    const gate = new Promise<void>((resolve) => (release = resolve));
+    bob.on(ChatEvent.Message, async (message) => {
+      events.push(`listener start ${message.text}`);
+      await gate;
+      events.push('listener end');
+    });
+    bob.on(ChatEvent.Message, () => {
+      events.push('second listener');
+    });
+
+    await alice.send('bob', 'hello bob');
+    await settle();
+    expect(events).toEqual(['listener start hello bob']);
+    expect(relay.acked).toHaveLength(0);
+    expect(relay.queueOf('bob')).toHaveLength(1);
+
+    release();
+    await settle();
+    expect(events).toEqual(['listener start hello bob', 'listener end', 'second listener']);
+    expect(relay.acked).toHaveLength(1);
+    expect(relay.queueOf('bob')).toHaveLength(0);
+
+    const reply = waitForMessage(alice, (m) => m.text === 'hi alice');
+    await alice.connect();
+    await bob.send('alice', 'hi alice');
+    const got = await reply;
+    expect(got.sender).toBe('bob');
+    expect(got.senderDevice).toBe(1);
+    await alice.close();
+    await bob.close();
+  });
+
+  it('does not ack a message when a listener throws, reports ListenerFailed, and delivers it again on reconnect', async () => {
+    const { relay, alice, bob } = await pair();
+    const errors: SecureChatError[] = [];
+    bob.on(ChatEvent.Error, (error) => errors.push(error));
+    let fail = true;
+    const seen: string[] = [];
+    bob.on(ChatEvent.Message, (message) => {
+      seen.push(message.text ?? '');
+      if (fail) throw new Error('app crashed');
+    });
+    await bob.connect();
+    await alice.send('bob', 'fragile');
+    await settle();
+    expect(errors.map((e) => e.code)).toEqual([SecureChatErrorCode.ListenerFailed]);
+    expect(errors[0]?.incoming?.sender).toBe('alice');
+    expect(relay.acked).toHaveLength(0);
+    expect(relay.queueOf('bob')).toHaveLength(1);
+
+    fail = false;
+    await bob.close();
+    await bob.connect();
+    await settle();
+    expect(seen).toEqual(['fragile', 'fragile']);
+    expect(relay.queueOf('bob')).toHaveLength(0);
+  });
+
+  it('reports an undecryptable message with DecryptionFailed, never its bytes, and acks it so it is not retried forever', async () => {
+    const { relay, alice, bob } = await pair();
+    await bob.connect();
+    const error = waitForEvent(bob, ChatEvent.Error);
+    const messages: IncomingMessage[] = [];
+    bob.on(ChatEvent.Message, (m) => void messages.push(m));
+    const id = randomUUID();
+    relay.deliver('bob', {
+      id,
+      source: 'alice',
+      sourceDevice: 1,
+      type: EnvelopeType.Signal,
+      ciphertext: Buffer.from('not a signal message at all').toString('base64'),
+      serverTimestamp: Date.now(),
+    });
+    const [reported] = await error;
+    expect(reported.code).toBe(SecureChatErrorCode.DecryptionFailed);
+    expect(reported.incoming).toEqual({ messageId: id, sender: 'alice', senderDevice: 1 });
+    await settle();
+    expect(relay.acked).toEqual([id]);
+    expect(messages).toHaveLength(0);
+
+    // The session still works afterwards.
+    const next = waitForMessage(bob);
+    await alice.send('bob', 'still fine');
+    expect((await next).text).toBe('still fine');
+  });
+
+  it('with autoAck false, leaves the ack to message.ack()', async () => {
+    const { relay, alice, bob } = await pair({ autoAck: false });
+    await bob.connect();
+    const received = waitForMessage(bob);
+    await alice.send('bob', new Uint8Array([1, 2, 3]));
+    const message = await received;
+    expect([...message.body]).toEqual([1, 2, 3]);
+    expect(message.text).toBeUndefined();
+    await settle();
+    expect(relay.acked).toHaveLength(0);
+    await message.ack();
+    await message.ack();
+    expect(relay.acked).toEqual([message.id]);
+  });
+
+  it('emits messages stored while offline in order, then queueEmpty, and tracks connection state', async () => {
+    const { alice, bob } = await pair();
+    for (let i = 0; i < 5; i++) await alice.send('bob', `offline ${i}`);
+    const states: ConnectionState[] = [];
+    const order: string[] = [];
+    bob.on(ChatEvent.ConnectionState, (state) => states.push(state));
+    bob.on(ChatEvent.Message, (m) => void order.push(m.text!));
+    const empty = waitForEvent(bob, ChatEvent.QueueEmpty);
+    bob.on(ChatEvent.QueueEmpty, () => order.push('queue empty'));
+    await bob.connect();
+    await empty;
+    expect(order).toEqual(['offline 0', 'offline 1', 'offline 2', 'offline 3', 'offline 4', 'queue empty']);
+    await bob.close();
+    expect(states).toEqual([ConnectionState.Connecting, ConnectionState.Connected, ConnectionState.Disconnected]);
+  });
+
+  it('refuses to send before signing in and to send an oversized body', async () => {
+    const client = SecureChatClient.create({ relayUrl: 'http://127.0.0.1:1', transport: new FakeRelay().transport() });
+    await expect(client.send('bob', 'x')).rejects.toMatchObject({ code: SecureChatErrorCode.InvalidState });
+    const { alice } = await pair();
+    await expect(alice.send('bob', new Uint8Array(70 * 1024))).rejects.toMatchObject({ code: SecureChatErrorCode.InvalidArgument });
+  });
+
+  it('login without a local identity is refused', async () => {
+    const client = SecureChatClient.create({ relayUrl: 'http://127.0.0.1:1', transport: new FakeRelay().transport() });
+    await expect(client.login('alice', 'correct horse battery')).rejects.toMatchObject({ code: SecureChatErrorCode.NoLocalIdentity });
+  });
+});
