@@ -1,0 +1,94 @@
+import { mkdtemp, readFile, rm, stat } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { describe, expect, it } from '@jest/globals';
+import { ConfigError, loadConfig, readOrCreateDevelopmentSecret } from './relay-config.js';
+
+const SECRET = 'a'.repeat(32);
+const noSecretFile = () => ({ secret: 'generated-development-secret-0123456789', created: true });
+
+describe('loadConfig', () => {
+  it('fills the documented defaults and picks the embedded database without DATABASE_URL', () => {
+    const config = loadConfig({ JWT_SECRET: SECRET, DATA_DIR: '/var/lib/relay' });
+    expect(config).toMatchObject({
+      port: 8080,
+      host: '127.0.0.1',
+      nodeEnv: 'development',
+      database: { mode: 'embedded', dataDir: '/var/lib/relay/pglite' },
+      jwt: { secret: SECRET, ttlSeconds: 900 },
+      refreshTokenTtlDays: 30,
+      argon2: { memoryKib: 19456, timeCost: 2, parallelism: 1 },
+      heartbeatIntervalMs: 30000,
+    });
+  });
+
+  it('parses numbers and the database URL', () => {
+    const config = loadConfig({
+      JWT_SECRET: SECRET,
+      PORT: '9000',
+      DATABASE_URL: 'postgresql://relay@db.internal:5432/relay',
+      ARGON2_MEMORY_KIB: '1024',
+    });
+    expect(config.port).toBe(9000);
+    expect(config.argon2.memoryKib).toBe(1024);
+    expect(config.database).toEqual({ mode: 'postgres', url: 'postgresql://relay@db.internal:5432/relay' });
+  });
+
+  it.each([
+    ['PORT', 'eighty'],
+    ['PORT', '70000'],
+    ['NODE_ENV', 'staging'],
+    ['DATABASE_URL', 'mysql://localhost/relay'],
+    ['JWT_SECRET', 'too-short'],
+    ['JWT_TTL_SECONDS', '0'],
+    ['ARGON2_PARALLELISM', '1.5'],
+    ['HEARTBEAT_INTERVAL_MS', '-1'],
+    ['LOG_LEVEL', 'loud'],
+  ])('refuses %s=%s with a message naming the variable', (name, value) => {
+    const load = () => loadConfig({ JWT_SECRET: SECRET, [name]: value }, { developmentSecret: noSecretFile });
+    expect(load).toThrow(ConfigError);
+    expect(load).toThrow(new RegExp(`^${name}: `, 'm'));
+  });
+
+  it('refuses to start in production without JWT_SECRET, naming it', () => {
+    const load = () => loadConfig({ NODE_ENV: 'production' }, { developmentSecret: noSecretFile });
+    expect(load).toThrow(ConfigError);
+    expect(load).toThrow(/JWT_SECRET is required/);
+  });
+
+  it('uses the stored development secret when JWT_SECRET is unset outside production, and warns without it', () => {
+    const warnings: string[] = [];
+    const config = loadConfig({}, { developmentSecret: noSecretFile, warn: (message) => warnings.push(message) });
+    expect(config.jwt.secret).toBe('generated-development-secret-0123456789');
+    expect(warnings).toHaveLength(1);
+    expect(warnings[0]).not.toContain(config.jwt.secret);
+  });
+
+  it('treats empty variables as unset', () => {
+    expect(loadConfig({ JWT_SECRET: SECRET, PORT: '', DATABASE_URL: '' }).port).toBe(8080);
+  });
+
+  it('returns a frozen object', () => {
+    const config = loadConfig({ JWT_SECRET: SECRET });
+    expect(Object.isFrozen(config)).toBe(true);
+    expect(Object.isFrozen(config.jwt)).toBe(true);
+  });
+});
+
+describe('readOrCreateDevelopmentSecret', () => {
+  it('creates a 0600 secret file once and reads the same secret afterwards', async () => {
+    const dataDir = await mkdtemp(join(tmpdir(), 'relay-config-'));
+    try {
+      const first = readOrCreateDevelopmentSecret(join(dataDir, 'nested'));
+      const second = readOrCreateDevelopmentSecret(join(dataDir, 'nested'));
+      expect(first.created).toBe(true);
+      expect(first.secret.length).toBeGreaterThanOrEqual(32);
+      expect(second).toEqual({ secret: first.secret, created: false });
+      const file = join(dataDir, 'nested', 'jwt-secret');
+      expect((await readFile(file, 'utf8')).trim()).toBe(first.secret);
+      expect((await stat(file)).mode & 0o777).toBe(0o600);
+    } finally {
+      await rm(dataDir, { recursive: true, force: true });
+    }
+  });
+});
