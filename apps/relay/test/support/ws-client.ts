@@ -6,6 +6,8 @@ export interface WsClient {
   socket: WebSocket;
   /** Every frame received so far, in order. */
   frames: ServerFrame[];
+  /** Told of each frame as it is appended to `frames` (the same object). */
+  onFrame: Set<(frame: ServerFrame) => void>;
   send(frame: unknown): void;
 }
 
@@ -13,13 +15,18 @@ export interface WsClient {
 export async function connectWs(wsUrl: string, token: string, options: ClientOptions = {}): Promise<WsClient> {
   const socket = new WebSocket(wsUrl, { ...options, headers: { authorization: `Bearer ${token}`, ...options.headers } });
   const frames: ServerFrame[] = [];
-  socket.on('message', (data) => frames.push(JSON.parse(data.toString()) as ServerFrame));
+  const onFrame = new Set<(frame: ServerFrame) => void>();
+  socket.on('message', (data) => {
+    const frame = JSON.parse(data.toString()) as ServerFrame;
+    frames.push(frame);
+    for (const listener of onFrame) listener(frame);
+  });
   await new Promise<void>((resolve, reject) => {
     socket.once('open', resolve);
     socket.once('error', reject);
     socket.once('unexpected-response', (_request, response) => reject(new Error(`upgrade refused: ${response.statusCode}`)));
   });
-  return { socket, frames, send: (frame) => socket.send(typeof frame === 'string' ? frame : JSON.stringify(frame)) };
+  return { socket, frames, onFrame, send: (frame) => socket.send(typeof frame === 'string' ? frame : JSON.stringify(frame)) };
 }
 
 /**
@@ -34,19 +41,18 @@ export function waitForFrame<T extends ServerFrame = ServerFrame>(
   const seen = client.frames.find(predicate);
   if (seen) return Promise.resolve(seen as T);
   return new Promise<T>((resolve, reject) => {
-    const onMessage = (data: WebSocket.RawData) => {
-      const frame = JSON.parse(data.toString()) as ServerFrame;
+    const onFrame = (frame: ServerFrame) => {
       if (predicate(frame)) finish(() => resolve(frame as T));
     };
     const onClose = (code: number) => finish(() => reject(new Error(`socket closed (${code}) before the frame came`)));
     const timer = setTimeout(() => finish(() => reject(new Error(`no matching frame within ${timeoutMs} ms`))), timeoutMs);
     const finish = (settle: () => void) => {
       clearTimeout(timer);
-      client.socket.off('message', onMessage);
+      client.onFrame.delete(onFrame);
       client.socket.off('close', onClose);
       settle();
     };
-    client.socket.on('message', onMessage);
+    client.onFrame.add(onFrame);
     client.socket.once('close', onClose);
   });
 }
