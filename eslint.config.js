@@ -24,6 +24,11 @@ export default [
           ],
         },
       ],
+    },
+  },
+  {
+    files: ['**/*.ts'],
+    rules: {
       '@typescript-eslint/no-unused-vars': ['error', { argsIgnorePattern: '^_', varsIgnorePattern: '^_' }],
     },
   },

@@ -1,3 +1,7 @@
+// class-transformer's @Type decorators read design-time metadata while these
+// modules load, so the polyfill is evaluated before any DTO class.
+import 'reflect-metadata';
+
 export * from './limits.js';
 export * from './errors.js';
 export * from './validators.js';

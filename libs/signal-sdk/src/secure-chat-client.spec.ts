@@ -8,7 +8,7 @@ import type {
   ServerFrame,
   UploadKeysRequest,
 } from '@chat/protocol';
-import { ErrorCode, EnvelopeType, ServerFrameType } from './wire.js';
+import { ErrorCode, EnvelopeType, ServerFrameType } from '@chat/protocol';
 import { SecureChatError, SecureChatErrorCode } from './errors.js';
 import { ChatEvent, ConnectionState, type IncomingMessage } from './events.js';
 import { SecureChatClient } from './secure-chat-client.js';

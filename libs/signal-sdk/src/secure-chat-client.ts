@@ -14,7 +14,7 @@ import {
   ServerFrameType,
   USERNAME_PATTERN,
   canonicalUsername,
-} from './wire.js';
+} from '@chat/protocol';
 import { SecureChatError, SecureChatErrorCode, type IncomingMessageContext } from './errors.js';
 import { ChatEvent, ConnectionState, TypedEventEmitter, type ChatEventHandlerMap, type IncomingMessage } from './events.js';
 import { asDeviceId, asMessageId, type DeviceId } from './ids.js';

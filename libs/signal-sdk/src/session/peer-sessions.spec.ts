@@ -1,6 +1,6 @@
 import { ProtocolAddress } from '@signalapp/libsignal-client';
 import type { PreKeyBundleResponse, UploadKeysRequest } from '@chat/protocol';
-import { EnvelopeType, MAX_CIPHERTEXT_BYTES } from '../wire.js';
+import { EnvelopeType, MAX_CIPHERTEXT_BYTES } from '@chat/protocol';
 import { asDeviceId } from '../ids.js';
 import { createMemoryStores } from '../stores/memory-stores.js';
 import type { SecureChatStores } from '../stores/stores.js';

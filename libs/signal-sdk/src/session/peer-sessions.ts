@@ -14,7 +14,7 @@ import {
   signalEncrypt,
 } from '@signalapp/libsignal-client';
 import type { PreKeyBundleResponse } from '@chat/protocol';
-import { EnvelopeType } from '../wire.js';
+import { EnvelopeType } from '@chat/protocol';
 import { SecureChatError, SecureChatErrorCode } from '../errors.js';
 import { asDeviceId, type DeviceId } from '../ids.js';
 import type { SecureChatStores } from '../stores/stores.js';

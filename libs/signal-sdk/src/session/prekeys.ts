@@ -8,7 +8,7 @@ import {
   SignedPreKeyRecord,
 } from '@signalapp/libsignal-client';
 import type { KyberPreKeyDto, PreKeyDto, SignedPreKeyDto, UploadKeysRequest } from '@chat/protocol';
-import { REGISTRATION_ID_MAX, REGISTRATION_ID_MIN } from '../wire.js';
+import { REGISTRATION_ID_MAX, REGISTRATION_ID_MIN } from '@chat/protocol';
 import { asRegistrationId } from '../ids.js';
 import { KeyIdKind, type LocalIdentity, type SecureChatStores } from '../stores/stores.js';
 

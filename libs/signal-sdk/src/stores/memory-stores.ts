@@ -16,7 +16,7 @@ import {
   SignedPreKeyStore,
   type Uuid,
 } from '@signalapp/libsignal-client';
-import { KEY_ID_MAX } from '../wire.js';
+import { KEY_ID_MAX } from '@chat/protocol';
 import type { DeviceId } from '../ids.js';
 import { asRegistrationId } from '../ids.js';
 import {

@@ -10,7 +10,7 @@ import type {
   ServerFrame,
   UploadKeysRequest,
 } from '@chat/protocol';
-import { API_PREFIX, MAX_WS_FRAME_BYTES, WS_PATH, type ErrorCode } from '../wire.js';
+import { API_PREFIX, MAX_WS_FRAME_BYTES, WS_PATH, type ErrorCode } from '@chat/protocol';
 import { SecureChatError, SecureChatErrorCode } from '../errors.js';
 import type { Credentials, RelaySocket, RelaySocketListener, RelayTransport } from './relay-transport.js';
 
