@@ -70,7 +70,7 @@ describe('gateway (e2e)', () => {
     );
 
   beforeAll(async () => {
-    relay = await startTestRelay({ HEARTBEAT_INTERVAL_MS: '200' });
+    relay = await startTestRelay(); // heartbeat every 500 ms (the harness default)
   });
 
   afterAll(async () => {

@@ -26,6 +26,7 @@ import { HandshakeAuthenticator } from './handshake.js';
 /** What the gateway knows about one open socket. */
 interface SocketSession {
   device: AuthenticatedDevice;
+  sequence: number;
   /** Resolves once the device's row is known; sends do not wait for it, acks do. */
   deviceRowId: Promise<string>;
   connection?: DeviceConnection;
@@ -56,6 +57,7 @@ export class ChatGateway implements OnGatewayInit, OnGatewayConnection, OnGatewa
   private readonly sessions = new WeakMap<WebSocket, SocketSession>();
   private readonly handshake: HandshakeAuthenticator;
   private heartbeat?: NodeJS.Timeout;
+  private handshakesCompleted = 0;
 
   constructor(
     private readonly messages: MessagesService,
@@ -86,6 +88,7 @@ export class ChatGateway implements OnGatewayInit, OnGatewayConnection, OnGatewa
     }
     const session: SocketSession = {
       device,
+      sequence: ++this.handshakesCompleted,
       deviceRowId: this.messages.deviceRowIdOf(device),
       answeredPing: true,
       closed: false,
@@ -149,10 +152,9 @@ export class ChatGateway implements OnGatewayInit, OnGatewayConnection, OnGatewa
    */
   private async sendQueueThenGoLive(socket: WebSocket, session: SocketSession): Promise<void> {
     try {
-      const connection = new DeviceConnection(await session.deviceRowId, socket);
-      if (session.closed) return;
+      const connection = new DeviceConnection(await session.deviceRowId, socket, session.sequence);
+      if (session.closed || !this.delivery.attach(connection)) return;
       session.connection = connection;
-      this.delivery.attach(connection);
       for await (const envelope of this.messages.queued(connection.deviceRowId)) {
         if (!connection.isOpen) return;
         connection.sendQueued(envelope);

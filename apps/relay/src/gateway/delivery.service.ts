@@ -22,13 +22,21 @@ export class DeliveryService {
     }
   }
 
-  /** Registers a device's connection; an older one of the same device is closed with 4409. */
-  attach(connection: DeviceConnection): void {
-    const previous = this.connections.get(connection.deviceRowId);
-    this.connections.set(connection.deviceRowId, connection);
-    if (previous && previous !== connection) {
-      previous.close(CloseCode.ConnectionReplaced, 'CONNECTION_REPLACED');
+  /**
+   * Registers a device's connection and closes the older of two connections
+   * of one device with 4409. Older means the earlier handshake, not the
+   * earlier `attach`: the two race through their own database look-ups.
+   * Returns false when `connection` itself was the older one and is closed.
+   */
+  attach(connection: DeviceConnection): boolean {
+    const current = this.connections.get(connection.deviceRowId);
+    if (current && current !== connection && current.sequence > connection.sequence) {
+      connection.close(CloseCode.ConnectionReplaced, 'CONNECTION_REPLACED');
+      return false;
     }
+    this.connections.set(connection.deviceRowId, connection);
+    if (current && current !== connection) current.close(CloseCode.ConnectionReplaced, 'CONNECTION_REPLACED');
+    return true;
   }
 
   /** Forgets the connection unless a newer one of the same device has replaced it. */

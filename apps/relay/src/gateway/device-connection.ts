@@ -23,6 +23,8 @@ export class DeviceConnection {
   constructor(
     readonly deviceRowId: string,
     readonly socket: FrameSocket,
+    /** Order in which the handshakes completed: of two sockets of one device, the higher one is kept. */
+    readonly sequence: number,
   ) {}
 
   get isOpen(): boolean {
