@@ -36,7 +36,7 @@ async function waitForRelay(url, relay) {
   for (let i = 0; i < 150; i++) {
     if (relay.exitCode !== null) throw new Error(`relay exited with ${relay.exitCode}`);
     try {
-      await fetch(`${url}/v1/keys/count`);
+      await fetch(`${url}/v1/auth/me`);
       return;
     } catch {
       await sleep(200);

@@ -30,7 +30,7 @@ describe('keys (e2e)', () => {
   });
 
   const upload = (user: AuthResponse, body: unknown) => httpJson(relay, 'PUT', '/v1/keys', { token: user.accessToken, body });
-  const count = (user: AuthResponse) => httpJson(relay, 'GET', '/v1/keys/count', { token: user.accessToken });
+  const count = (user: AuthResponse) => httpJson(relay, 'GET', '/v1/keys', { token: user.accessToken });
   const fetchBundle = (username: string, by: AuthResponse = fetcher) =>
     httpJson<PreKeyBundleResponse>(relay, 'GET', `/v1/keys/${username}`, { token: by.accessToken });
 
@@ -218,8 +218,16 @@ describe('keys (e2e)', () => {
     expect((await count(user)).body).toEqual({ preKeys: 1, kyberPreKeys: 0 });
   });
 
+  it('serves the bundle of a user whose name is also a word of the keys API', async () => {
+    const user = await registerUser(relay, 'count');
+    await upload(user, new DeviceKeys({ preKeys: 1, kyberPreKeys: 1 }).uploadRequest());
+    const { status, body } = await fetchBundle('count');
+    expect(status).toBe(200);
+    expect(body.username).toBe('count');
+  });
+
   it('requires a token', async () => {
-    const { status, body } = await httpJson(relay, 'GET', '/v1/keys/count');
+    const { status, body } = await httpJson(relay, 'GET', '/v1/keys');
     expect(status).toBe(401);
     expect(body.code).toBe(ErrorCode.AuthenticationRequired);
   });

@@ -66,7 +66,7 @@ export class UploadKeysRequest {
   kyberPreKeys?: KyberPreKeyDto[];
 }
 
-/** `GET /v1/keys/count`: one-time keys the relay still holds for this device. */
+/** `GET /v1/keys`: one-time keys the relay still holds for this device. */
 export interface PreKeyCountResponse {
   preKeys: number;
   kyberPreKeys: number;

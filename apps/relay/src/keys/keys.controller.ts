@@ -23,8 +23,9 @@ export class KeysController {
     await this.keys.upload(device, request);
   }
 
-  // Declared before `:username`, so `count` is never read as a username.
-  @Get('count')
+  // Signal's layout: the collection itself answers with this device's counts,
+  // so no path segment beside `:username` can shadow a username.
+  @Get()
   count(@CurrentDevice() device: AuthenticatedDevice): Promise<PreKeyCountResponse> {
     return this.keys.count(device);
   }

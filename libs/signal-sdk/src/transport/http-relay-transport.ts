@@ -84,7 +84,7 @@ export class HttpRelayTransport implements RelayTransport {
   }
 
   getPreKeyCount(accessToken: string): Promise<PreKeyCountResponse> {
-    return this.request('GET', '/keys/count', { accessToken });
+    return this.request('GET', '/keys', { accessToken });
   }
 
   getPreKeyBundle(accessToken: string, username: string): Promise<PreKeyBundleResponse> {
