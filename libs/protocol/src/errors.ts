@@ -68,8 +68,12 @@ export enum CloseCode {
   Normal = 1000,
   /** The relay is shutting down; reconnect (to another instance). */
   GoingAway = 1001,
+  /** A socket that was not authenticated in the handshake (should never be seen). */
+  PolicyViolation = 1008,
   /** A frame exceeded `MAX_WS_FRAME_BYTES`. */
   MessageTooBig = 1009,
+  /** The relay could not read the device's queue; reconnect with back-off. */
+  InternalError = 1011,
   /** The token expired while the socket was open; refresh and reconnect. */
   TokenExpired = 4401,
   /** The same device connected again; this older socket is closed. Do not reconnect. */

@@ -35,8 +35,6 @@ interface SocketSession {
   closed: boolean;
 }
 
-/** Close code of RFC 6455 for a failure of the server. */
-const INTERNAL_ERROR_CLOSE = 1011;
 /** setTimeout's ceiling; a longer token lifetime is waited out in steps. */
 const MAX_TIMER_DELAY_MS = 2 ** 31 - 1;
 
@@ -83,7 +81,7 @@ export class ChatGateway implements OnGatewayInit, OnGatewayConnection, OnGatewa
     const device = this.handshake.deviceOf(request);
     if (!device) {
       // Only reachable if the server was created without our verifyClient: fail closed.
-      socket.close(1008, ErrorCode.AuthenticationRequired);
+      socket.close(CloseCode.PolicyViolation, ErrorCode.AuthenticationRequired);
       return;
     }
     const session: SocketSession = {
@@ -165,7 +163,7 @@ export class ChatGateway implements OnGatewayInit, OnGatewayConnection, OnGatewa
       if (exception.code === ErrorCode.Internal) {
         this.logger.error('Sending the stored queue failed', error instanceof Error ? error.stack : String(error));
       }
-      socket.close(INTERNAL_ERROR_CLOSE, exception.code);
+      socket.close(CloseCode.InternalError, exception.code);
     }
   }
 
