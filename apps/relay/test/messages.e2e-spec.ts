@@ -4,7 +4,6 @@ import {
   ErrorCode,
   MAX_CIPHERTEXT_BYTES,
   type AuthResponse,
-  type Envelope,
   type ListMessagesResponse,
 } from '@chat/protocol';
 import { DeviceKeys } from './support/libsignal-keys.js';
@@ -50,7 +49,7 @@ describe('messages (e2e)', () => {
     expect(status).toBe(200);
     expect(body.more).toBe(false);
     expect(body.messages.map((m) => Buffer.from(m.ciphertext, 'base64').toString())).toEqual(['first', 'second']);
-    expect(body.messages[0]).toEqual<Envelope>({
+    expect(body.messages[0]).toEqual({
       id: expect.stringMatching(/^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/) as unknown as string,
       source: alice.username,
       sourceDevice: 1,

@@ -13,7 +13,7 @@
  *
  *   const relay = await startTestRelay();
  *   const alice = await registerUser(relay, 'alice');
- *   const { status, body } = await httpJson(relay, 'GET', '/v1/keys/count', { token: alice.accessToken });
+ *   const { status, body } = await httpJson(relay, 'GET', '/v1/keys', { token: alice.accessToken });
  *   await relay.close();
  */
 import { randomBytes } from 'node:crypto';
@@ -23,7 +23,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { INestApplication } from '@nestjs/common';
 import pg from 'pg';
-import type { AuthResponse } from '@chat/protocol';
+import type { AuthResponse, ErrorBody } from '@chat/protocol';
 import { createRelayApp } from '../../src/app.factory.js';
 import { loadConfig, type RelayConfig } from '../../src/config/relay-config.js';
 import type { RelayEnv } from '../../src/config/relay-env.js';
@@ -114,7 +114,8 @@ async function createTestDatabase(serverUrl: string, cleanups: Array<() => Promi
 
 export interface HttpResult<Body = unknown> {
   status: number;
-  body: Body;
+  /** The answer's JSON; on a refusal, an `ErrorBody` instead. */
+  body: Body & Partial<ErrorBody>;
   headers: Headers;
 }
 
@@ -144,7 +145,7 @@ export async function httpJson<Body = any>(
   if (body !== undefined) headers['content-type'] ??= 'application/json';
   const response = await fetch(`${relay.baseUrl}${path}`, { method, headers, body });
   const text = await response.text();
-  return { status: response.status, body: (text ? JSON.parse(text) : undefined) as Body, headers: response.headers };
+  return { status: response.status, body: (text ? JSON.parse(text) : undefined) as Body & Partial<ErrorBody>, headers: response.headers };
 }
 
 export const DEFAULT_TEST_PASSWORD = 'correct horse battery staple';
