@@ -150,6 +150,39 @@ describe('keys (e2e)', () => {
     expect((await count(user)).body).toEqual({ preKeys: 2, kyberPreKeys: 0 });
   });
 
+  it('replaceOneTimePreKeys deletes the stored one-time keys before storing the batch: old ids may return, old keys are never handed out', async () => {
+    const { user, keys } = await userWithKeys({ preKeys: 3, kyberPreKeys: 3 });
+    // A restored install: same identity, none of the private halves, ids that overlap the stored ones.
+    const restored = new DeviceKeys({
+      identity: keys.identity,
+      registrationId: keys.registrationId,
+      preKeys: 2,
+      kyberPreKeys: 2,
+      firstKeyId: 101,
+    });
+    const request = restored.uploadRequest();
+    expect((await upload(user, request)).body.code).toBe(ErrorCode.DuplicateKeyId);
+
+    expect(await upload(user, { ...request, replaceOneTimePreKeys: true })).toMatchObject({ status: 204 });
+    expect((await count(user)).body).toEqual({ preKeys: 2, kyberPreKeys: 2 });
+    const handedOut = [];
+    for (let i = 0; i < 3; i++) handedOut.push((await fetchBundle(user.username)).body.devices[0]!);
+    expect(handedOut.map((device) => device.preKey)).toEqual([...request.preKeys!, null]);
+    expect(handedOut.map((device) => device.kyberPreKey)).toEqual([...request.kyberPreKeys!, request.kyberLastResortPreKey]);
+    expect(handedOut.every((device) => device.signedPreKey.publicKey === request.signedPreKey!.publicKey)).toBe(true);
+  });
+
+  it('keeps the stored one-time keys when a replacing upload is refused, and refuses a non-boolean flag', async () => {
+    const { user } = await userWithKeys({ preKeys: 2, kyberPreKeys: 1 });
+    const stranger = new DeviceKeys({ preKeys: 1, firstKeyId: 500 }).uploadRequest();
+    const mismatch = await upload(user, { ...stranger, replaceOneTimePreKeys: true });
+    expect(mismatch.body.code).toBe(ErrorCode.IdentityKeyMismatch);
+    const notBoolean = await upload(user, { ...stranger, replaceOneTimePreKeys: 'yes' });
+    expect(notBoolean.body.code).toBe(ErrorCode.ValidationFailed);
+    expect(notBoolean.body.details).toEqual([expect.stringMatching(/^replaceOneTimePreKeys: /)]);
+    expect((await count(user)).body).toEqual({ preKeys: 2, kyberPreKeys: 1 });
+  });
+
   it('hands every one-time prekey out exactly once to 20 concurrent fetches, then the last-resort Kyber key', async () => {
     const { user, keys } = await userWithKeys({ preKeys: 12, kyberPreKeys: 12 });
     const bundles = await Promise.all(Array.from({ length: 20 }, () => fetchBundle(user.username)));

@@ -1,5 +1,5 @@
 import { Type } from 'class-transformer';
-import { ArrayMaxSize, IsArray, IsInt, IsOptional, Max, Min, ValidateNested } from 'class-validator';
+import { ArrayMaxSize, IsArray, IsBoolean, IsInt, IsOptional, Max, Min, ValidateNested } from 'class-validator';
 import {
   EC_PUBLIC_KEY_BYTES,
   KEY_ID_MAX,
@@ -64,6 +64,15 @@ export class UploadKeysRequest {
   @IsOptional() @IsArray() @ArrayMaxSize(MAX_PREKEYS_PER_UPLOAD)
   @ValidateNested({ each: true }) @Type(() => KyberPreKeyDto)
   kyberPreKeys?: KyberPreKeyDto[];
+
+  /**
+   * Delete every one-time EC and one-time Kyber prekey the relay holds for
+   * this device before storing this upload's, in the same transaction. For an
+   * install that no longer has their private halves (a restore from backup):
+   * the relay must not hand them out, and their ids may be reused.
+   */
+  @IsOptional() @IsBoolean()
+  replaceOneTimePreKeys?: boolean;
 }
 
 /** `GET /v1/keys`: one-time keys the relay still holds for this device. */

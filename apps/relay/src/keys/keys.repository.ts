@@ -31,6 +31,8 @@ export interface KeyUpload {
   kyberLastResortPreKey?: SignedPreKeyRecord;
   preKeys: OneTimePreKeyRecord[];
   kyberPreKeys: SignedPreKeyRecord[];
+  /** Delete the device's stored one-time keys (EC and Kyber) before storing these. */
+  replaceOneTimePreKeys: boolean;
 }
 
 export type StoreKeysOutcome = 'stored' | 'identity-key-mismatch' | 'duplicate-key-id';
@@ -112,6 +114,9 @@ export class KeysRepository {
   /**
    * Stores an upload in one transaction: all of it or, on an identity key
    * other than the account's or a one-time key id already stored, nothing.
+   * With `replaceOneTimePreKeys` the device's stored one-time keys are
+   * deleted first, inside the same transaction, so no bundle is ever handed
+   * out with a key of the old set once the new one is stored.
    */
   async storeKeys(accountId: string, deviceRowId: string, upload: KeyUpload): Promise<StoreKeysOutcome> {
     try {
@@ -139,6 +144,10 @@ export class KeysRepository {
           },
         });
 
+        if (upload.replaceOneTimePreKeys) {
+          await tx.oneTimePreKey.deleteMany({ where: { deviceRowId } });
+          await tx.kyberPreKey.deleteMany({ where: { deviceRowId } });
+        }
         if (upload.preKeys.length > 0) {
           const { count } = await tx.oneTimePreKey.createMany({
             data: upload.preKeys.map((key) => ({ deviceRowId, keyId: key.keyId, publicKey: key.publicKey })),

@@ -76,6 +76,13 @@ describe('KeysService.upload', () => {
     expect(repository.uploads).toHaveLength(1);
     expect(b64(repository.uploads[0]!.identityKey)).toBe(request.identityKey);
     expect(repository.uploads[0]!.kyberPreKeys.map((key) => key.keyId)).toEqual([10, 11]);
+    expect(repository.uploads[0]!.replaceOneTimePreKeys).toBe(false);
+  });
+
+  it('passes replaceOneTimePreKeys on to the repository', async () => {
+    const repository = new InMemoryKeysRepository();
+    await new KeysService(repository as unknown as KeysRepository).upload(device, { ...validUpload(), replaceOneTimePreKeys: true });
+    expect(repository.uploads[0]!.replaceOneTimePreKeys).toBe(true);
   });
 
   it.each([

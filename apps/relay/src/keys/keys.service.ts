@@ -147,6 +147,7 @@ function verifiedUpload(request: UploadKeysRequest): KeyUpload {
       }),
     ),
     kyberPreKeys: kyberPreKeys.map((key, index) => verifySigned(KEMPublicKey, key, `kyberPreKeys.${index}`)),
+    replaceOneTimePreKeys: request.replaceOneTimePreKeys === true,
   };
 }
 

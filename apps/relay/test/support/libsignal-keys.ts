@@ -33,18 +33,23 @@ export interface DeviceKeyOptions {
   kyberPreKeys?: number;
   /** First one-time key id (EC and Kyber); the last-resort Kyber key takes an id below it. */
   firstKeyId?: number;
+  /** Another batch of an existing device: its identity and registration id (default: new ones). */
+  identity?: IdentityKeyPair;
+  registrationId?: number;
 }
 
 /** A device's key material, private halves included (they never leave the test). */
 export class DeviceKeys {
-  readonly identity = IdentityKeyPair.generate();
-  readonly registrationId = 1 + Math.floor(Math.random() * 0x3ffe);
+  readonly identity: IdentityKeyPair;
+  readonly registrationId: number;
   readonly signedPreKey: SignedPreKeyRecord;
   readonly kyberLastResort: KyberPreKeyRecord;
   readonly preKeys: PreKeyRecord[];
   readonly kyberPreKeys: KyberPreKeyRecord[];
 
   constructor(options: DeviceKeyOptions = {}) {
+    this.identity = options.identity ?? IdentityKeyPair.generate();
+    this.registrationId = options.registrationId ?? 1 + Math.floor(Math.random() * 0x3ffe);
     const first = options.firstKeyId ?? 100;
     const signedKey = PrivateKey.generate();
     this.signedPreKey = SignedPreKeyRecord.new(
