@@ -1,5 +1,6 @@
 import { Module, type DynamicModule, type MiddlewareConsumer, type NestModule } from '@nestjs/common';
 import { AuthModule } from './auth/auth.module.js';
+import { BackupModule } from './backup/backup.module.js';
 import { RequestLoggerMiddleware } from './common/request-logger.middleware.js';
 import { ConfigModule } from './config/config.module.js';
 import type { RelayConfig } from './config/relay-config.js';
@@ -14,7 +15,7 @@ export class AppModule implements NestModule {
   static forRoot(config: RelayConfig): DynamicModule {
     return {
       module: AppModule,
-      imports: [ConfigModule.forRoot(config), PrismaModule, AuthModule, KeysModule, MessagesModule, GatewayModule],
+      imports: [ConfigModule.forRoot(config), PrismaModule, AuthModule, KeysModule, MessagesModule, BackupModule, GatewayModule],
     };
   }
 

@@ -1,4 +1,5 @@
 import { createHash } from 'node:crypto';
+import { readdirSync } from 'node:fs';
 import { appendFile, cp, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -8,6 +9,11 @@ import { loadDatamodel, type Datamodel, type DmmfField, type DmmfModel } from '.
 import { createScratchDatabase, type ScratchDatabase } from './support/scratch-database.js';
 
 const INIT = '20261126000000_init';
+/** Every migration folder of prisma/migrations, in the order they apply (name = timestamp order). */
+const MIGRATIONS = readdirSync(MIGRATIONS_DIR, { withFileTypes: true })
+  .filter((entry) => entry.isDirectory())
+  .map((entry) => entry.name)
+  .sort();
 
 describe('migrations', () => {
   let db: ScratchDatabase;
@@ -24,28 +30,31 @@ describe('migrations', () => {
     await rm(migrationsDir, { recursive: true, force: true });
   });
 
-  it('applies once, then finds nothing to do, recording rows as prisma migrate deploy does', async () => {
-    expect(await applyMigrations(db.url, { migrationsDir })).toEqual([INIT]);
+  it('applies once, in timestamp order, then finds nothing to do, recording rows as prisma migrate deploy does', async () => {
+    expect(MIGRATIONS[0]).toBe(INIT);
+    expect(await applyMigrations(db.url, { migrationsDir })).toEqual(MIGRATIONS);
     expect(await applyMigrations(db.url, { migrationsDir })).toEqual([]);
 
     const rows = await db.query(
       `SELECT id, checksum, migration_name, logs, rolled_back_at, applied_steps_count,
               finished_at IS NOT NULL AS finished, finished_at >= started_at AS ordered
-         FROM _prisma_migrations`,
+         FROM _prisma_migrations ORDER BY started_at, migration_name`,
     );
-    const sql = await readFile(join(MIGRATIONS_DIR, INIT, 'migration.sql'));
-    expect(rows).toEqual([
-      {
+    const expected = [];
+    for (const name of MIGRATIONS) {
+      const sql = await readFile(join(MIGRATIONS_DIR, name, 'migration.sql'));
+      expected.push({
         id: expect.stringMatching(/^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/),
         checksum: createHash('sha256').update(sql).digest('hex'),
-        migration_name: INIT,
+        migration_name: name,
         logs: null,
         rolled_back_at: null,
         applied_steps_count: 1,
         finished: true,
         ordered: true,
-      },
-    ]);
+      });
+    }
+    expect(rows).toEqual(expected);
   });
 
   it('creates _prisma_migrations with the DDL of prisma schema-engine', async () => {
@@ -76,17 +85,18 @@ describe('migrations', () => {
   });
 
   it('rolls a failing migration back, records it with its error, and refuses to continue past it', async () => {
-    const failing = '20261201000000_failing';
+    // Later than every real migration, so that all of them apply before it.
+    const failing = '99991231000000_failing';
     await mkdir(join(migrationsDir, failing));
     await writeFile(join(migrationsDir, failing, 'migration.sql'), 'CREATE TABLE "half_done" ("id" INTEGER);\nSELECT 1 / 0;\n');
 
-    await expect(applyMigrations(db.url, { migrationsDir })).rejects.toThrow(/20261201000000_failing failed: division by zero/);
+    await expect(applyMigrations(db.url, { migrationsDir })).rejects.toThrow(/99991231000000_failing failed: division by zero/);
 
     const recorded = await db.query(
-      'SELECT migration_name, finished_at IS NULL AS unfinished, logs FROM _prisma_migrations ORDER BY started_at',
+      'SELECT migration_name, finished_at IS NULL AS unfinished, logs FROM _prisma_migrations ORDER BY started_at, migration_name',
     );
     expect(recorded).toEqual([
-      { migration_name: INIT, unfinished: false, logs: null },
+      ...MIGRATIONS.map((name) => ({ migration_name: name, unfinished: false, logs: null })),
       { migration_name: failing, unfinished: true, logs: expect.stringContaining('division by zero') },
     ]);
     expect(await db.query(`SELECT to_regclass('half_done') AS half_done`)).toEqual([{ half_done: null }]);

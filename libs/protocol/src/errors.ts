@@ -44,6 +44,9 @@ export enum ErrorCode {
   /** No stored message of that id for this device. */
   MessageNotFound = 'MESSAGE_NOT_FOUND',
 
+  /** The account has no stored backup. */
+  BackupNotFound = 'BACKUP_NOT_FOUND',
+
   /** The frame has a `type` the relay does not know. */
   UnknownFrameType = 'UNKNOWN_FRAME_TYPE',
   /** Too many requests; retry after the time the relay names. */

@@ -8,4 +8,5 @@ export * from './validators.js';
 export * from './auth.dto.js';
 export * from './keys.dto.js';
 export * from './messages.dto.js';
+export * from './backup.dto.js';
 export * from './frames.js';

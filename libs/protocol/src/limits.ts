@@ -47,7 +47,13 @@ export const MAX_CIPHERTEXT_BYTES = 64 * 1024;
 /** Devices one send may address (an account has at most this many). */
 export const MAX_DEVICES_PER_ACCOUNT = 6;
 
-/** Largest HTTP request body, in bytes of JSON (a full key upload is about 230 KB). */
+/**
+ * Largest encrypted backup the relay stores per account. An upload of this
+ * size is about 350 KB of JSON (base64), inside `MAX_HTTP_BODY_BYTES`.
+ */
+export const MAX_BACKUP_BYTES = 256 * 1024;
+
+/** Largest HTTP request body, in bytes of JSON (a full key upload is about 230 KB, a full backup about 350 KB). */
 export const MAX_HTTP_BODY_BYTES = 512 * 1024;
 /** Largest WebSocket frame the relay reads; larger ones close the socket with 1009. */
 export const MAX_WS_FRAME_BYTES = 512 * 1024;

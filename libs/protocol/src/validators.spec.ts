@@ -3,8 +3,9 @@ import { plainToInstance } from 'class-transformer';
 import { validateSync } from 'class-validator';
 import { decodedBase64Length } from './validators.js';
 import { RegisterRequest } from './auth.dto.js';
+import { UploadBackupRequest } from './backup.dto.js';
 import { UploadKeysRequest } from './keys.dto.js';
-import { EC_PUBLIC_KEY_BYTES, MAX_PREKEYS_PER_UPLOAD } from './limits.js';
+import { EC_PUBLIC_KEY_BYTES, MAX_BACKUP_BYTES, MAX_HTTP_BODY_BYTES, MAX_PREKEYS_PER_UPLOAD } from './limits.js';
 
 const b64 = (bytes: number) => Buffer.alloc(bytes, 7).toString('base64');
 
@@ -56,5 +57,21 @@ describe('UploadKeysRequest', () => {
     const [error] = validateSync(dto);
     expect(error?.property).toBe('signedPreKey');
     expect(error?.children?.[0]?.property).toBe('publicKey');
+  });
+});
+
+describe('UploadBackupRequest', () => {
+  const check = (blob: unknown) => validateSync(plainToInstance(UploadBackupRequest, { blob })).map((e) => e.property);
+
+  it('accepts 1 to MAX_BACKUP_BYTES bytes and nothing else', () => {
+    expect(check(b64(1))).toEqual([]);
+    expect(check(b64(MAX_BACKUP_BYTES))).toEqual([]);
+    expect(check(b64(MAX_BACKUP_BYTES + 1))).toEqual(['blob']);
+    expect(check('')).toEqual(['blob']);
+    expect(check(42)).toEqual(['blob']);
+  });
+
+  it('fits a largest backup in one HTTP body', () => {
+    expect(Buffer.byteLength(JSON.stringify({ blob: b64(MAX_BACKUP_BYTES) }))).toBeLessThanOrEqual(MAX_HTTP_BODY_BYTES);
   });
 });

@@ -42,6 +42,7 @@ export const HTTP_STATUS_OF: Record<ErrorCode, number> = {
   [ErrorCode.UnknownRecipient]: 404,
   [ErrorCode.MismatchedDevices]: 409,
   [ErrorCode.MessageNotFound]: 404,
+  [ErrorCode.BackupNotFound]: 404,
   [ErrorCode.UnknownFrameType]: 400,
   [ErrorCode.RateLimited]: 429,
   [ErrorCode.Internal]: 500,
