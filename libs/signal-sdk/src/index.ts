@@ -28,6 +28,7 @@ export {
   type AccountRecord,
   type LocalIdentity,
   type SecureChatStores,
+  type TrustedIdentity,
 } from './stores/stores.js';
 export { amendStores } from './stores/memory-stores.js';
 export { CONTENT_VERSION, ContentKind, MAX_BODY_BYTES, PADDING_BLOCK } from './session/content.js';

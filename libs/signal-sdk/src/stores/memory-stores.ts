@@ -27,6 +27,7 @@ import {
   type AccountRecord,
   type LocalIdentity,
   type SecureChatStores,
+  type TrustedIdentity,
 } from './stores.js';
 
 // Memory stores keep `serialize()` bytes, never live records, so that every
@@ -104,6 +105,10 @@ export class MemoryIdentityKeyStore extends SecureChatIdentityKeyStore {
   async getIdentity(address: ProtocolAddress): Promise<PublicKey | null> {
     const known = this.remote.get(address.name());
     return known ? PublicKey.deserialize(known) : null;
+  }
+
+  async getTrustedIdentities(): Promise<TrustedIdentity[]> {
+    return [...this.remote].map(([username, key]) => ({ username, identityKey: PublicKey.deserialize(key) }));
   }
 }
 

@@ -4,6 +4,7 @@ import {
   type IdentityKeyPair,
   type KyberPreKeyRecord,
   type PreKeyStore,
+  type PublicKey,
   type SenderKeyStore,
   type SessionStore,
   type SignedPreKeyStore,
@@ -16,14 +17,23 @@ export interface LocalIdentity {
   registrationId: RegistrationId;
 }
 
+/** A peer's identity key as the identity store holds it (per account, not per device). */
+export interface TrustedIdentity {
+  username: string;
+  identityKey: PublicKey;
+}
+
 /**
  * libsignal's identity store plus what libsignal leaves out: creating the
- * local identity on first registration.
+ * local identity on first registration, and listing the peer identities
+ * (for an encrypted backup, so that trust on first use carries over).
  */
 export abstract class SecureChatIdentityKeyStore extends IdentityKeyStore {
   /** The local identity, or null before the first `register`. */
   abstract getLocalIdentity(): Promise<LocalIdentity | null>;
   abstract saveLocalIdentity(identity: LocalIdentity): Promise<void>;
+  /** Every peer identity key `saveIdentity` recorded, one per username, in any order. */
+  abstract getTrustedIdentities(): Promise<TrustedIdentity[]>;
 }
 
 /**
