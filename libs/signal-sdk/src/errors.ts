@@ -40,6 +40,19 @@ export enum SecureChatErrorCode {
   AckFailed = 'ACK_FAILED',
   /** The relay sent an `error` frame that answers no request of ours. */
   RelayError = 'RELAY_ERROR',
+  /** Not a well-formed recovery secret (64 hex digits); nothing was sent or changed. */
+  InvalidRecoverySecret = 'INVALID_RECOVERY_SECRET',
+  /** The recovery secret is not the one the backup was made with; nothing was changed. */
+  WrongRecoverySecret = 'WRONG_RECOVERY_SECRET',
+  /** The relay holds no backup for this account. */
+  BackupNotFound = 'BACKUP_NOT_FOUND',
+  /**
+   * The backup cannot be read: altered, truncated, made for another account,
+   * or of a format version this SDK does not know. Nothing was changed.
+   */
+  BackupCorrupted = 'BACKUP_CORRUPTED',
+  /** The account state does not fit in the relay's backup size limit; nothing was uploaded. */
+  BackupTooLarge = 'BACKUP_TOO_LARGE',
 }
 
 /** Where an error about an incoming message came from; never its content. */

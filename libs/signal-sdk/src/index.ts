@@ -32,5 +32,12 @@ export {
 } from './stores/stores.js';
 export { amendStores } from './stores/memory-stores.js';
 export { CONTENT_VERSION, ContentKind, MAX_BODY_BYTES, PADDING_BLOCK } from './session/content.js';
+export { generateRecoverySecret } from './backup/recovery-secret.js';
+export {
+  BACKUP_FORMAT_VERSION,
+  BACKUP_KDF_LIMITS,
+  DEFAULT_BACKUP_KDF,
+  type BackupKdfParams,
+} from './backup/backup-format.js';
 export type { BackOffOptions } from './transport/back-off.js';
 export type { Credentials, RelaySocket, RelaySocketListener, RelayTransport } from './transport/relay-transport.js';

@@ -29,6 +29,7 @@ function transportOf(relay: FakeRelay): RelayTransport {
 class FakeRelay {
   readonly uploads: Array<{ username: string; keys: UploadKeysRequest }> = [];
   readonly acked: string[] = [];
+  readonly backups = new Map<string, { blob: string; updatedAt: number }>();
   readonly accounts = new Map<
     string,
     { password: string; keys?: UploadKeysRequest; queue: Envelope[]; socket?: RelaySocketListener }
@@ -101,6 +102,15 @@ class FakeRelay {
       },
       async ackMessage(token: string, id: string) {
         relay.ack(who(token), id);
+      },
+      async putBackup(token: string, backup: { blob: string }) {
+        relay.backups.set(who(token), { blob: backup.blob, updatedAt: Date.now() });
+      },
+      async getBackup(token: string) {
+        return relay.backups.get(who(token)) ?? reject(ErrorCode.BackupNotFound);
+      },
+      async deleteBackup(token: string) {
+        relay.backups.delete(who(token));
       },
       async openSocket(token: string, listener: RelaySocketListener): Promise<RelaySocket> {
         const account = relay.accounts.get(who(token))!;

@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import PQueue from 'p-queue';
 import { ErrorCode as LibSignalErrorCode, LibSignalErrorBase, ProtocolAddress } from '@signalapp/libsignal-client';
-import type { AuthResponse, Envelope, SendMessageRequest, ServerFrame } from '@chat/protocol';
+import type { AuthResponse, BackupResponse, Envelope, SendMessageRequest, ServerFrame } from '@chat/protocol';
 import {
   ClientFrameType,
   CloseCode,
@@ -15,11 +15,14 @@ import {
   USERNAME_PATTERN,
   canonicalUsername,
 } from '@chat/protocol';
+import { exportAccountState, restoreAccountState } from './backup/account-backup.js';
+import { DEFAULT_BACKUP_KDF, isSupportedKdf, openBackup, sealBackup, type BackupKdfParams } from './backup/backup-format.js';
+import { parseRecoverySecret } from './backup/recovery-secret.js';
 import { SecureChatError, SecureChatErrorCode, type IncomingMessageContext } from './errors.js';
 import { ChatEvent, ConnectionState, TypedEventEmitter, type ChatEventHandlerMap, type IncomingMessage } from './events.js';
 import { asDeviceId, asMessageId, type DeviceId } from './ids.js';
 import { amendStores } from './stores/memory-stores.js';
-import type { LocalIdentity, SecureChatStores } from './stores/stores.js';
+import type { AccountRecord, LocalIdentity, SecureChatStores } from './stores/stores.js';
 import { ContentFormatError, ContentKind, MAX_BODY_BYTES, decodeContent, decodeText, encodeContent, type MessageContent } from './session/content.js';
 import { PeerSessions } from './session/peer-sessions.js';
 import { generateKeyUpload, generateLocalIdentity } from './session/prekeys.js';
@@ -56,6 +59,12 @@ export interface SecureChatClientOptions {
   /** The clock, ms since the epoch; injectable for tests. */
   now?: () => number;
   logger?: SecureChatLogger;
+  /**
+   * scrypt cost of the key `createBackup` derives from the recovery secret
+   * (default `DEFAULT_BACKUP_KDF`: N = 2^17, r = 8, p = 1). Lower it only in
+   * tests; restoring reads the cost from the backup itself.
+   */
+  backupKdf?: BackupKdfParams;
 }
 
 /** What `send` returns. */
@@ -113,6 +122,7 @@ export class SecureChatClient extends TypedEventEmitter<ChatEvent, ChatEventHand
   private readonly sendTimeoutMs: number;
   private readonly now: () => number;
   private readonly logger: SecureChatLogger;
+  private readonly backupKdf: BackupKdfParams;
 
   private account: { username: string; deviceId: DeviceId } | null = null;
   private auth: AuthSession | null = null;
@@ -140,9 +150,13 @@ export class SecureChatClient extends TypedEventEmitter<ChatEvent, ChatEventHand
     this.sendTimeoutMs = options.sendTimeoutMs ?? 30_000;
     this.now = options.now ?? Date.now;
     this.logger = options.logger ?? {};
+    this.backupKdf = options.backupKdf ?? DEFAULT_BACKUP_KDF;
     this.sessions = new PeerSessions(this.stores, () => this.localAddress());
     if (!Number.isInteger(this.oneTimePreKeyBatch) || this.oneTimePreKeyBatch < 1 || this.oneTimePreKeyBatch > MAX_PREKEYS_PER_UPLOAD) {
       throw new SecureChatError(SecureChatErrorCode.InvalidOptions, `oneTimePreKeyBatch must be 1..${MAX_PREKEYS_PER_UPLOAD}`);
+    }
+    if (!isSupportedKdf(this.backupKdf)) {
+      throw new SecureChatError(SecureChatErrorCode.InvalidOptions, 'backupKdf is outside BACKUP_KDF_LIMITS');
     }
   }
 
@@ -276,6 +290,71 @@ export class SecureChatClient extends TypedEventEmitter<ChatEvent, ChatEventHand
     this.setState(ConnectionState.Disconnected);
   }
 
+  // --- backup ---------------------------------------------------------------
+
+  /**
+   * Encrypts what a new install needs to continue as this user (identity key
+   * pair, registration id, account, key id counters, trusted peer identity
+   * keys; not sessions, not prekeys) under a key derived from
+   * `recoverySecret`, and stores it at the relay in place of the account's
+   * previous backup. The relay never sees the secret; make one with
+   * `generateRecoverySecret()`.
+   * @throws {SecureChatError} `InvalidState` before `register`/`login`, `InvalidRecoverySecret`,
+   *   `NoLocalIdentity`, `BackupTooLarge`, `RelayRejected`, `Network`.
+   */
+  async createBackup(recoverySecret: string): Promise<void> {
+    this.requireAuth();
+    const secret = parseRecoverySecret(recoverySecret);
+    const account = this.localAccount();
+    const contents = await exportAccountState(this.stores, account, this.now());
+    const blob = await sealBackup(contents, secret, this.backupKdf);
+    await this.authorized((token) => this.transport.putBackup(token, { blob: Buffer.from(blob).toString('base64') }));
+  }
+
+  /**
+   * Makes this new install the account's device again: signs in, downloads
+   * and decrypts the account's backup, and only then writes it into the
+   * stores, which must be empty. Then uploads a new signed prekey, Kyber
+   * last-resort prekey and one-time batches, replacing the one-time keys the
+   * relay still held for the device (their private halves are not in a
+   * backup). Sessions are not in a backup either: the next message to a peer
+   * opens a new one. If only the final key upload fails, calling this again
+   * finishes the restore.
+   * @throws {SecureChatError} `InvalidRecoverySecret`, `InvalidArgument`, `RelayRejected`
+   *   (e.g. `INVALID_CREDENTIALS`), `BackupNotFound`, `WrongRecoverySecret`, `BackupCorrupted`
+   *   (with these the stores are left untouched), `InvalidState` (the stores hold another identity
+   *   or account), `Network`.
+   */
+  async restoreFromBackup(username: string, password: string, recoverySecret: string): Promise<void> {
+    const secret = parseRecoverySecret(recoverySecret);
+    const auth = await this.transport.login({ username, password: checkPassword(password) });
+    let backup: BackupResponse;
+    try {
+      backup = await this.transport.getBackup(auth.accessToken);
+    } catch (cause) {
+      if (!SecureChatError.isRelay(cause, ErrorCode.BackupNotFound)) throw cause;
+      throw new SecureChatError(SecureChatErrorCode.BackupNotFound, 'the relay holds no backup for this account', {
+        cause,
+        relayCode: ErrorCode.BackupNotFound,
+      });
+    }
+    if (typeof backup?.blob !== 'string') throw new SecureChatError(SecureChatErrorCode.Network, 'the relay answered without a backup blob');
+    const contents = await openBackup(new Uint8Array(Buffer.from(backup.blob, 'base64')), secret, auth.username);
+    const account = { username: auth.username, deviceId: asDeviceId(auth.deviceId) };
+    await restoreAccountState(this.stores, contents, account);
+    this.acceptAuth(auth);
+    await this.uploadKeys(contents.identity, true, true);
+  }
+
+  /**
+   * Deletes the account's backup at the relay; succeeds when there is none.
+   * @throws {SecureChatError} `InvalidState` before `register`/`login`, `RelayRejected`, `Network`.
+   */
+  async deleteBackup(): Promise<void> {
+    this.requireAuth();
+    await this.authorized((token) => this.transport.deleteBackup(token));
+  }
+
   // --- keys and account -----------------------------------------------------
 
   private async ensureLocalIdentity(): Promise<LocalIdentity> {
@@ -290,19 +369,26 @@ export class SecureChatClient extends TypedEventEmitter<ChatEvent, ChatEventHand
     if (this.account) await this.stores.metadata.saveAccount(this.account);
   }
 
-  private async uploadKeys(identity: LocalIdentity, withSignedKeys: boolean): Promise<void> {
+  /** `replaceOneTimePreKeys`: the relay drops the device's one-time keys first (after a restore they cannot be answered). */
+  private async uploadKeys(identity: LocalIdentity, withSignedKeys: boolean, replaceOneTimePreKeys = false): Promise<void> {
     const upload = await generateKeyUpload(this.stores, identity, {
       withSignedKeys,
       oneTimePreKeys: this.oneTimePreKeyBatch,
       oneTimeKyberPreKeys: this.oneTimePreKeyBatch,
       now: this.now(),
     });
+    if (replaceOneTimePreKeys) upload.replaceOneTimePreKeys = true;
     await this.authorized((token) => this.transport.uploadKeys(token, upload));
   }
 
   private localAddress(): ProtocolAddress {
     if (!this.account) throw new SecureChatError(SecureChatErrorCode.InvalidState, 'not signed in');
     return ProtocolAddress.new(this.account.username, this.account.deviceId);
+  }
+
+  private localAccount(): AccountRecord {
+    if (!this.account) throw new SecureChatError(SecureChatErrorCode.InvalidState, 'not signed in');
+    return this.account;
   }
 
   // --- tokens ---------------------------------------------------------------

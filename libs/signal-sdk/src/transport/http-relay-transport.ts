@@ -1,6 +1,7 @@
 import WebSocket from 'ws';
 import type {
   AuthResponse,
+  BackupResponse,
   ClientFrame,
   ErrorBody,
   PreKeyBundleResponse,
@@ -8,6 +9,7 @@ import type {
   SendMessageRequest,
   SendMessageResponse,
   ServerFrame,
+  UploadBackupRequest,
   UploadKeysRequest,
 } from '@chat/protocol';
 import { API_PREFIX, MAX_WS_FRAME_BYTES, WS_PATH, type ErrorCode } from '@chat/protocol';
@@ -97,6 +99,18 @@ export class HttpRelayTransport implements RelayTransport {
 
   async ackMessage(accessToken: string, messageId: string): Promise<void> {
     await this.request('DELETE', `/messages/${encodeURIComponent(messageId)}`, { accessToken });
+  }
+
+  async putBackup(accessToken: string, backup: UploadBackupRequest): Promise<void> {
+    await this.request('PUT', '/backup', { accessToken, body: backup });
+  }
+
+  getBackup(accessToken: string): Promise<BackupResponse> {
+    return this.request('GET', '/backup', { accessToken });
+  }
+
+  async deleteBackup(accessToken: string): Promise<void> {
+    await this.request('DELETE', '/backup', { accessToken });
   }
 
   openSocket(accessToken: string, listener: RelaySocketListener): Promise<RelaySocket> {

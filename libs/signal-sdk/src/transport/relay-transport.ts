@@ -1,11 +1,13 @@
 import type {
   AuthResponse,
+  BackupResponse,
   ClientFrame,
   PreKeyBundleResponse,
   PreKeyCountResponse,
   SendMessageRequest,
   SendMessageResponse,
   ServerFrame,
+  UploadBackupRequest,
   UploadKeysRequest,
 } from '@chat/protocol';
 
@@ -43,6 +45,10 @@ export interface RelayTransport {
   getPreKeyBundle(accessToken: string, username: string): Promise<PreKeyBundleResponse>;
   sendMessage(accessToken: string, message: SendMessageRequest): Promise<SendMessageResponse>;
   ackMessage(accessToken: string, messageId: string): Promise<void>;
+  putBackup(accessToken: string, backup: UploadBackupRequest): Promise<void>;
+  /** Rejects with the relay's `BACKUP_NOT_FOUND` when the account has none. */
+  getBackup(accessToken: string): Promise<BackupResponse>;
+  deleteBackup(accessToken: string): Promise<void>;
   /** Resolves once the WebSocket is open; rejects when the upgrade is refused or fails. */
   openSocket(accessToken: string, listener: RelaySocketListener): Promise<RelaySocket>;
 }
