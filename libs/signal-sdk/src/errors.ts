@@ -34,6 +34,32 @@ export enum SecureChatErrorCode {
   MalformedContent = 'MALFORMED_CONTENT',
   /** A store failed; the message is left on the relay and retried on the next connection. */
   StoreFailure = 'STORE_FAILURE',
+  /**
+   * A store has no record under the id asked for (a one-time prekey already
+   * used, say). Stores throw it where libsignal expects a rejection for an
+   * unknown id, so that the client can tell a missing key (the message can
+   * never decrypt) from a broken store (keep the message for a retry).
+   */
+  RecordNotFound = 'RECORD_NOT_FOUND',
+  /**
+   * A PreKey message used a Kyber last-resort prekey with a signed prekey and
+   * base key already seen (a replay); the Kyber store refuses it (PQXDH). Like
+   * `RecordNotFound`, a refusal of the message, not a store failure.
+   */
+  PreKeyReused = 'PREKEY_REUSED',
+  /**
+   * The passphrase does not open this store: it is wrong, or the store's key
+   * header was altered (the two cannot be told apart). Nothing was read.
+   */
+  WrongPassphrase = 'WRONG_PASSPHRASE',
+  /**
+   * A store record or the store file was altered or damaged: a record failed
+   * authentication, sits under another record's id, or the database is
+   * corrupt. The record is never used.
+   */
+  StoreTampered = 'STORE_TAMPERED',
+  /** Another process (or another open in this one) holds the store file. */
+  StoreLocked = 'STORE_LOCKED',
   /** A `message` listener threw; the message is not acked and will be delivered again. */
   ListenerFailed = 'LISTENER_FAILED',
   /** Acking a message at the relay failed. */

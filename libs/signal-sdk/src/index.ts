@@ -22,11 +22,13 @@ export {
 export type { DeviceId, KyberPreKeyId, MessageId, PreKeyId, RegistrationId, SignedPreKeyId } from './ids.js';
 export {
   KeyIdKind,
+  MAX_PENDING_MESSAGES,
   SecureChatIdentityKeyStore,
   SecureChatKyberPreKeyStore,
   SecureChatMetadataStore,
   type AccountRecord,
   type LocalIdentity,
+  type PendingMessage,
   type SecureChatStores,
   type TrustedIdentity,
 } from './stores/stores.js';

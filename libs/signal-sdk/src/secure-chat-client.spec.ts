@@ -12,7 +12,7 @@ import { ErrorCode, EnvelopeType, ServerFrameType } from '@chat/protocol';
 import { SecureChatError, SecureChatErrorCode } from './errors.js';
 import { ChatEvent, ConnectionState, type IncomingMessage } from './events.js';
 import { SecureChatClient } from './secure-chat-client.js';
-import { createMemoryStores } from './stores/memory-stores.js';
+import { MemorySessionStore, createMemoryStores } from './stores/memory-stores.js';
 import type { SecureChatStores } from './stores/stores.js';
 import type { Credentials, RelaySocket, RelaySocketListener, RelayTransport } from './transport/relay-transport.js';
 import { waitForEvent, waitForMessage } from './testing/wait-for.js';
@@ -62,6 +62,7 @@ class FakeRelay {
         return auth(username);
       },
       async refresh(refreshToken: string) {
+        if (!refreshToken.startsWith('refresh:')) return reject(ErrorCode.InvalidToken);
         return auth(refreshToken.slice('refresh:'.length));
       },
       async uploadKeys(token: string, keys: UploadKeysRequest) {
@@ -355,5 +356,117 @@ describe('SecureChatClient', () => {
   it('login without a local identity is refused', async () => {
     const client = SecureChatClient.create({ relayUrl: 'http://127.0.0.1:1', transport: new FakeRelay().transport() });
     await expect(client.login('alice', 'correct horse battery')).rejects.toMatchObject({ code: SecureChatErrorCode.NoLocalIdentity });
+  });
+});
+
+describe('SecureChatClient on stores that outlive it', () => {
+  it('keeps the refresh token in the stores, so a new client on them resumes without the password and goes on with the session', async () => {
+    const { relay, alice } = await pair();
+    const bobStores = createMemoryStores();
+    const bob = SecureChatClient.create({ relayUrl: 'http://127.0.0.1:1', transport: relay.transport(), stores: bobStores });
+    await bob.register('bob', 'correct horse battery');
+    await expect(bobStores.metadata.getRefreshToken()).resolves.toBe('refresh:bob');
+    await bob.connect();
+    const first = waitForMessage(bob);
+    await alice.send('bob', 'before the restart');
+    await first;
+    await bob.close();
+    const uploads = relay.uploads.length;
+
+    const restarted = SecureChatClient.create({ relayUrl: 'http://127.0.0.1:1', transport: relay.transport(), stores: bobStores });
+    await restarted.resume();
+    expect(restarted.username).toBe('bob');
+    expect(relay.uploads).toHaveLength(uploads);
+    await restarted.connect();
+    const next = waitForMessage(restarted);
+    await alice.send('bob', 'after the restart');
+    expect((await next).text).toBe('after the restart');
+    await restarted.close();
+  });
+
+  it('refuses resume without a kept session (InvalidState) and with a refused token (SessionExpired, then forgets it)', async () => {
+    const relay = new FakeRelay();
+    const stores = createMemoryStores();
+    const client = SecureChatClient.create({ relayUrl: 'http://127.0.0.1:1', transport: relay.transport(), stores });
+    await expect(client.resume()).rejects.toMatchObject({ code: SecureChatErrorCode.NoLocalIdentity });
+    await client.register('carol', 'correct horse battery');
+    await stores.metadata.saveRefreshToken(null);
+    await expect(client.resume()).rejects.toMatchObject({ code: SecureChatErrorCode.InvalidState });
+    await stores.metadata.saveRefreshToken('revoked-token');
+    await expect(client.resume()).rejects.toMatchObject({ code: SecureChatErrorCode.SessionExpired });
+    await expect(stores.metadata.getRefreshToken()).resolves.toBeNull();
+  });
+
+  it('emits a message decrypted but not acked again from the stores after a restart, though it can never decrypt again', async () => {
+    const { relay, alice } = await pair();
+    const bobStores = createMemoryStores();
+    const bob = SecureChatClient.create({ relayUrl: 'http://127.0.0.1:1', transport: relay.transport(), stores: bobStores, autoAck: false });
+    await bob.register('bob', 'correct horse battery');
+    await bob.connect();
+    const first = waitForMessage(bob);
+    await alice.send('bob', 'read, never acked');
+    const unacked = await first;
+    await bob.close();
+    expect(relay.queueOf('bob').map((e) => e.id)).toEqual([unacked.id]);
+    await expect(bobStores.metadata.getPendingMessage(unacked.id)).resolves.not.toBeNull();
+
+    const restarted = SecureChatClient.create({ relayUrl: 'http://127.0.0.1:1', transport: relay.transport(), stores: bobStores });
+    const errors: SecureChatError[] = [];
+    restarted.on(ChatEvent.Error, (error) => errors.push(error));
+    await restarted.resume();
+    const again = waitForMessage(restarted);
+    await restarted.connect();
+    const message = await again;
+    expect({ id: message.id, text: message.text, timestamp: message.timestamp }).toEqual({
+      id: unacked.id,
+      text: 'read, never acked',
+      timestamp: unacked.timestamp,
+    });
+    await settle();
+    expect(errors).toEqual([]);
+    expect(relay.queueOf('bob')).toHaveLength(0);
+    await expect(bobStores.metadata.getPendingMessage(unacked.id)).resolves.toBeNull();
+    await restarted.close();
+  });
+
+  it('reports a store failure during decryption as StoreFailure and leaves the message for a retry (libsignal alone calls it a decryption failure)', async () => {
+    class FlakySessionStore extends MemorySessionStore {
+      failures = 0;
+      override async getSession(...args: Parameters<MemorySessionStore['getSession']>) {
+        if (this.failures > 0) {
+          this.failures--;
+          throw new Error('disk I/O error');
+        }
+        return super.getSession(...args);
+      }
+    }
+    const relay = new FakeRelay();
+    const alice = SecureChatClient.create({ relayUrl: 'http://127.0.0.1:1', transport: relay.transport() });
+    await alice.register('alice', 'correct horse battery');
+    const session = new FlakySessionStore();
+    const bob = SecureChatClient.create({ relayUrl: 'http://127.0.0.1:1', transport: relay.transport(), stores: { session } });
+    await bob.register('bob', 'correct horse battery');
+    const errors: SecureChatError[] = [];
+    bob.on(ChatEvent.Error, (error) => errors.push(error));
+    const seen: string[] = [];
+    bob.on(ChatEvent.Message, (m) => void seen.push(m.text ?? ''));
+    await alice.send('bob', 'kept for a retry');
+
+    session.failures = 1;
+    await bob.connect();
+    await settle();
+    expect(errors.map((e) => e.code)).toEqual([SecureChatErrorCode.StoreFailure]);
+    const storeError = errors[0]?.cause as SecureChatError;
+    expect(storeError.code).toBe(SecureChatErrorCode.StoreFailure);
+    expect((storeError.cause as Error).message).toBe('disk I/O error');
+    expect(seen).toEqual([]);
+    expect(relay.queueOf('bob')).toHaveLength(1);
+
+    await bob.close();
+    await bob.connect();
+    await settle();
+    expect(seen).toEqual(['kept for a retry']);
+    expect(relay.queueOf('bob')).toHaveLength(0);
+    await bob.close();
   });
 });

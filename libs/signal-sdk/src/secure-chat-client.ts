@@ -89,21 +89,11 @@ interface PendingSend {
   timer: NodeJS.Timeout;
 }
 
-/**
- * A delivered message the app has not acked yet. Its decrypted content is
- * kept because the ratchet has moved on: if the relay delivers it again (a
- * listener threw, or the socket reconnected) it can never decrypt again and
- * is re-emitted from here instead.
- */
-interface UnackedMessage {
-  content: MessageContent;
-  /** True while listeners run or while waiting for the app's `ack()`: a redelivery is then ignored. */
-  inFlight: boolean;
-}
+/** A decrypted envelope's content, or why it is not a valid content record. */
+type OpenedMessage = { content: MessageContent } | { malformed: ContentFormatError };
 
 /** Refresh this long before the access token expires (at most a fifth of its lifetime). */
 const REFRESH_MARGIN_MS = 60_000;
-const MAX_UNACKED_MESSAGES = 1000;
 
 /**
  * An end-to-end encrypted chat client: PQXDH and the Double Ratchet from
@@ -137,7 +127,12 @@ export class SecureChatClient extends TypedEventEmitter<ChatEvent, ChatEventHand
   private readonly pendingSends = new Map<string, PendingSend>();
   /** Incoming frames are handled one at a time, in the order the relay sent them. */
   private readonly incoming = new PQueue({ concurrency: 1 });
-  private readonly unacked = new Map<string, UnackedMessage>();
+  /**
+   * Messages whose listeners are running or whose `ack()` the app has not
+   * called yet: a redelivery of one of them is ignored. Their decrypted
+   * content is kept in the metadata store's pending messages until the ack.
+   */
+  private readonly inFlight = new Set<string>();
 
   private constructor(options: SecureChatClientOptions) {
     super();
@@ -190,7 +185,7 @@ export class SecureChatClient extends TypedEventEmitter<ChatEvent, ChatEventHand
    */
   async register(username: string, password: string): Promise<void> {
     const identity = await this.ensureLocalIdentity();
-    this.acceptAuth(await this.transport.register({ username, password: checkPassword(password) }));
+    await this.keepAuth(await this.transport.register({ username, password: checkPassword(password) }));
     await this.saveAccount();
     await this.uploadKeys(identity, true);
   }
@@ -209,14 +204,41 @@ export class SecureChatClient extends TypedEventEmitter<ChatEvent, ChatEventHand
     if (stored && stored.username !== canonicalUsername(username)) {
       throw new SecureChatError(SecureChatErrorCode.InvalidState, 'the stores belong to another account');
     }
-    this.acceptAuth(await this.transport.login({ username, password: checkPassword(password) }));
+    await this.keepAuth(await this.transport.login({ username, password: checkPassword(password) }));
     await this.saveAccount();
-    const count = await this.authorized((token) => this.transport.getPreKeyCount(token));
-    if (count.preKeys === 0 && count.kyberPreKeys === 0) {
-      await this.uploadKeys(identity, true);
-    } else if (count.preKeys < this.preKeyRefillThreshold || count.kyberPreKeys < this.preKeyRefillThreshold) {
-      await this.uploadKeys(identity, false);
+    await this.topUpKeys(identity);
+  }
+
+  /**
+   * Signs in again with the refresh token the stores kept, without the
+   * password: for an install restarted from persistent stores, whose
+   * sessions then continue. Like `login`, uploads keys when the relay holds
+   * none for this device and tops up one-time prekeys that run low.
+   * @throws {SecureChatError} `NoLocalIdentity`; `InvalidState` when the stores hold no account or no
+   *   refresh token (use `login`), or the relay answered for another account; `SessionExpired` when
+   *   the relay refused the token (expired, already used or revoked: use `login`); `Network`.
+   */
+  async resume(): Promise<void> {
+    const identity = await this.stores.identity.getLocalIdentity();
+    if (!identity) throw new SecureChatError(SecureChatErrorCode.NoLocalIdentity, 'the stores hold no identity key; register first');
+    const account = await this.stores.metadata.getAccount();
+    const refreshToken = await this.stores.metadata.getRefreshToken();
+    if (!account || !refreshToken) {
+      throw new SecureChatError(SecureChatErrorCode.InvalidState, 'the stores hold no session to resume; log in with the password');
     }
+    let response: AuthResponse;
+    try {
+      response = await this.transport.refresh(refreshToken);
+    } catch (cause) {
+      if (!SecureChatError.is(cause, SecureChatErrorCode.RelayRejected)) throw cause;
+      await this.stores.metadata.saveRefreshToken(null);
+      throw new SecureChatError(SecureChatErrorCode.SessionExpired, 'the stored session could not be renewed; log in again', { cause });
+    }
+    if (response.username !== account.username || response.deviceId !== account.deviceId) {
+      throw new SecureChatError(SecureChatErrorCode.InvalidState, 'the relay resumed another account than the stores hold');
+    }
+    await this.keepAuth(response);
+    await this.topUpKeys(identity);
   }
 
   /**
@@ -306,7 +328,7 @@ export class SecureChatClient extends TypedEventEmitter<ChatEvent, ChatEventHand
     this.requireAuth();
     const secret = parseRecoverySecret(recoverySecret);
     const account = this.localAccount();
-    const contents = await exportAccountState(this.stores, account, this.now());
+    const contents = await this.transaction((stores) => exportAccountState(stores, account, this.now()));
     const blob = await sealBackup(contents, secret, this.backupKdf);
     await this.authorized((token) => this.transport.putBackup(token, { blob: Buffer.from(blob).toString('base64') }));
   }
@@ -341,8 +363,8 @@ export class SecureChatClient extends TypedEventEmitter<ChatEvent, ChatEventHand
     if (typeof backup?.blob !== 'string') throw new SecureChatError(SecureChatErrorCode.Network, 'the relay answered without a backup blob');
     const contents = await openBackup(new Uint8Array(Buffer.from(backup.blob, 'base64')), secret, auth.username);
     const account = { username: auth.username, deviceId: asDeviceId(auth.deviceId) };
-    await restoreAccountState(this.stores, contents, account);
-    this.acceptAuth(auth);
+    await this.transaction((stores) => restoreAccountState(stores, contents, account));
+    await this.keepAuth(auth);
     await this.uploadKeys(contents.identity, true, true);
   }
 
@@ -371,14 +393,34 @@ export class SecureChatClient extends TypedEventEmitter<ChatEvent, ChatEventHand
 
   /** `replaceOneTimePreKeys`: the relay drops the device's one-time keys first (after a restore they cannot be answered). */
   private async uploadKeys(identity: LocalIdentity, withSignedKeys: boolean, replaceOneTimePreKeys = false): Promise<void> {
-    const upload = await generateKeyUpload(this.stores, identity, {
-      withSignedKeys,
-      oneTimePreKeys: this.oneTimePreKeyBatch,
-      oneTimeKyberPreKeys: this.oneTimePreKeyBatch,
-      now: this.now(),
-    });
+    const upload = await this.transaction((stores) =>
+      generateKeyUpload(stores, identity, {
+        withSignedKeys,
+        oneTimePreKeys: this.oneTimePreKeyBatch,
+        oneTimeKyberPreKeys: this.oneTimePreKeyBatch,
+        now: this.now(),
+      }),
+    );
     if (replaceOneTimePreKeys) upload.replaceOneTimePreKeys = true;
     await this.authorized((token) => this.transport.uploadKeys(token, upload));
+  }
+
+  /** Uploads keys when the relay holds none for this device, or one-time prekeys when they run low. */
+  private async topUpKeys(identity: LocalIdentity): Promise<void> {
+    const count = await this.authorized((token) => this.transport.getPreKeyCount(token));
+    if (count.preKeys === 0 && count.kyberPreKeys === 0) {
+      await this.uploadKeys(identity, true);
+    } else if (count.preKeys < this.preKeyRefillThreshold || count.kyberPreKeys < this.preKeyRefillThreshold) {
+      await this.uploadKeys(identity, false);
+    }
+  }
+
+  /**
+   * Runs `fn` in one store transaction when the stores have them (see
+   * `SecureChatStores.transaction`); `fn` must use the stores it is given.
+   */
+  private transaction<T>(fn: (stores: SecureChatStores) => Promise<T>): Promise<T> {
+    return this.stores.transaction ? this.stores.transaction(fn) : fn(this.stores);
   }
 
   private localAddress(): ProtocolAddress {
@@ -409,6 +451,12 @@ export class SecureChatClient extends TypedEventEmitter<ChatEvent, ChatEventHand
     this.refreshTimer.unref();
   }
 
+  /** `acceptAuth`, then keeps the new refresh token in the stores for `resume()`. */
+  private async keepAuth(response: AuthResponse): Promise<void> {
+    this.acceptAuth(response);
+    await this.stores.metadata.saveRefreshToken(response.refreshToken);
+  }
+
   private requireAuth(): AuthSession {
     if (!this.auth) throw new SecureChatError(SecureChatErrorCode.InvalidState, 'register or log in first');
     return this.auth;
@@ -425,11 +473,12 @@ export class SecureChatClient extends TypedEventEmitter<ChatEvent, ChatEventHand
   private async exchangeRefreshToken(): Promise<void> {
     const { refreshToken } = this.requireAuth();
     try {
-      this.acceptAuth(await this.transport.refresh(refreshToken));
+      await this.keepAuth(await this.transport.refresh(refreshToken));
     } catch (cause) {
       if (SecureChatError.is(cause, SecureChatErrorCode.RelayRejected)) {
         this.auth = null;
         clearTimeout(this.refreshTimer);
+        await this.stores.metadata.saveRefreshToken(null);
         throw new SecureChatError(SecureChatErrorCode.SessionExpired, 'the session could not be renewed; log in again', { cause });
       }
       throw cause;
@@ -600,17 +649,23 @@ export class SecureChatClient extends TypedEventEmitter<ChatEvent, ChatEventHand
     if (canonicalUsername(bundle.username) !== username) {
       throw new SecureChatError(SecureChatErrorCode.InvalidPreKeyBundle, 'the relay answered with a bundle of another user');
     }
-    const devices = await this.sessions.processBundle(bundle);
-    await this.stores.metadata.savePeerDevices(username, devices);
-    return devices;
+    return this.transaction(async (stores) => {
+      const devices = await this.sessions.processBundle(bundle, stores);
+      await stores.metadata.savePeerDevices(username, devices);
+      return devices;
+    });
   }
 
   private async transmit(to: string, devices: DeviceId[], plaintext: Uint8Array<ArrayBuffer>): Promise<number> {
-    const messages = [];
-    for (const deviceId of devices) {
-      const { type, ciphertext } = await this.sessions.encrypt(to, deviceId, plaintext);
-      messages.push({ deviceId, type, ciphertext: Buffer.from(ciphertext).toString('base64') });
-    }
+    // One transaction: each device's ratchet steps forward together or not at all.
+    const messages = await this.transaction(async (stores) => {
+      const perDevice = [];
+      for (const deviceId of devices) {
+        const { type, ciphertext } = await this.sessions.encrypt(to, deviceId, plaintext, stores);
+        perDevice.push({ deviceId, type, ciphertext: Buffer.from(ciphertext).toString('base64') });
+      }
+      return perDevice;
+    });
     const request: SendMessageRequest = { to, messages };
     if (this.socket?.isOpen) return this.sendOverSocket(this.socket, request);
     const response = await this.authorized((token) => this.transport.sendMessage(token, request));
@@ -645,7 +700,10 @@ export class SecureChatClient extends TypedEventEmitter<ChatEvent, ChatEventHand
    * (libsignal refused it, or its content is malformed) is reported with an
    * `error` event and then acked, so it is not delivered forever. A store
    * failure is reported and not acked: the relay delivers it again on the next
-   * connection. A duplicate (already decrypted) is acked silently.
+   * connection. A duplicate (already decrypted) is acked silently. A
+   * decrypted message stays in the metadata store's pending messages until
+   * its ack, so a redelivery (a listener threw, a reconnect, a restart) is
+   * emitted again from there.
    */
   private async receive(envelope: Envelope): Promise<void> {
     const context = envelopeContext(envelope);
@@ -653,82 +711,82 @@ export class SecureChatClient extends TypedEventEmitter<ChatEvent, ChatEventHand
       this.emit(ChatEvent.Error, new SecureChatError(SecureChatErrorCode.RelayError, 'the relay sent a malformed envelope'));
       return;
     }
-    const known = this.unacked.get(context.messageId);
-    if (known?.inFlight) return;
+    if (this.inFlight.has(context.messageId)) return;
 
-    let content = known?.content;
-    if (!content) {
-      let plaintext: Uint8Array;
-      try {
-        plaintext = await this.sessions.withPeer(context.sender, () =>
-          this.sessions.decrypt(
-            context.sender,
-            asDeviceId(context.senderDevice),
-            envelope.type,
-            new Uint8Array(Buffer.from(envelope.ciphertext, 'base64')),
-          ),
-        );
-      } catch (cause) {
-        if (cause instanceof LibSignalErrorBase) {
-          if (cause.is(LibSignalErrorCode.DuplicatedMessage)) {
-            this.logger.debug?.(`dropped a duplicate message ${context.messageId}`);
-          } else {
-            this.emit(
-              ChatEvent.Error,
-              new SecureChatError(SecureChatErrorCode.DecryptionFailed, `message ${context.messageId} did not decrypt; dropped`, {
-                cause,
-                incoming: context,
-              }),
-            );
-          }
-          await this.ackQuietly(context.messageId);
+    let opened: OpenedMessage;
+    try {
+      opened = await this.sessions.withPeer(context.sender, () => this.open(envelope, context));
+    } catch (cause) {
+      if (cause instanceof LibSignalErrorBase) {
+        if (cause.is(LibSignalErrorCode.DuplicatedMessage)) {
+          this.logger.debug?.(`dropped a duplicate message ${context.messageId}`);
         } else {
           this.emit(
             ChatEvent.Error,
-            new SecureChatError(SecureChatErrorCode.StoreFailure, `message ${context.messageId} left for a retry`, { cause, incoming: context }),
+            new SecureChatError(SecureChatErrorCode.DecryptionFailed, `message ${context.messageId} did not decrypt; dropped`, {
+              cause,
+              incoming: context,
+            }),
           );
         }
-        return;
-      }
-      await this.rememberPeerDevice(context.sender, asDeviceId(context.senderDevice));
-      try {
-        content = decodeContent(plaintext);
-        if (content.kind === ContentKind.Text) decodeText(content.body);
-      } catch (cause) {
-        if (!(cause instanceof ContentFormatError)) throw cause;
-        this.emit(
-          ChatEvent.Error,
-          new SecureChatError(SecureChatErrorCode.MalformedContent, `message ${context.messageId} has malformed content; dropped`, {
-            cause,
-            incoming: context,
-          }),
-        );
         await this.ackQuietly(context.messageId);
-        return;
+      } else {
+        const code = SecureChatError.is(cause, SecureChatErrorCode.StoreTampered) ? cause.code : SecureChatErrorCode.StoreFailure;
+        this.emit(ChatEvent.Error, new SecureChatError(code, `message ${context.messageId} left for a retry`, { cause, incoming: context }));
       }
-      if (this.unacked.size >= MAX_UNACKED_MESSAGES) {
-        const oldest = this.unacked.keys().next().value;
-        if (oldest !== undefined) this.unacked.delete(oldest);
-      }
+      return;
     }
-
-    const entry: UnackedMessage = { content, inFlight: true };
-    this.unacked.set(context.messageId, entry);
-    await this.deliver(this.incomingMessage(envelope, context, content), entry);
+    if ('malformed' in opened) {
+      this.emit(
+        ChatEvent.Error,
+        new SecureChatError(SecureChatErrorCode.MalformedContent, `message ${context.messageId} has malformed content; dropped`, {
+          cause: opened.malformed,
+          incoming: context,
+        }),
+      );
+      await this.ackQuietly(context.messageId);
+      return;
+    }
+    this.inFlight.add(context.messageId);
+    await this.deliver(this.incomingMessage(envelope, context, opened.content));
   }
 
-  private async deliver(message: IncomingMessage, entry: UnackedMessage): Promise<void> {
+  /**
+   * The envelope's content: recalled from the pending messages when it was
+   * decrypted before, else decrypted. One store transaction holds the ratchet
+   * step, the one-time prekeys it consumes, the peer's identity and device and
+   * the pending copy, so a crash leaves all of them or none: never a consumed
+   * prekey without its session, nor a ratchet step without the message.
+   */
+  private open(envelope: Envelope, context: IncomingMessageContext): Promise<OpenedMessage> {
+    const senderDevice = asDeviceId(context.senderDevice);
+    return this.transaction(async (stores) => {
+      const pending = await stores.metadata.getPendingMessage(context.messageId);
+      if (pending && pending.sender === context.sender && pending.senderDevice === senderDevice) return openContent(pending.content);
+
+      const ciphertext = new Uint8Array(Buffer.from(envelope.ciphertext, 'base64'));
+      const plaintext = await this.sessions.decrypt(context.sender, senderDevice, envelope.type, ciphertext, stores);
+      await rememberPeerDevice(stores, context.sender, senderDevice);
+      const opened = openContent(plaintext);
+      if ('content' in opened) {
+        await stores.metadata.savePendingMessage(context.messageId, { sender: context.sender, senderDevice, content: plaintext });
+      }
+      return opened;
+    });
+  }
+
+  private async deliver(message: IncomingMessage): Promise<void> {
     const listeners = this.listeners(ChatEvent.Message);
     if (listeners.length === 0) {
       // Nobody received it: leave it on the relay.
-      entry.inFlight = false;
+      this.inFlight.delete(message.id);
       this.logger.warn?.('a message arrived with no message listener; it is not acked');
       return;
     }
     try {
       for (const listener of listeners) await listener(message);
     } catch (cause) {
-      entry.inFlight = false;
+      this.inFlight.delete(message.id);
       this.emit(
         ChatEvent.Error,
         new SecureChatError(SecureChatErrorCode.ListenerFailed, `a message listener threw; message ${message.id} not acked`, {
@@ -762,11 +820,6 @@ export class SecureChatClient extends TypedEventEmitter<ChatEvent, ChatEventHand
     };
   }
 
-  private async rememberPeerDevice(username: string, deviceId: DeviceId): Promise<void> {
-    const devices = await this.stores.metadata.getPeerDevices(username);
-    if (!devices.includes(deviceId)) await this.stores.metadata.savePeerDevices(username, [...devices, deviceId]);
-  }
-
   /** @throws {SecureChatError} `AckFailed`. */
   private async ack(messageId: string): Promise<void> {
     try {
@@ -781,7 +834,14 @@ export class SecureChatClient extends TypedEventEmitter<ChatEvent, ChatEventHand
         throw new SecureChatError(SecureChatErrorCode.AckFailed, `ack of message ${messageId} failed`, { cause });
       }
     }
-    this.unacked.delete(messageId);
+    this.inFlight.delete(messageId);
+    await this.stores.metadata.removePendingMessage(messageId).catch((cause: unknown) => {
+      // The relay has the ack; a leftover copy is harmless and ages out of the bounded store.
+      this.emit(
+        ChatEvent.Error,
+        new SecureChatError(SecureChatErrorCode.StoreFailure, `message ${messageId} acked; its pending copy was not removed`, { cause }),
+      );
+    });
   }
 
   private async ackQuietly(messageId: string): Promise<void> {
@@ -794,6 +854,23 @@ export class SecureChatClient extends TypedEventEmitter<ChatEvent, ChatEventHand
       SecureChatError.is(error) ? error : new SecureChatError(SecureChatErrorCode.Network, 'background task failed', { cause: error }),
     );
   }
+}
+
+/** Validates decrypted content here, so a malformed one is never kept as pending. */
+function openContent(plaintext: Uint8Array): OpenedMessage {
+  try {
+    const content = decodeContent(plaintext);
+    if (content.kind === ContentKind.Text) decodeText(content.body);
+    return { content };
+  } catch (cause) {
+    if (!(cause instanceof ContentFormatError)) throw cause;
+    return { malformed: cause };
+  }
+}
+
+async function rememberPeerDevice(stores: SecureChatStores, username: string, deviceId: DeviceId): Promise<void> {
+  const devices = await stores.metadata.getPeerDevices(username);
+  if (!devices.includes(deviceId)) await stores.metadata.savePeerDevices(username, [...devices, deviceId]);
 }
 
 function checkPassword(password: string): string {

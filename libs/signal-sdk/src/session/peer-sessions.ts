@@ -19,6 +19,7 @@ import { SecureChatError, SecureChatErrorCode } from '../errors.js';
 import { asDeviceId, type DeviceId } from '../ids.js';
 import type { SecureChatStores } from '../stores/stores.js';
 import { KeyedSerialQueue } from './serial-queue.js';
+import { withStoreFailures } from './store-failures.js';
 
 const bytesOf = (value: string) => new Uint8Array(Buffer.from(value, 'base64'));
 
@@ -33,6 +34,10 @@ export interface DeviceCiphertext {
  * advances a session must run inside `withPeer(username, ...)`, which runs
  * the tasks of one peer one at a time in order, so concurrent sends and
  * receives never race the ratchet state in the stores.
+ *
+ * Each method takes the stores to use, defaulting to the client's: inside a
+ * store transaction, pass the transaction's stores. A store failure during a
+ * libsignal call is thrown as the store's error (see `withStoreFailures`).
  */
 export class PeerSessions {
   private readonly queue = new KeyedSerialQueue();
@@ -46,90 +51,102 @@ export class PeerSessions {
     return this.queue.run(username, task);
   }
 
-  async hasSession(username: string, deviceId: DeviceId): Promise<boolean> {
-    const record = await this.stores.session.getSession(ProtocolAddress.new(username, deviceId));
+  async hasSession(username: string, deviceId: DeviceId, stores: SecureChatStores = this.stores): Promise<boolean> {
+    const record = await stores.session.getSession(ProtocolAddress.new(username, deviceId));
     return record?.hasCurrentState() ?? false;
   }
 
   /**
    * Opens a session (PQXDH initiator side) with each device of the bundle
    * that has none yet, and returns every device of the bundle.
-   * @throws {SecureChatError} `InvalidPreKeyBundle` or `UntrustedIdentity`.
+   * @throws {SecureChatError} `InvalidPreKeyBundle` or `UntrustedIdentity`; a store's failure.
    */
-  async processBundle(bundle: PreKeyBundleResponse): Promise<DeviceId[]> {
+  async processBundle(bundle: PreKeyBundleResponse, stores: SecureChatStores = this.stores): Promise<DeviceId[]> {
     const devices: DeviceId[] = [];
     for (const device of bundle.devices) {
       const deviceId = asDeviceId(device.deviceId);
       devices.push(deviceId);
-      if (await this.hasSession(bundle.username, deviceId)) continue;
-      try {
-        const preKeyBundle = PreKeyBundle.new(
-          device.registrationId,
-          device.deviceId,
-          device.preKey?.keyId ?? null,
-          device.preKey ? PublicKey.deserialize(bytesOf(device.preKey.publicKey)) : null,
-          device.signedPreKey.keyId,
-          PublicKey.deserialize(bytesOf(device.signedPreKey.publicKey)),
-          bytesOf(device.signedPreKey.signature),
-          PublicKey.deserialize(bytesOf(bundle.identityKey)),
-          device.kyberPreKey.keyId,
-          KEMPublicKey.deserialize(bytesOf(device.kyberPreKey.publicKey)),
-          bytesOf(device.kyberPreKey.signature),
-        );
-        await processPreKeyBundle(
-          preKeyBundle,
-          ProtocolAddress.new(bundle.username, deviceId),
-          this.localAddress(),
-          this.stores.session,
-          this.stores.identity,
-        );
-      } catch (cause) {
-        if (cause instanceof LibSignalErrorBase && cause.is(LibSignalErrorCode.UntrustedIdentity)) {
-          throw new SecureChatError(SecureChatErrorCode.UntrustedIdentity, `identity key of ${bundle.username} changed`, { cause });
-        }
-        throw new SecureChatError(
-          SecureChatErrorCode.InvalidPreKeyBundle,
-          `prekey bundle of ${bundle.username} device ${deviceId} was refused`,
-          { cause },
-        );
-      }
+      if (await this.hasSession(bundle.username, deviceId, stores)) continue;
+      await withStoreFailures(stores, (watched) => this.processDeviceBundle(bundle, device, watched));
     }
     return devices;
   }
 
-  /** @throws {SecureChatError} `UntrustedIdentity` or `EncryptionFailed`. */
-  async encrypt(username: string, deviceId: DeviceId, plaintext: Uint8Array<ArrayBuffer>): Promise<DeviceCiphertext> {
+  private async processDeviceBundle(
+    bundle: PreKeyBundleResponse,
+    device: PreKeyBundleResponse['devices'][number],
+    stores: SecureChatStores,
+  ): Promise<void> {
+    const deviceId = asDeviceId(device.deviceId);
     try {
-      const message = await signalEncrypt(
-        plaintext,
-        ProtocolAddress.new(username, deviceId),
-        this.localAddress(),
-        this.stores.session,
-        this.stores.identity,
+      const preKeyBundle = PreKeyBundle.new(
+        device.registrationId,
+        device.deviceId,
+        device.preKey?.keyId ?? null,
+        device.preKey ? PublicKey.deserialize(bytesOf(device.preKey.publicKey)) : null,
+        device.signedPreKey.keyId,
+        PublicKey.deserialize(bytesOf(device.signedPreKey.publicKey)),
+        bytesOf(device.signedPreKey.signature),
+        PublicKey.deserialize(bytesOf(bundle.identityKey)),
+        device.kyberPreKey.keyId,
+        KEMPublicKey.deserialize(bytesOf(device.kyberPreKey.publicKey)),
+        bytesOf(device.kyberPreKey.signature),
       );
-      const type = message.type() === CiphertextMessageType.PreKey ? EnvelopeType.PreKey : EnvelopeType.Signal;
-      return { deviceId, type, ciphertext: message.serialize() };
+      await processPreKeyBundle(preKeyBundle, ProtocolAddress.new(bundle.username, deviceId), this.localAddress(), stores.session, stores.identity);
     } catch (cause) {
       if (cause instanceof LibSignalErrorBase && cause.is(LibSignalErrorCode.UntrustedIdentity)) {
-        throw new SecureChatError(SecureChatErrorCode.UntrustedIdentity, `identity key of ${username} changed`, { cause });
+        throw new SecureChatError(SecureChatErrorCode.UntrustedIdentity, `identity key of ${bundle.username} changed`, { cause });
       }
-      throw new SecureChatError(SecureChatErrorCode.EncryptionFailed, `encryption for ${username} failed`, { cause });
+      throw new SecureChatError(
+        SecureChatErrorCode.InvalidPreKeyBundle,
+        `prekey bundle of ${bundle.username} device ${deviceId} was refused`,
+        { cause },
+      );
     }
+  }
+
+  /** @throws {SecureChatError} `UntrustedIdentity` or `EncryptionFailed`; a store's failure. */
+  async encrypt(
+    username: string,
+    deviceId: DeviceId,
+    plaintext: Uint8Array<ArrayBuffer>,
+    stores: SecureChatStores = this.stores,
+  ): Promise<DeviceCiphertext> {
+    return withStoreFailures(stores, async ({ session, identity }) => {
+      try {
+        const message = await signalEncrypt(plaintext, ProtocolAddress.new(username, deviceId), this.localAddress(), session, identity);
+        const type = message.type() === CiphertextMessageType.PreKey ? EnvelopeType.PreKey : EnvelopeType.Signal;
+        return { deviceId, type, ciphertext: message.serialize() };
+      } catch (cause) {
+        if (cause instanceof LibSignalErrorBase && cause.is(LibSignalErrorCode.UntrustedIdentity)) {
+          throw new SecureChatError(SecureChatErrorCode.UntrustedIdentity, `identity key of ${username} changed`, { cause });
+        }
+        throw new SecureChatError(SecureChatErrorCode.EncryptionFailed, `encryption for ${username} failed`, { cause });
+      }
+    });
   }
 
   /**
    * Decrypts one message; a PreKey message opens the session (PQXDH
    * responder side) and consumes the one-time prekeys it names.
-   * Throws libsignal's errors unchanged so the caller can tell a message that
-   * can never decrypt from a store failure.
+   * Throws libsignal's errors unchanged, and a store's failure as the store's
+   * `SecureChatError`, so the caller can tell a message that can never
+   * decrypt from a store failure.
    */
-  async decrypt(username: string, deviceId: DeviceId, type: EnvelopeType, ciphertext: Uint8Array<ArrayBuffer>): Promise<Uint8Array<ArrayBuffer>> {
+  async decrypt(
+    username: string,
+    deviceId: DeviceId,
+    type: EnvelopeType,
+    ciphertext: Uint8Array<ArrayBuffer>,
+    stores: SecureChatStores = this.stores,
+  ): Promise<Uint8Array<ArrayBuffer>> {
     const address = ProtocolAddress.new(username, deviceId);
-    const { session, identity, preKey, signedPreKey, kyberPreKey } = this.stores;
-    if (type === EnvelopeType.PreKey) {
-      const message = PreKeySignalMessage.deserialize(ciphertext);
-      return signalDecryptPreKey(message, address, this.localAddress(), session, identity, preKey, signedPreKey, kyberPreKey);
-    }
-    return signalDecrypt(SignalMessage.deserialize(ciphertext), address, this.localAddress(), session, identity);
+    return withStoreFailures(stores, async ({ session, identity, preKey, signedPreKey, kyberPreKey }) => {
+      if (type === EnvelopeType.PreKey) {
+        const message = PreKeySignalMessage.deserialize(ciphertext);
+        return signalDecryptPreKey(message, address, this.localAddress(), session, identity, preKey, signedPreKey, kyberPreKey);
+      }
+      return signalDecrypt(SignalMessage.deserialize(ciphertext), address, this.localAddress(), session, identity);
+    });
   }
 }

@@ -17,18 +17,22 @@ import {
   type Uuid,
 } from '@signalapp/libsignal-client';
 import { KEY_ID_MAX } from '@chat/protocol';
+import { SecureChatError, SecureChatErrorCode } from '../errors.js';
 import type { DeviceId } from '../ids.js';
 import { asRegistrationId } from '../ids.js';
 import {
   KeyIdKind,
+  MAX_PENDING_MESSAGES,
   SecureChatIdentityKeyStore,
   SecureChatKyberPreKeyStore,
   SecureChatMetadataStore,
   type AccountRecord,
   type LocalIdentity,
+  type PendingMessage,
   type SecureChatStores,
   type TrustedIdentity,
 } from './stores.js';
+import { STORE_NAMES, assertTransactionCoversStores, transactionalStores, type TransactionHooks } from './transactional-stores.js';
 
 // Memory stores keep `serialize()` bytes, never live records, so that every
 // read yields a fresh object and nothing depends on object identity
@@ -36,8 +40,38 @@ import {
 
 const addressKey = (address: ProtocolAddress) => `${address.name()}.${address.deviceId()}`;
 
-export class MemorySessionStore extends SessionStore {
+const notFound = (what: string) => new SecureChatError(SecureChatErrorCode.RecordNotFound, `no ${what}`);
+
+/** A memory store's state can be copied and put back: that is its transaction rollback. */
+export interface Snapshottable {
+  /** Copies the state; calling the returned function restores it. */
+  snapshot(): () => void;
+}
+
+// Values are never mutated in place (every save stores a new object), so a
+// shallow copy of each collection is a full snapshot.
+function snapshotMap<K, V>(map: Map<K, V>): () => void {
+  const copy = new Map(map);
+  return () => {
+    map.clear();
+    for (const [key, value] of copy) map.set(key, value);
+  };
+}
+
+function snapshotSet<V>(set: Set<V>): () => void {
+  const copy = new Set(set);
+  return () => {
+    set.clear();
+    for (const value of copy) set.add(value);
+  };
+}
+
+export class MemorySessionStore extends SessionStore implements Snapshottable {
   private readonly sessions = new Map<string, Uint8Array<ArrayBuffer>>();
+
+  snapshot(): () => void {
+    return snapshotMap(this.sessions);
+  }
 
   async saveSession(address: ProtocolAddress, record: SessionRecord): Promise<void> {
     this.sessions.set(addressKey(address), record.serialize());
@@ -51,7 +85,7 @@ export class MemorySessionStore extends SessionStore {
   async getExistingSessions(addresses: ProtocolAddress[]): Promise<SessionRecord[]> {
     return addresses.map((address) => {
       const bytes = this.sessions.get(addressKey(address));
-      if (!bytes) throw new Error(`no session for ${addressKey(address)}`);
+      if (!bytes) throw notFound(`session for ${addressKey(address)}`);
       return SessionRecord.deserialize(bytes);
     });
   }
@@ -62,9 +96,18 @@ export class MemorySessionStore extends SessionStore {
  * (Signal's policy: a changed key never blocks incoming messages).
  * Identities are per account, so they are keyed by name, not device.
  */
-export class MemoryIdentityKeyStore extends SecureChatIdentityKeyStore {
+export class MemoryIdentityKeyStore extends SecureChatIdentityKeyStore implements Snapshottable {
   private local: { keyPair: Uint8Array<ArrayBuffer>; registrationId: number } | null = null;
   private readonly remote = new Map<string, Uint8Array<ArrayBuffer>>();
+
+  snapshot(): () => void {
+    const local = this.local;
+    const restoreRemote = snapshotMap(this.remote);
+    return () => {
+      this.local = local;
+      restoreRemote();
+    };
+  }
 
   async getLocalIdentity(): Promise<LocalIdentity | null> {
     if (!this.local) return null;
@@ -79,12 +122,12 @@ export class MemoryIdentityKeyStore extends SecureChatIdentityKeyStore {
   }
 
   async getIdentityKey(): Promise<PrivateKey> {
-    if (!this.local) throw new Error('no local identity');
+    if (!this.local) throw new SecureChatError(SecureChatErrorCode.NoLocalIdentity, 'no local identity');
     return IdentityKeyPair.deserialize(this.local.keyPair).privateKey;
   }
 
   async getLocalRegistrationId(): Promise<number> {
-    if (!this.local) throw new Error('no local identity');
+    if (!this.local) throw new SecureChatError(SecureChatErrorCode.NoLocalIdentity, 'no local identity');
     return this.local.registrationId;
   }
 
@@ -112,8 +155,12 @@ export class MemoryIdentityKeyStore extends SecureChatIdentityKeyStore {
   }
 }
 
-export class MemoryPreKeyStore extends PreKeyStore {
+export class MemoryPreKeyStore extends PreKeyStore implements Snapshottable {
   private readonly preKeys = new Map<number, Uint8Array<ArrayBuffer>>();
+
+  snapshot(): () => void {
+    return snapshotMap(this.preKeys);
+  }
 
   async savePreKey(id: number, record: PreKeyRecord): Promise<void> {
     this.preKeys.set(id, record.serialize());
@@ -121,7 +168,7 @@ export class MemoryPreKeyStore extends PreKeyStore {
 
   async getPreKey(id: number): Promise<PreKeyRecord> {
     const bytes = this.preKeys.get(id);
-    if (!bytes) throw new Error(`no prekey ${id}`);
+    if (!bytes) throw notFound(`prekey ${id}`);
     return PreKeyRecord.deserialize(bytes);
   }
 
@@ -131,8 +178,12 @@ export class MemoryPreKeyStore extends PreKeyStore {
   }
 }
 
-export class MemorySignedPreKeyStore extends SignedPreKeyStore {
+export class MemorySignedPreKeyStore extends SignedPreKeyStore implements Snapshottable {
   private readonly signedPreKeys = new Map<number, Uint8Array<ArrayBuffer>>();
+
+  snapshot(): () => void {
+    return snapshotMap(this.signedPreKeys);
+  }
 
   async saveSignedPreKey(id: number, record: SignedPreKeyRecord): Promise<void> {
     this.signedPreKeys.set(id, record.serialize());
@@ -140,15 +191,24 @@ export class MemorySignedPreKeyStore extends SignedPreKeyStore {
 
   async getSignedPreKey(id: number): Promise<SignedPreKeyRecord> {
     const bytes = this.signedPreKeys.get(id);
-    if (!bytes) throw new Error(`no signed prekey ${id}`);
+    if (!bytes) throw notFound(`signed prekey ${id}`);
     return SignedPreKeyRecord.deserialize(bytes);
   }
 }
 
-export class MemoryKyberPreKeyStore extends SecureChatKyberPreKeyStore {
+export class MemoryKyberPreKeyStore extends SecureChatKyberPreKeyStore implements Snapshottable {
   private readonly kyberPreKeys = new Map<number, { record: Uint8Array<ArrayBuffer>; lastResort: boolean }>();
   /** (last-resort key, signed prekey, base key) triples already used, to refuse a replayed PreKey message. */
   private readonly usedLastResort = new Set<string>();
+
+  snapshot(): () => void {
+    const restoreKeys = snapshotMap(this.kyberPreKeys);
+    const restoreUses = snapshotSet(this.usedLastResort);
+    return () => {
+      restoreKeys();
+      restoreUses();
+    };
+  }
 
   async saveKyberPreKey(id: number, record: KyberPreKeyRecord): Promise<void> {
     this.kyberPreKeys.set(id, { record: record.serialize(), lastResort: false });
@@ -160,7 +220,7 @@ export class MemoryKyberPreKeyStore extends SecureChatKyberPreKeyStore {
 
   async getKyberPreKey(id: number): Promise<KyberPreKeyRecord> {
     const entry = this.kyberPreKeys.get(id);
-    if (!entry) throw new Error(`no kyber prekey ${id}`);
+    if (!entry) throw notFound(`kyber prekey ${id}`);
     return KyberPreKeyRecord.deserialize(entry.record);
   }
 
@@ -176,13 +236,19 @@ export class MemoryKyberPreKeyStore extends SecureChatKyberPreKeyStore {
       return;
     }
     const use = `${id}:${signedPreKeyId}:${Buffer.from(baseKey.serialize()).toString('base64')}`;
-    if (this.usedLastResort.has(use)) throw new Error(`kyber last-resort prekey ${id} reused with the same base key`);
+    if (this.usedLastResort.has(use)) {
+      throw new SecureChatError(SecureChatErrorCode.PreKeyReused, `kyber last-resort prekey ${id} reused with the same base key`);
+    }
     this.usedLastResort.add(use);
   }
 }
 
-export class MemorySenderKeyStore extends SenderKeyStore {
+export class MemorySenderKeyStore extends SenderKeyStore implements Snapshottable {
   private readonly senderKeys = new Map<string, Uint8Array<ArrayBuffer>>();
+
+  snapshot(): () => void {
+    return snapshotMap(this.senderKeys);
+  }
 
   async saveSenderKey(sender: ProtocolAddress, distributionId: Uuid, record: SenderKeyRecord): Promise<void> {
     this.senderKeys.set(`${addressKey(sender)}::${distributionId}`, record.serialize());
@@ -194,10 +260,23 @@ export class MemorySenderKeyStore extends SenderKeyStore {
   }
 }
 
-export class MemoryMetadataStore extends SecureChatMetadataStore {
+export class MemoryMetadataStore extends SecureChatMetadataStore implements Snapshottable {
   private account: AccountRecord | null = null;
+  private refreshToken: string | null = null;
   private readonly nextKeyIds = new Map<KeyIdKind, number>();
   private readonly peerDevices = new Map<string, DeviceId[]>();
+  /** In insertion order, so the first entry is the oldest. */
+  private readonly pendingMessages = new Map<string, PendingMessage>();
+
+  snapshot(): () => void {
+    const { account, refreshToken } = this;
+    const restores = [snapshotMap(this.nextKeyIds), snapshotMap(this.peerDevices), snapshotMap(this.pendingMessages)];
+    return () => {
+      this.account = account;
+      this.refreshToken = refreshToken;
+      for (const restore of restores) restore();
+    };
+  }
 
   async getAccount(): Promise<AccountRecord | null> {
     return this.account ? { ...this.account } : null;
@@ -222,11 +301,45 @@ export class MemoryMetadataStore extends SecureChatMetadataStore {
   async savePeerDevices(username: string, deviceIds: DeviceId[]): Promise<void> {
     this.peerDevices.set(username, [...deviceIds]);
   }
+
+  async getRefreshToken(): Promise<string | null> {
+    return this.refreshToken;
+  }
+
+  async saveRefreshToken(refreshToken: string | null): Promise<void> {
+    this.refreshToken = refreshToken;
+  }
+
+  async savePendingMessage(envelopeId: string, message: PendingMessage): Promise<void> {
+    if (!this.pendingMessages.has(envelopeId) && this.pendingMessages.size >= MAX_PENDING_MESSAGES) {
+      const oldest = this.pendingMessages.keys().next().value;
+      if (oldest !== undefined) this.pendingMessages.delete(oldest);
+    }
+    this.pendingMessages.set(envelopeId, copyPending(message));
+  }
+
+  async getPendingMessage(envelopeId: string): Promise<PendingMessage | null> {
+    const message = this.pendingMessages.get(envelopeId);
+    return message ? copyPending(message) : null;
+  }
+
+  async removePendingMessage(envelopeId: string): Promise<void> {
+    this.pendingMessages.delete(envelopeId);
+  }
 }
 
-/** A full set of memory stores. */
+const copyPending = (message: PendingMessage): PendingMessage => ({
+  sender: message.sender,
+  senderDevice: message.senderDevice,
+  content: message.content.slice(),
+});
+
+/**
+ * A full set of memory stores with `transaction`: a transaction snapshots
+ * every store first and puts the snapshot back if it fails.
+ */
 export function createMemoryStores(): SecureChatStores {
-  return {
+  const stores = {
     session: new MemorySessionStore(),
     identity: new MemoryIdentityKeyStore(),
     preKey: new MemoryPreKeyStore(),
@@ -235,10 +348,43 @@ export function createMemoryStores(): SecureChatStores {
     senderKey: new MemorySenderKeyStore(),
     metadata: new MemoryMetadataStore(),
   };
+  return transactionalStores(stores, snapshotTransactions(Object.values(stores)));
 }
 
-/** Fills every store the caller left out with a memory store (matrix-js-sdk `amendClientOpts`). */
+function snapshotTransactions(parts: Snapshottable[]): TransactionHooks {
+  let restores: Array<() => void> = [];
+  return {
+    begin: () => {
+      restores = parts.map((part) => part.snapshot());
+    },
+    commit: () => {
+      restores = [];
+    },
+    rollback: () => {
+      for (const restore of restores) restore();
+      restores = [];
+    },
+  };
+}
+
+/**
+ * Fills every store the caller left out with a memory store (matrix-js-sdk
+ * `amendClientOpts`). A complete set is used as given, with its
+ * `transaction`; none at all gives `createMemoryStores()`. A partial set has
+ * no transaction: one over some of the stores cannot be atomic over all.
+ * @throws {SecureChatError} `InvalidOptions` for a partial set that has a `transaction`, or a
+ *   set whose stores are not all the ones its `transaction` covers.
+ */
 export function amendStores(stores: Partial<SecureChatStores> = {}): SecureChatStores {
+  const given = STORE_NAMES.filter((name) => stores[name] !== undefined);
+  if (given.length === 0) return createMemoryStores();
+  if (given.length === STORE_NAMES.length) {
+    assertTransactionCoversStores(stores as SecureChatStores);
+    return stores as SecureChatStores;
+  }
+  if (stores.transaction) {
+    throw new SecureChatError(SecureChatErrorCode.InvalidOptions, 'stores with a transaction must be given complete');
+  }
   return {
     session: stores.session ?? new MemorySessionStore(),
     identity: stores.identity ?? new MemoryIdentityKeyStore(),

@@ -69,6 +69,35 @@ export abstract class SecureChatMetadataStore {
   /** The devices of `username` this install last addressed or heard from. */
   abstract getPeerDevices(username: string): Promise<DeviceId[]>;
   abstract savePeerDevices(username: string, deviceIds: DeviceId[]): Promise<void>;
+  /**
+   * The relay's current refresh token, so that a restarted client can
+   * `resume()` without the password; null when none is kept. Single use: each
+   * refresh replaces it.
+   */
+  abstract getRefreshToken(): Promise<string | null>;
+  abstract saveRefreshToken(refreshToken: string | null): Promise<void>;
+  /**
+   * Keeps a decrypted message until the relay has its ack. The ratchet has
+   * moved past it, so a redelivered envelope can never decrypt again; it is
+   * re-emitted from here instead. The client saves it in the same transaction
+   * as the decryption. At most `MAX_PENDING_MESSAGES` are kept: saving one
+   * more drops the oldest.
+   */
+  abstract savePendingMessage(envelopeId: string, message: PendingMessage): Promise<void>;
+  abstract getPendingMessage(envelopeId: string): Promise<PendingMessage | null>;
+  abstract removePendingMessage(envelopeId: string): Promise<void>;
+}
+
+/** How many decrypted-but-unacked messages a metadata store keeps. */
+export const MAX_PENDING_MESSAGES = 1000;
+
+/** A message decrypted and not yet acked at the relay. */
+export interface PendingMessage {
+  /** The sender the relay named in the envelope (canonical username). */
+  sender: string;
+  senderDevice: DeviceId;
+  /** The decrypted content record, as libsignal returned it (`session/content.ts` format). */
+  content: Uint8Array;
 }
 
 /** Every store the client uses, grouped (the libsignal abstract store classes plus metadata). */
@@ -80,4 +109,21 @@ export interface SecureChatStores {
   kyberPreKey: SecureChatKyberPreKeyStore;
   senderKey: SenderKeyStore;
   metadata: SecureChatMetadataStore;
+  /**
+   * Runs `fn` as one atomic unit: every store call it makes through the
+   * `stores` it is given commits together when it resolves, or none does when
+   * it rejects (the rejection is passed on). While it runs, calls through any
+   * other reference to these stores, and other transactions, wait.
+   *
+   * `fn` must use the `stores` argument, never the outer stores: libsignal
+   * calls the stores from native code, which loses any async context, so the
+   * transaction cannot recognise its own calls otherwise (knex's
+   * `transaction(trx => ...)` pattern). A call on the outer stores from inside
+   * `fn` waits for `fn` itself and never returns. `stores.transaction` inside
+   * `fn` joins the open transaction.
+   *
+   * Optional: without it the client runs each step's store calls one by one,
+   * and a crash between them can leave a step half done.
+   */
+  transaction?<T>(fn: (stores: SecureChatStores) => Promise<T>): Promise<T>;
 }
