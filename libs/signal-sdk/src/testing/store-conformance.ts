@@ -1,0 +1,525 @@
+// @chat/signal-sdk/testing/conformance: the contract every SecureChatStores
+// implementation must keep, as libsignal and SecureChatClient rely on it.
+// Run it from a Jest test file of your store:
+//
+//   import { describeStoreConformance } from '@chat/signal-sdk/testing/conformance';
+//   describeStoreConformance('MyStores', async () => {
+//     const stores = await MyStores.open(path);
+//     return { stores, reopen: ..., close: () => stores.close() };
+//   });
+//
+// A separate entry point: '@jest/globals' throws when imported outside Jest,
+// and the testing entry's memory stores also serve demos.
+import { randomUUID } from 'node:crypto';
+import { afterEach, beforeEach, describe, expect, it } from '@jest/globals';
+import {
+  Direction,
+  IdentityChange,
+  IdentityKeyPair,
+  KEMKeyPair,
+  KyberPreKeyRecord,
+  PreKeyBundle,
+  PreKeyRecord,
+  PreKeySignalMessage,
+  PrivateKey,
+  ProtocolAddress,
+  SenderKeyDistributionMessage,
+  SignalMessage,
+  SignedPreKeyRecord,
+  processPreKeyBundle,
+  signalDecrypt,
+  signalDecryptPreKey,
+  signalEncrypt,
+} from '@signalapp/libsignal-client';
+import { SecureChatError, SecureChatErrorCode } from '../errors.js';
+import { asDeviceId, asRegistrationId } from '../ids.js';
+import { createMemoryStores } from '../stores/memory-stores.js';
+import { KeyIdKind, MAX_PENDING_MESSAGES, type PendingMessage, type SecureChatStores } from '../stores/stores.js';
+
+/** What the suite tests: a fresh, empty set of stores. */
+export interface StoreConformanceSubject {
+  stores: SecureChatStores;
+  /**
+   * Closes `stores` and opens the same storage again. Required with
+   * `{ persistent: true }`; after it, `close` must close the reopened stores.
+   */
+  reopen?(): Promise<SecureChatStores>;
+  /** Releases the stores (and any files); called after each test. */
+  close(): Promise<void>;
+}
+
+export interface StoreConformanceOptions {
+  /** The stores keep their records across `reopen`: adds the persistence tests. */
+  persistent?: boolean;
+}
+
+const utf8 = (text: string) => new TextEncoder().encode(text);
+const text = (bytes: Uint8Array) => new TextDecoder().decode(bytes);
+const same = (a: Uint8Array, b: Uint8Array) => Buffer.from(a).equals(Buffer.from(b));
+const pending = (body: string, sender = 'bob'): PendingMessage => ({ sender, senderDevice: asDeviceId(2), content: utf8(body) });
+
+function signedPreKey(identity: IdentityKeyPair, id: number): SignedPreKeyRecord {
+  const privateKey = PrivateKey.generate();
+  const publicKey = privateKey.getPublicKey();
+  return SignedPreKeyRecord.new(id, Date.now(), publicKey, privateKey, identity.privateKey.sign(publicKey.serialize()));
+}
+
+function kyberPreKey(identity: IdentityKeyPair, id: number): KyberPreKeyRecord {
+  const keyPair = KEMKeyPair.generate();
+  return KyberPreKeyRecord.new(id, Date.now(), keyPair, identity.privateKey.sign(keyPair.getPublicKey().serialize()));
+}
+
+function preKey(id: number): PreKeyRecord {
+  const privateKey = PrivateKey.generate();
+  return PreKeyRecord.new(id, privateKey.getPublicKey(), privateKey);
+}
+
+async function expectCode(promise: Promise<unknown>, code: SecureChatErrorCode): Promise<void> {
+  const error = await promise.then(
+    () => undefined,
+    (e: unknown) => e,
+  );
+  expect(error).toBeInstanceOf(SecureChatError);
+  expect((error as SecureChatError).code).toBe(code);
+}
+
+/** A responder whose keys live in `stores`, as after `register`. */
+async function responder(stores: SecureChatStores, name: string, options: { oneTime: boolean; lastResortKyber?: boolean }) {
+  const identity = IdentityKeyPair.generate();
+  await stores.identity.saveLocalIdentity({ identityKeyPair: identity, registrationId: asRegistrationId(4242) });
+  const signed = signedPreKey(identity, 7);
+  await stores.signedPreKey.saveSignedPreKey(7, signed);
+  const kyber = kyberPreKey(identity, 11);
+  if (options.lastResortKyber) await stores.kyberPreKey.saveLastResortKyberPreKey(11, kyber);
+  else await stores.kyberPreKey.saveKyberPreKey(11, kyber);
+  const oneTime = preKey(5);
+  if (options.oneTime) await stores.preKey.savePreKey(5, oneTime);
+  const bundle = PreKeyBundle.new(
+    4242,
+    1,
+    options.oneTime ? 5 : null,
+    options.oneTime ? oneTime.publicKey() : null,
+    7,
+    signed.publicKey(),
+    signed.signature(),
+    identity.publicKey,
+    11,
+    kyber.publicKey(),
+    kyber.signature(),
+  );
+  return { identity, bundle, address: ProtocolAddress.new(name, 1) };
+}
+
+/** A peer on memory stores that opens a session to `to` from its bundle and sends a first (PreKey) message. */
+async function initiator(name: string, to: { bundle: PreKeyBundle; address: ProtocolAddress }) {
+  const stores = createMemoryStores();
+  await stores.identity.saveLocalIdentity({ identityKeyPair: IdentityKeyPair.generate(), registrationId: asRegistrationId(77) });
+  const address = ProtocolAddress.new(name, 1);
+  await processPreKeyBundle(to.bundle, to.address, address, stores.session, stores.identity);
+  const send = async (body: string) => signalEncrypt(utf8(body), to.address, address, stores.session, stores.identity);
+  const receive = async (message: Uint8Array<ArrayBuffer>) =>
+    text(await signalDecrypt(SignalMessage.deserialize(message), to.address, address, stores.session, stores.identity));
+  return { stores, address, send, receive };
+}
+
+/** The subject's side of a session: decrypts through `stores`, as the client does. */
+function responderSide(stores: () => SecureChatStores, self: ProtocolAddress, peer: ProtocolAddress) {
+  return {
+    receivePreKey: async (message: Uint8Array<ArrayBuffer>) => {
+      const s = stores();
+      const plaintext = await signalDecryptPreKey(
+        PreKeySignalMessage.deserialize(message),
+        peer,
+        self,
+        s.session,
+        s.identity,
+        s.preKey,
+        s.signedPreKey,
+        s.kyberPreKey,
+      );
+      return text(plaintext);
+    },
+    receive: async (message: Uint8Array<ArrayBuffer>) => {
+      const s = stores();
+      return text(await signalDecrypt(SignalMessage.deserialize(message), peer, self, s.session, s.identity));
+    },
+    send: async (body: string) => {
+      const s = stores();
+      return signalEncrypt(utf8(body), peer, self, s.session, s.identity);
+    },
+  };
+}
+
+/**
+ * Registers a Jest `describe` block that checks `createStores()`'s stores
+ * against the contract of `SecureChatStores`: what libsignal expects of each
+ * store method (void methods resolve to `undefined`, unknown ids reject with
+ * `RecordNotFound` or resolve to null), the PQXDH key rules, the metadata and
+ * pending-message rules the client relies on, and `transaction`. The client
+ * works with stores that have no `transaction`, but they fail this suite: a
+ * crash could leave a one-time prekey consumed without the session it made.
+ * With `{ persistent: true }`, also persistence across `subject.reopen()`.
+ */
+export function describeStoreConformance(
+  name: string,
+  createStores: () => Promise<StoreConformanceSubject>,
+  options: StoreConformanceOptions = {},
+): void {
+  describe(`${name} conforms to SecureChatStores`, () => {
+    let subject: StoreConformanceSubject;
+    let stores: SecureChatStores;
+
+    beforeEach(async () => {
+      subject = await createStores();
+      stores = subject.stores;
+    });
+
+    afterEach(async () => {
+      await subject.close();
+    });
+
+    const reopen = async () => {
+      if (!subject.reopen) throw new Error('a persistent subject must have reopen()');
+      stores = await subject.reopen();
+    };
+
+    it('holds no local identity at first, then returns the saved one; getIdentityKey follows it', async () => {
+      await expect(stores.identity.getLocalIdentity()).resolves.toBeNull();
+      await expect(stores.identity.getIdentityKey()).rejects.toBeDefined();
+      await expect(stores.identity.getLocalRegistrationId()).rejects.toBeDefined();
+      const identityKeyPair = IdentityKeyPair.generate();
+      await stores.identity.saveLocalIdentity({ identityKeyPair, registrationId: asRegistrationId(16_000) });
+      const local = await stores.identity.getLocalIdentity();
+      expect(local?.registrationId).toBe(16_000);
+      expect(same(local!.identityKeyPair.serialize(), identityKeyPair.serialize())).toBe(true);
+      expect(same((await stores.identity.getIdentityKey()).serialize(), identityKeyPair.privateKey.serialize())).toBe(true);
+      await expect(stores.identity.getLocalRegistrationId()).resolves.toBe(16_000);
+    });
+
+    it('resolves every void method to undefined (libsignal fails to downcast anything else)', async () => {
+      const identity = IdentityKeyPair.generate();
+      const address = ProtocolAddress.new('bob', 1);
+      const results = [
+        await stores.identity.saveLocalIdentity({ identityKeyPair: identity, registrationId: asRegistrationId(1) }),
+        await stores.preKey.savePreKey(1, preKey(1)),
+        await stores.preKey.removePreKey(1),
+        await stores.preKey.removePreKey(999),
+        await stores.signedPreKey.saveSignedPreKey(1, signedPreKey(identity, 1)),
+        await stores.kyberPreKey.saveKyberPreKey(1, kyberPreKey(identity, 1)),
+        await stores.kyberPreKey.saveLastResortKyberPreKey(2, kyberPreKey(identity, 2)),
+        await stores.kyberPreKey.markKyberPreKeyUsed(1, 1, PrivateKey.generate().getPublicKey()),
+        await stores.kyberPreKey.markKyberPreKeyUsed(2, 1, PrivateKey.generate().getPublicKey()),
+        await stores.metadata.saveAccount({ username: 'alice', deviceId: asDeviceId(1) }),
+        await stores.metadata.savePeerDevices('bob', [asDeviceId(1)]),
+        await stores.metadata.saveRefreshToken('token'),
+        await stores.metadata.saveRefreshToken(null),
+        await stores.metadata.savePendingMessage('envelope-1', pending('hi')),
+        await stores.metadata.removePendingMessage('envelope-1'),
+        await stores.metadata.removePendingMessage('never-saved'),
+      ];
+      expect(results).toEqual(new Array(results.length).fill(undefined));
+
+      const peer = await responder(createMemoryStores(), 'bob', { oneTime: false });
+      await processPreKeyBundle(peer.bundle, address, ProtocolAddress.new('alice', 1), stores.session, stores.identity);
+      const session = await stores.session.getSession(address);
+      await expect(stores.session.saveSession(address, session!)).resolves.toBeUndefined();
+      const alice = ProtocolAddress.new('alice', 1);
+      const distribution = randomUUID();
+      await SenderKeyDistributionMessage.create(alice, distribution, stores.senderKey);
+      const senderKey = await stores.senderKey.getSenderKey(alice, distribution);
+      await expect(stores.senderKey.saveSenderKey(alice, distribution, senderKey!)).resolves.toBeUndefined();
+    });
+
+    it('resolves unknown ids to null where libsignal expects null, and rejects with RecordNotFound where it expects a rejection', async () => {
+      const address = ProtocolAddress.new('nobody', 3);
+      await expect(stores.session.getSession(address)).resolves.toBeNull();
+      await expect(stores.identity.getIdentity(address)).resolves.toBeNull();
+      await expect(stores.senderKey.getSenderKey(address, randomUUID())).resolves.toBeNull();
+      await expect(stores.metadata.getAccount()).resolves.toBeNull();
+      await expect(stores.metadata.getRefreshToken()).resolves.toBeNull();
+      await expect(stores.metadata.getPendingMessage('nothing')).resolves.toBeNull();
+      await expect(stores.metadata.getPeerDevices('nobody')).resolves.toEqual([]);
+      await expect(stores.identity.getTrustedIdentities()).resolves.toEqual([]);
+      await expectCode(stores.preKey.getPreKey(404), SecureChatErrorCode.RecordNotFound);
+      await expectCode(stores.signedPreKey.getSignedPreKey(404), SecureChatErrorCode.RecordNotFound);
+      await expectCode(stores.kyberPreKey.getKyberPreKey(404), SecureChatErrorCode.RecordNotFound);
+      await expectCode(stores.session.getExistingSessions([address]), SecureChatErrorCode.RecordNotFound);
+    });
+
+    it('keeps prekeys and signed prekeys by id, and forgets a removed one-time prekey', async () => {
+      const identity = IdentityKeyPair.generate();
+      const one = preKey(1);
+      const two = preKey(2);
+      await stores.preKey.savePreKey(1, one);
+      await stores.preKey.savePreKey(2, two);
+      expect(same((await stores.preKey.getPreKey(1)).serialize(), one.serialize())).toBe(true);
+      expect(same((await stores.preKey.getPreKey(2)).serialize(), two.serialize())).toBe(true);
+      await stores.preKey.removePreKey(1);
+      await expectCode(stores.preKey.getPreKey(1), SecureChatErrorCode.RecordNotFound);
+      expect((await stores.preKey.getPreKey(2)).id()).toBe(2);
+
+      const signed = signedPreKey(identity, 9);
+      await stores.signedPreKey.saveSignedPreKey(9, signed);
+      expect(same((await stores.signedPreKey.getSignedPreKey(9)).serialize(), signed.serialize())).toBe(true);
+    });
+
+    it('deletes a one-time Kyber prekey once used, keeps a last-resort one, and refuses the same last-resort use twice (PQXDH)', async () => {
+      const identity = IdentityKeyPair.generate();
+      const oneTime = kyberPreKey(identity, 1);
+      const lastResort = kyberPreKey(identity, 2);
+      await stores.kyberPreKey.saveKyberPreKey(1, oneTime);
+      await stores.kyberPreKey.saveLastResortKyberPreKey(2, lastResort);
+      expect(same((await stores.kyberPreKey.getKyberPreKey(1)).serialize(), oneTime.serialize())).toBe(true);
+
+      await stores.kyberPreKey.markKyberPreKeyUsed(1, 7, PrivateKey.generate().getPublicKey());
+      await expectCode(stores.kyberPreKey.getKyberPreKey(1), SecureChatErrorCode.RecordNotFound);
+
+      const baseKey = PrivateKey.generate().getPublicKey();
+      await stores.kyberPreKey.markKyberPreKeyUsed(2, 7, baseKey);
+      expect(same((await stores.kyberPreKey.getKyberPreKey(2)).serialize(), lastResort.serialize())).toBe(true);
+      await expectCode(stores.kyberPreKey.markKyberPreKeyUsed(2, 7, baseKey), SecureChatErrorCode.PreKeyReused);
+      await stores.kyberPreKey.markKyberPreKeyUsed(2, 7, PrivateKey.generate().getPublicKey());
+      await stores.kyberPreKey.markKyberPreKeyUsed(2, 8, baseKey);
+      expect((await stores.kyberPreKey.getKyberPreKey(2)).id()).toBe(2);
+    });
+
+    it('carries a PQXDH session and the Double Ratchet both ways, consuming the one-time prekeys it used', async () => {
+      const self = await responder(stores, 'alice', { oneTime: true });
+      const bob = await initiator('bob', self);
+      const alice = responderSide(() => stores, self.address, bob.address);
+
+      const first = await bob.send('hello alice');
+      expect(await alice.receivePreKey(first.serialize() as Uint8Array<ArrayBuffer>)).toBe('hello alice');
+      await expectCode(stores.preKey.getPreKey(5), SecureChatErrorCode.RecordNotFound);
+      await expectCode(stores.kyberPreKey.getKyberPreKey(11), SecureChatErrorCode.RecordNotFound);
+      expect((await stores.signedPreKey.getSignedPreKey(7)).id()).toBe(7);
+
+      for (let i = 0; i < 3; i++) {
+        expect(await bob.receive((await alice.send(`reply ${i}`)).serialize())).toBe(`reply ${i}`);
+        expect(await alice.receive((await bob.send(`again ${i}`)).serialize())).toBe(`again ${i}`);
+      }
+      const [record] = await stores.session.getExistingSessions([bob.address]);
+      expect(record?.hasCurrentState()).toBe(true);
+      expect(same(record!.serialize(), (await stores.session.getSession(bob.address))!.serialize())).toBe(true);
+      await expect(stores.session.getSession(ProtocolAddress.new('bob', 2))).resolves.toBeNull();
+    });
+
+    it('returns the right IdentityChange and trusts on first use for sending, always for receiving', async () => {
+      const bob = ProtocolAddress.new('bob', 1);
+      const bobOtherDevice = ProtocolAddress.new('bob', 2);
+      const key = PrivateKey.generate().getPublicKey();
+      const changed = PrivateKey.generate().getPublicKey();
+
+      await expect(stores.identity.isTrustedIdentity(bob, key, Direction.Sending)).resolves.toBe(true);
+      await expect(stores.identity.saveIdentity(bob, key)).resolves.toBe(IdentityChange.NewOrUnchanged);
+      await expect(stores.identity.saveIdentity(bobOtherDevice, key)).resolves.toBe(IdentityChange.NewOrUnchanged);
+      expect((await stores.identity.getIdentity(bobOtherDevice))?.equals(key)).toBe(true);
+      await expect(stores.identity.isTrustedIdentity(bob, key, Direction.Sending)).resolves.toBe(true);
+      await expect(stores.identity.isTrustedIdentity(bob, changed, Direction.Sending)).resolves.toBe(false);
+      await expect(stores.identity.isTrustedIdentity(bob, changed, Direction.Receiving)).resolves.toBe(true);
+
+      await expect(stores.identity.saveIdentity(bob, changed)).resolves.toBe(IdentityChange.ReplacedExisting);
+      expect((await stores.identity.getIdentity(bob))?.equals(changed)).toBe(true);
+      await stores.identity.saveIdentity(ProtocolAddress.new('carol', 1), key);
+      const trusted = await stores.identity.getTrustedIdentities();
+      expect(trusted.map((t) => t.username).sort()).toEqual(['bob', 'carol']);
+      expect(trusted.find((t) => t.username === 'bob')?.identityKey.equals(changed)).toBe(true);
+    });
+
+    it('keeps sender keys per (sender, distribution id)', async () => {
+      const alice = ProtocolAddress.new('alice', 1);
+      const distribution = randomUUID();
+      await SenderKeyDistributionMessage.create(alice, distribution, stores.senderKey);
+      const record = await stores.senderKey.getSenderKey(alice, distribution);
+      expect(record).not.toBeNull();
+      await stores.senderKey.saveSenderKey(alice, distribution, record!);
+      expect(same((await stores.senderKey.getSenderKey(alice, distribution))!.serialize(), record!.serialize())).toBe(true);
+      await expect(stores.senderKey.getSenderKey(alice, randomUUID())).resolves.toBeNull();
+      await expect(stores.senderKey.getSenderKey(ProtocolAddress.new('alice', 2), distribution)).resolves.toBeNull();
+    });
+
+    it('keeps the account, the peer devices per username and the refresh token (replaced, then cleared)', async () => {
+      await stores.metadata.saveAccount({ username: 'alice', deviceId: asDeviceId(3) });
+      await expect(stores.metadata.getAccount()).resolves.toEqual({ username: 'alice', deviceId: 3 });
+      await stores.metadata.savePeerDevices('bob', [asDeviceId(1), asDeviceId(4)]);
+      await stores.metadata.savePeerDevices('carol', [asDeviceId(2)]);
+      await expect(stores.metadata.getPeerDevices('bob')).resolves.toEqual([1, 4]);
+      await expect(stores.metadata.getPeerDevices('carol')).resolves.toEqual([2]);
+      await stores.metadata.saveRefreshToken('first-token');
+      await stores.metadata.saveRefreshToken('second-token');
+      await expect(stores.metadata.getRefreshToken()).resolves.toBe('second-token');
+      await stores.metadata.saveRefreshToken(null);
+      await expect(stores.metadata.getRefreshToken()).resolves.toBeNull();
+    });
+
+    it('allocates key ids that never repeat, per kind', async () => {
+      const seen = new Map<KeyIdKind, Set<number>>();
+      for (const kind of [KeyIdKind.PreKey, KeyIdKind.KyberPreKey, KeyIdKind.SignedPreKey]) seen.set(kind, new Set());
+      for (const [kind, count] of [
+        [KeyIdKind.PreKey, 100],
+        [KeyIdKind.KyberPreKey, 1],
+        [KeyIdKind.PreKey, 3],
+        [KeyIdKind.SignedPreKey, 1],
+        [KeyIdKind.KyberPreKey, 100],
+        [KeyIdKind.SignedPreKey, 1],
+      ] as const) {
+        const first = await stores.metadata.allocateKeyIds(kind, count);
+        expect(first).toBeGreaterThanOrEqual(1);
+        for (let id = first; id < first + count; id++) {
+          expect(seen.get(kind)!.has(id)).toBe(false);
+          seen.get(kind)!.add(id);
+        }
+      }
+    });
+
+    it('keeps a pending message until removed, returns copies, and drops the oldest beyond MAX_PENDING_MESSAGES', async () => {
+      await stores.metadata.savePendingMessage('envelope-a', pending('first'));
+      const got = await stores.metadata.getPendingMessage('envelope-a');
+      expect(got && { ...got, content: text(got.content) }).toEqual({ sender: 'bob', senderDevice: 2, content: 'first' });
+      got!.content.fill(0);
+      expect(text((await stores.metadata.getPendingMessage('envelope-a'))!.content)).toBe('first');
+      await stores.metadata.removePendingMessage('envelope-a');
+      await expect(stores.metadata.getPendingMessage('envelope-a')).resolves.toBeNull();
+
+      const fill = async (s: SecureChatStores) => {
+        for (let i = 0; i <= MAX_PENDING_MESSAGES; i++) await s.metadata.savePendingMessage(`envelope-${i}`, pending(`body ${i}`));
+      };
+      // In one transaction where there is one: a thousand commits would make a durable store slow.
+      await (stores.transaction ? stores.transaction(fill) : fill(stores));
+      await expect(stores.metadata.getPendingMessage('envelope-0')).resolves.toBeNull();
+      expect(text((await stores.metadata.getPendingMessage('envelope-1'))!.content)).toBe('body 1');
+      expect(text((await stores.metadata.getPendingMessage(`envelope-${MAX_PENDING_MESSAGES}`))!.content)).toBe(
+        `body ${MAX_PENDING_MESSAGES}`,
+      );
+    }, 20_000);
+
+    describe('transaction', () => {
+      const transaction = <T>(fn: (s: SecureChatStores) => Promise<T>) => {
+        if (!stores.transaction) throw new Error('these stores have no transaction()');
+        return stores.transaction(fn);
+      };
+
+      it('commits what the function wrote and resolves with its result', async () => {
+        const result = await transaction(async (tx) => {
+          await tx.preKey.savePreKey(1, preKey(1));
+          await tx.metadata.savePendingMessage('envelope-1', pending('kept'));
+          return 'done';
+        });
+        expect(result).toBe('done');
+        expect((await stores.preKey.getPreKey(1)).id()).toBe(1);
+        expect(text((await stores.metadata.getPendingMessage('envelope-1'))!.content)).toBe('kept');
+      });
+
+      it('rolls everything back when the function throws, and rejects with its error', async () => {
+        const self = await responder(stores, 'alice', { oneTime: true });
+        const bob = await initiator('bob', self);
+        const first = (await bob.send('never kept')).serialize() as Uint8Array<ArrayBuffer>;
+        await stores.metadata.saveRefreshToken('before');
+        const idBefore = await stores.metadata.allocateKeyIds(KeyIdKind.PreKey, 1);
+        const failure = new Error('crash after the decryption');
+
+        const outcome = transaction(async (tx) => {
+          const alice = responderSide(() => tx, self.address, bob.address);
+          expect(await alice.receivePreKey(first)).toBe('never kept');
+          await tx.metadata.savePendingMessage('envelope-1', pending('never kept'));
+          await tx.metadata.saveRefreshToken('after');
+          await tx.metadata.allocateKeyIds(KeyIdKind.PreKey, 10);
+          throw failure;
+        });
+        await expect(outcome).rejects.toBe(failure);
+
+        await expect(stores.session.getSession(bob.address)).resolves.toBeNull();
+        await expect(stores.identity.getIdentity(bob.address)).resolves.toBeNull();
+        expect((await stores.preKey.getPreKey(5)).id()).toBe(5);
+        expect((await stores.kyberPreKey.getKyberPreKey(11)).id()).toBe(11);
+        await expect(stores.metadata.getPendingMessage('envelope-1')).resolves.toBeNull();
+        await expect(stores.metadata.getRefreshToken()).resolves.toBe('before');
+        await expect(stores.metadata.allocateKeyIds(KeyIdKind.PreKey, 1)).resolves.toBe(idBefore + 1);
+        // The rolled-back message still decrypts: nothing of it was consumed.
+        const alice = responderSide(() => stores, self.address, bob.address);
+        expect(await alice.receivePreKey(first)).toBe('never kept');
+      });
+
+      it('makes calls from outside wait until the transaction ends, then shows them its result', async () => {
+        let release!: () => void;
+        const gate = new Promise<void>((resolve) => (release = resolve));
+        let written!: () => void;
+        const wrote = new Promise<void>((resolve) => (written = resolve));
+        const open = transaction(async (tx) => {
+          await tx.metadata.saveRefreshToken('inside');
+          written();
+          await gate;
+        });
+        await wrote;
+        let outsideRead: string | null | undefined;
+        const read = stores.metadata.getRefreshToken().then((token) => (outsideRead = token));
+        const write = stores.metadata.saveRefreshToken('outside');
+        await new Promise((resolve) => setTimeout(resolve, 30));
+        expect(outsideRead).toBeUndefined();
+        release();
+        await open;
+        await read;
+        await write;
+        expect(outsideRead).toBe('inside');
+        await expect(stores.metadata.getRefreshToken()).resolves.toBe('outside');
+      });
+
+      it('joins a nested transaction to the open one', async () => {
+        const failure = new Error('outer fails after the inner finished');
+        await expect(
+          transaction(async (tx) => {
+            await tx.transaction!(async (inner) => inner.metadata.saveRefreshToken('from the inner transaction'));
+            throw failure;
+          }),
+        ).rejects.toBe(failure);
+        await expect(stores.metadata.getRefreshToken()).resolves.toBeNull();
+      });
+    });
+
+    if (!options.persistent) return;
+
+    describe('persistence', () => {
+      it('keeps every kind of record across reopen, and a session continues', async () => {
+        const self = await responder(stores, 'alice', { oneTime: true, lastResortKyber: true });
+        await stores.preKey.savePreKey(6, preKey(6));
+        const bob = await initiator('bob', self);
+        const alice = responderSide(() => stores, self.address, bob.address);
+        expect(await alice.receivePreKey((await bob.send('before')).serialize() as Uint8Array<ArrayBuffer>)).toBe('before');
+        expect(await bob.receive((await alice.send('ack')).serialize())).toBe('ack');
+        const distribution = randomUUID();
+        await SenderKeyDistributionMessage.create(self.address, distribution, stores.senderKey);
+        const senderKey = (await stores.senderKey.getSenderKey(self.address, distribution))!.serialize();
+        await stores.metadata.saveAccount({ username: 'alice', deviceId: asDeviceId(1) });
+        await stores.metadata.savePeerDevices('bob', [asDeviceId(1)]);
+        await stores.metadata.saveRefreshToken('kept token');
+        await stores.metadata.savePendingMessage('envelope-1', pending('kept message'));
+        const lastIds = await stores.metadata.allocateKeyIds(KeyIdKind.PreKey, 100);
+
+        await reopen();
+
+        const local = await stores.identity.getLocalIdentity();
+        expect(same(local!.identityKeyPair.serialize(), self.identity.serialize())).toBe(true);
+        expect(local!.registrationId).toBe(4242);
+        expect((await stores.preKey.getPreKey(6)).id()).toBe(6);
+        await expectCode(stores.preKey.getPreKey(5), SecureChatErrorCode.RecordNotFound);
+        expect((await stores.signedPreKey.getSignedPreKey(7)).id()).toBe(7);
+        // The last-resort flag survived: using it again keeps it.
+        await stores.kyberPreKey.markKyberPreKeyUsed(11, 7, PrivateKey.generate().getPublicKey());
+        expect((await stores.kyberPreKey.getKyberPreKey(11)).id()).toBe(11);
+        expect((await stores.identity.getIdentity(bob.address))?.serialize()).toEqual(
+          (await bob.stores.identity.getLocalIdentity())!.identityKeyPair.publicKey.serialize(),
+        );
+        expect(same((await stores.senderKey.getSenderKey(self.address, distribution))!.serialize(), senderKey)).toBe(true);
+        await expect(stores.metadata.getAccount()).resolves.toEqual({ username: 'alice', deviceId: 1 });
+        await expect(stores.metadata.getPeerDevices('bob')).resolves.toEqual([1]);
+        await expect(stores.metadata.getRefreshToken()).resolves.toBe('kept token');
+        expect(text((await stores.metadata.getPendingMessage('envelope-1'))!.content)).toBe('kept message');
+        expect(await stores.metadata.allocateKeyIds(KeyIdKind.PreKey, 1)).toBeGreaterThanOrEqual(lastIds + 100);
+
+        const resumed = responderSide(() => stores, self.address, bob.address);
+        expect(await resumed.receive((await bob.send('after the restart')).serialize())).toBe('after the restart');
+        expect(await bob.receive((await resumed.send('still here')).serialize())).toBe('still here');
+      });
+    });
+  });
+}
