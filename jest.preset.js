@@ -25,6 +25,8 @@ export default {
     '^@chat/protocol$': '<rootDir>/../../libs/protocol/src/index.ts',
     '^@chat/signal-sdk$': '<rootDir>/../../libs/signal-sdk/src/index.ts',
     '^@chat/signal-sdk/testing$': '<rootDir>/../../libs/signal-sdk/src/testing/index.ts',
+    '^@chat/signal-sdk/testing/conformance$': '<rootDir>/../../libs/signal-sdk/src/testing/store-conformance.ts',
+    '^@chat/signal-sdk/sqlite$': '<rootDir>/../../libs/signal-sdk/src/sqlite/index.ts',
   },
   moduleFileExtensions: ['ts', 'js', 'json'],
 };

@@ -1,0 +1,610 @@
+import Database from 'better-sqlite3';
+import {
+  Direction,
+  IdentityChange,
+  IdentityKeyPair,
+  KyberPreKeyRecord,
+  PreKeyRecord,
+  PreKeyStore,
+  PrivateKey,
+  ProtocolAddress,
+  PublicKey,
+  SenderKeyRecord,
+  SenderKeyStore,
+  SessionRecord,
+  SessionStore,
+  SignedPreKeyRecord,
+  SignedPreKeyStore,
+  type Uuid,
+} from '@signalapp/libsignal-client';
+import { KEY_ID_MAX } from '@chat/protocol';
+import { SecureChatError, SecureChatErrorCode } from '../errors.js';
+import { asDeviceId, asRegistrationId, type DeviceId } from '../ids.js';
+import {
+  KeyIdKind,
+  MAX_PENDING_MESSAGES,
+  SecureChatIdentityKeyStore,
+  SecureChatKyberPreKeyStore,
+  SecureChatMetadataStore,
+  type AccountRecord,
+  type LocalIdentity,
+  type PendingMessage,
+  type SecureChatStores,
+  type TrustedIdentity,
+} from '../stores/stores.js';
+import { StoreGate, transactionalStores, type StoreSet } from '../stores/transactional-stores.js';
+import { RecordKind, RecordTable, fromSqliteError, sqlite } from './record-table.js';
+import {
+  DEFAULT_STORE_KDF,
+  STORE_FORMAT_VERSION,
+  createKeyHeader,
+  isSupportedStoreKdf,
+  passphraseBytes,
+  unlockKeyHeader,
+  type KeyHeader,
+  type StoreKdfParams,
+} from './store-crypto.js';
+
+// The file's layout is documented in docs/stores.md ("Store format"); change both together.
+const SCHEMA = `
+CREATE TABLE IF NOT EXISTS store_header (
+  id            INTEGER PRIMARY KEY CHECK (id = 1),
+  format        INTEGER NOT NULL,
+  kdf_algorithm TEXT    NOT NULL,
+  kdf_log_n     INTEGER NOT NULL,
+  kdf_r         INTEGER NOT NULL,
+  kdf_p         INTEGER NOT NULL,
+  salt          BLOB    NOT NULL,
+  wrapped_key   BLOB    NOT NULL
+);
+CREATE TABLE IF NOT EXISTS records (
+  seq    INTEGER PRIMARY KEY,
+  kind   TEXT NOT NULL,
+  lookup BLOB NOT NULL,
+  value  BLOB NOT NULL,
+  UNIQUE (kind, lookup)
+);
+`;
+
+export interface SqliteStoreOptions {
+  /** The database file. A missing file becomes a new, empty store locked by `passphrase`. */
+  path: string;
+  /** Strings are NFC-normalised first. */
+  passphrase: string | Uint8Array;
+  /**
+   * scrypt cost when this call creates the store (default `DEFAULT_STORE_KDF`).
+   * An existing store uses the cost written in its header. Lower it only in tests.
+   */
+  kdf?: StoreKdfParams;
+}
+
+export interface ChangePassphraseOptions {
+  /** scrypt cost for the new passphrase (default `DEFAULT_STORE_KDF`). */
+  kdf?: StoreKdfParams;
+}
+
+const bytes = (buffer: Uint8Array): Uint8Array<ArrayBuffer> => new Uint8Array(buffer);
+const json = (value: unknown) => Buffer.from(JSON.stringify(value), 'utf8');
+const parseJson = <T>(payload: Buffer): T => JSON.parse(payload.toString('utf8')) as T;
+const addressId = (address: ProtocolAddress) => `${address.name()}.${address.deviceId()}`;
+const notFound = (what: string) => new SecureChatError(SecureChatErrorCode.RecordNotFound, `no ${what}`);
+
+/**
+ * Every store the client needs, in one SQLite file, every record encrypted
+ * under a key derived from a passphrase (docs/stores.md). Opening checks the
+ * whole file; a record that fails authentication is never used.
+ *
+ *   const stores = await SqliteStores.open({ path: 'alice.db', passphrase });
+ *   const client = SecureChatClient.create({ relayUrl, stores });
+ *   ...
+ *   await client.close();
+ *   await stores.close();
+ *
+ * One process and one `SqliteStores` per file: the file is locked while open.
+ * Store calls are queued, so `transaction` is atomic and isolated, and WAL
+ * with `synchronous=FULL` makes each commit durable before it returns.
+ */
+export class SqliteStores implements SecureChatStores {
+  readonly session: SessionStore;
+  readonly identity: SecureChatIdentityKeyStore;
+  readonly preKey: PreKeyStore;
+  readonly signedPreKey: SignedPreKeyStore;
+  readonly kyberPreKey: SecureChatKyberPreKeyStore;
+  readonly senderKey: SenderKeyStore;
+  readonly metadata: SecureChatMetadataStore;
+  private readonly gated: SecureChatStores;
+  private readonly gate = new StoreGate();
+
+  private constructor(
+    private readonly db: Database.Database,
+    private readonly records: RecordTable,
+  ) {
+    const raw: StoreSet = {
+      session: new SqliteSessionStore(records),
+      identity: new SqliteIdentityKeyStore(records),
+      preKey: new SqlitePreKeyStore(records),
+      signedPreKey: new SqliteSignedPreKeyStore(records),
+      kyberPreKey: new SqliteKyberPreKeyStore(records),
+      senderKey: new SqliteSenderKeyStore(records),
+      metadata: new SqliteMetadataStore(records),
+    };
+    this.gated = transactionalStores(
+      raw,
+      {
+        begin: () => {
+          sqlite(() => db.exec('BEGIN IMMEDIATE'));
+        },
+        commit: () => {
+          sqlite(() => db.exec('COMMIT'));
+        },
+        rollback: () => {
+          if (db.open && db.inTransaction) sqlite(() => db.exec('ROLLBACK'));
+        },
+      },
+      this.gate,
+    );
+    ({
+      session: this.session,
+      identity: this.identity,
+      preKey: this.preKey,
+      signedPreKey: this.signedPreKey,
+      kyberPreKey: this.kyberPreKey,
+      senderKey: this.senderKey,
+      metadata: this.metadata,
+    } = this.gated);
+  }
+
+  /**
+   * Opens the store at `options.path`, creating it if the file does not
+   * exist, and checks it: SQLite's integrity check and every record's
+   * authentication.
+   * @throws {SecureChatError} `WrongPassphrase`; `StoreTampered` (a record or the file was altered or
+   *   damaged); `StoreLocked` (another connection has the file open); `InvalidArgument` (empty
+   *   passphrase); `InvalidOptions` (`kdf` outside `STORE_KDF_LIMITS`); `StoreFailure` (the file
+   *   cannot be opened or written).
+   */
+  static async open(options: SqliteStoreOptions): Promise<SqliteStores> {
+    const passphrase = passphraseBytes(options.passphrase);
+    const kdf = options.kdf ?? DEFAULT_STORE_KDF;
+    if (!isSupportedStoreKdf(kdf)) {
+      throw new SecureChatError(SecureChatErrorCode.InvalidOptions, 'store scrypt parameters are outside STORE_KDF_LIMITS');
+    }
+    let db: Database.Database;
+    try {
+      db = new Database(options.path, { timeout: 0 });
+    } catch (error) {
+      throw fromSqliteError(error);
+    }
+    try {
+      const header = sqlite(() => prepareFile(db));
+      let keys;
+      if (header) {
+        keys = await unlockKeyHeader(header, passphrase);
+      } else {
+        const created = await createKeyHeader(passphrase, kdf);
+        sqlite(() => writeHeader(db, created.header));
+        keys = created.keys;
+      }
+      const records = new RecordTable(db, keys);
+      try {
+        const stores = new SqliteStores(db, records);
+        stores.verifyNow();
+        return stores;
+      } catch (error) {
+        records.close();
+        throw error;
+      }
+    } catch (error) {
+      db.close();
+      throw fromSqliteError(error);
+    } finally {
+      passphrase.fill(0);
+    }
+  }
+
+  transaction<T>(fn: (stores: SecureChatStores) => Promise<T>): Promise<T> {
+    return this.gated.transaction!(fn);
+  }
+
+  /**
+   * Runs SQLite's integrity check and authenticates every record.
+   * @throws {SecureChatError} `StoreTampered`, `InvalidState` after `close`.
+   */
+  verify(): Promise<void> {
+    return this.gate.exclusive(() => this.verifyNow());
+  }
+
+  /**
+   * Locks the store with a new passphrase: a new salt and a new random data
+   * key, and every record encrypted again under it, all in one SQLite
+   * transaction (a crash leaves the old passphrase and data key in force).
+   * Old record versions are then flushed from the WAL; deleted content is
+   * zeroed (`secure_delete`).
+   * @throws {SecureChatError} `InvalidArgument`, `InvalidOptions`, `StoreTampered`, `StoreFailure`,
+   *   `InvalidState` after `close`.
+   */
+  changePassphrase(passphrase: string | Uint8Array, options: ChangePassphraseOptions = {}): Promise<void> {
+    const newPassphrase = passphraseBytes(passphrase);
+    const kdf = options.kdf ?? DEFAULT_STORE_KDF;
+    return this.gate.exclusive(async () => {
+      try {
+        this.assertOpen();
+        const { header, keys } = await createKeyHeader(newPassphrase, kdf);
+        const update = this.db.prepare('UPDATE records SET lookup = ?, value = ? WHERE seq = ?');
+        let previous;
+        try {
+          previous = sqlite(() =>
+            this.db
+              .transaction(() => {
+                const replaced = this.records.rekey(keys, (seq, sealed) => update.run(sealed.lookup, sealed.value, seq));
+                writeHeader(this.db, header);
+                return replaced;
+              })
+              .immediate(),
+          );
+        } catch (error) {
+          keys.destroy();
+          throw error;
+        }
+        this.records.useKeys(keys);
+        previous.destroy();
+        sqlite(() => this.db.pragma('wal_checkpoint(TRUNCATE)'));
+      } finally {
+        newPassphrase.fill(0);
+      }
+    });
+  }
+
+  /** Waits for queued calls, then closes the file and forgets the keys. Idempotent. */
+  close(): Promise<void> {
+    return this.gate.exclusive(() => {
+      if (!this.db.open) return;
+      this.records.close();
+      this.db.close();
+    });
+  }
+
+  private assertOpen(): void {
+    if (!this.db.open) throw new SecureChatError(SecureChatErrorCode.InvalidState, 'the store is closed');
+  }
+
+  private verifyNow(): void {
+    this.assertOpen();
+    const result = sqlite(() => this.db.pragma('integrity_check') as Array<{ integrity_check: string }>);
+    if (result.length !== 1 || result[0]?.integrity_check !== 'ok') {
+      throw new SecureChatError(SecureChatErrorCode.StoreTampered, 'the store file failed SQLite integrity_check');
+    }
+    this.records.verifyAll();
+  }
+}
+
+/**
+ * Sets the connection up and reads the header (null for a new file).
+ *
+ * - locking_mode=EXCLUSIVE: the first write takes a lock held until close,
+ *   so a second process (or connection) gets SQLITE_BUSY, not a second
+ *   writer racing the ratchet; with WAL it also keeps the WAL index in
+ *   process memory (no -shm file).
+ * - journal_mode=WAL with synchronous=FULL: a transaction is durable once
+ *   COMMIT returns. NORMAL would survive a killed process too, but could lose
+ *   the last commits on power loss, and the client acks a message to the
+ *   relay (which then deletes it) right after its decryption commits.
+ * - secure_delete: deleted one-time prekeys and old ratchet states are
+ *   overwritten, not left in free pages (forward secrecy on disk).
+ */
+function prepareFile(db: Database.Database): KeyHeader | null {
+  db.pragma('locking_mode = EXCLUSIVE');
+  if (db.pragma('journal_mode = WAL', { simple: true }) !== 'wal') {
+    throw new SecureChatError(SecureChatErrorCode.StoreFailure, 'the store file cannot use write-ahead logging');
+  }
+  db.pragma('synchronous = FULL');
+  db.pragma('secure_delete = ON');
+  // Takes the exclusive lock now, so a second opener fails here.
+  db.exec('BEGIN IMMEDIATE');
+  try {
+    db.exec(SCHEMA);
+    const header = readHeader(db);
+    db.exec('COMMIT');
+    return header;
+  } catch (error) {
+    if (db.inTransaction) db.exec('ROLLBACK');
+    throw error;
+  }
+}
+
+interface HeaderRow {
+  format: unknown;
+  kdf_algorithm: unknown;
+  kdf_log_n: unknown;
+  kdf_r: unknown;
+  kdf_p: unknown;
+  salt: unknown;
+  wrapped_key: unknown;
+}
+
+function readHeader(db: Database.Database): KeyHeader | null {
+  const row = db.prepare('SELECT * FROM store_header WHERE id = 1').get() as HeaderRow | undefined;
+  if (!row) {
+    const records = db.prepare('SELECT count(*) AS n FROM records').get() as { n: number };
+    if (records.n > 0) throw new SecureChatError(SecureChatErrorCode.StoreTampered, 'the store has records but no key header');
+    return null;
+  }
+  const integer = (value: unknown) => (typeof value === 'number' && Number.isInteger(value) ? value : Number.NaN);
+  if (row.kdf_algorithm !== 'scrypt' || !Buffer.isBuffer(row.salt) || !Buffer.isBuffer(row.wrapped_key)) {
+    throw new SecureChatError(SecureChatErrorCode.StoreTampered, 'the store header is not one this version writes');
+  }
+  return {
+    format: integer(row.format),
+    kdf: { logN: integer(row.kdf_log_n), r: integer(row.kdf_r), p: integer(row.kdf_p) },
+    salt: row.salt,
+    wrappedKey: row.wrapped_key,
+  };
+}
+
+function writeHeader(db: Database.Database, header: KeyHeader): void {
+  db.prepare(
+    `INSERT INTO store_header (id, format, kdf_algorithm, kdf_log_n, kdf_r, kdf_p, salt, wrapped_key)
+     VALUES (1, ?, 'scrypt', ?, ?, ?, ?, ?)
+     ON CONFLICT (id) DO UPDATE SET format = excluded.format, kdf_algorithm = excluded.kdf_algorithm,
+       kdf_log_n = excluded.kdf_log_n, kdf_r = excluded.kdf_r, kdf_p = excluded.kdf_p,
+       salt = excluded.salt, wrapped_key = excluded.wrapped_key`,
+  ).run(STORE_FORMAT_VERSION, header.kdf.logN, header.kdf.r, header.kdf.p, header.salt, header.wrappedKey);
+}
+
+// --- the stores -------------------------------------------------------------
+// Records hold `serialize()` bytes (libsignal `TestStores.ts`); the policies
+// are the memory stores' (see memory-stores.ts), kept here on disk.
+
+class SqliteSessionStore extends SessionStore {
+  constructor(private readonly records: RecordTable) {
+    super();
+  }
+
+  async saveSession(address: ProtocolAddress, record: SessionRecord): Promise<void> {
+    this.records.put(RecordKind.Session, addressId(address), record.serialize());
+  }
+
+  async getSession(address: ProtocolAddress): Promise<SessionRecord | null> {
+    const payload = this.records.get(RecordKind.Session, addressId(address));
+    return payload ? SessionRecord.deserialize(bytes(payload)) : null;
+  }
+
+  async getExistingSessions(addresses: ProtocolAddress[]): Promise<SessionRecord[]> {
+    return addresses.map((address) => {
+      const payload = this.records.get(RecordKind.Session, addressId(address));
+      if (!payload) throw notFound(`session for ${addressId(address)}`);
+      return SessionRecord.deserialize(bytes(payload));
+    });
+  }
+}
+
+const LOCAL_IDENTITY_ID = 'local';
+
+/** Trust on first use for sending; receiving always trusts and records the key. Keyed by username. */
+class SqliteIdentityKeyStore extends SecureChatIdentityKeyStore {
+  constructor(private readonly records: RecordTable) {
+    super();
+  }
+
+  async getLocalIdentity(): Promise<LocalIdentity | null> {
+    const payload = this.records.get(RecordKind.LocalIdentity, LOCAL_IDENTITY_ID);
+    if (!payload) return null;
+    return {
+      registrationId: asRegistrationId(payload.readUInt16BE(0)),
+      identityKeyPair: IdentityKeyPair.deserialize(bytes(payload.subarray(2))),
+    };
+  }
+
+  async saveLocalIdentity(identity: LocalIdentity): Promise<void> {
+    const registrationId = Buffer.alloc(2);
+    registrationId.writeUInt16BE(identity.registrationId);
+    this.records.put(RecordKind.LocalIdentity, LOCAL_IDENTITY_ID, Buffer.concat([registrationId, identity.identityKeyPair.serialize()]));
+  }
+
+  async getIdentityKey(): Promise<PrivateKey> {
+    const local = await this.getLocalIdentity();
+    if (!local) throw new SecureChatError(SecureChatErrorCode.NoLocalIdentity, 'no local identity');
+    return local.identityKeyPair.privateKey;
+  }
+
+  async getLocalRegistrationId(): Promise<number> {
+    const local = await this.getLocalIdentity();
+    if (!local) throw new SecureChatError(SecureChatErrorCode.NoLocalIdentity, 'no local identity');
+    return local.registrationId;
+  }
+
+  async saveIdentity(address: ProtocolAddress, key: PublicKey): Promise<IdentityChange> {
+    const previous = this.records.get(RecordKind.Identity, address.name());
+    this.records.put(RecordKind.Identity, address.name(), key.serialize());
+    return previous && !PublicKey.deserialize(bytes(previous)).equals(key) ? IdentityChange.ReplacedExisting : IdentityChange.NewOrUnchanged;
+  }
+
+  async isTrustedIdentity(address: ProtocolAddress, key: PublicKey, direction: Direction): Promise<boolean> {
+    if (direction === Direction.Receiving) return true;
+    const known = this.records.get(RecordKind.Identity, address.name());
+    return !known || PublicKey.deserialize(bytes(known)).equals(key);
+  }
+
+  async getIdentity(address: ProtocolAddress): Promise<PublicKey | null> {
+    const known = this.records.get(RecordKind.Identity, address.name());
+    return known ? PublicKey.deserialize(bytes(known)) : null;
+  }
+
+  async getTrustedIdentities(): Promise<TrustedIdentity[]> {
+    return this.records
+      .list(RecordKind.Identity)
+      .map(({ id, payload }) => ({ username: id, identityKey: PublicKey.deserialize(bytes(payload)) }));
+  }
+}
+
+class SqlitePreKeyStore extends PreKeyStore {
+  constructor(private readonly records: RecordTable) {
+    super();
+  }
+
+  async savePreKey(id: number, record: PreKeyRecord): Promise<void> {
+    this.records.put(RecordKind.PreKey, String(id), record.serialize());
+  }
+
+  async getPreKey(id: number): Promise<PreKeyRecord> {
+    const payload = this.records.get(RecordKind.PreKey, String(id));
+    if (!payload) throw notFound(`prekey ${id}`);
+    return PreKeyRecord.deserialize(bytes(payload));
+  }
+
+  /** One-time prekeys are deleted once a session used them (X3DH). */
+  async removePreKey(id: number): Promise<void> {
+    this.records.delete(RecordKind.PreKey, String(id));
+  }
+}
+
+class SqliteSignedPreKeyStore extends SignedPreKeyStore {
+  constructor(private readonly records: RecordTable) {
+    super();
+  }
+
+  async saveSignedPreKey(id: number, record: SignedPreKeyRecord): Promise<void> {
+    this.records.put(RecordKind.SignedPreKey, String(id), record.serialize());
+  }
+
+  async getSignedPreKey(id: number): Promise<SignedPreKeyRecord> {
+    const payload = this.records.get(RecordKind.SignedPreKey, String(id));
+    if (!payload) throw notFound(`signed prekey ${id}`);
+    return SignedPreKeyRecord.deserialize(bytes(payload));
+  }
+}
+
+const ONE_TIME = 0;
+const LAST_RESORT = 1;
+
+class SqliteKyberPreKeyStore extends SecureChatKyberPreKeyStore {
+  constructor(private readonly records: RecordTable) {
+    super();
+  }
+
+  async saveKyberPreKey(id: number, record: KyberPreKeyRecord): Promise<void> {
+    this.records.put(RecordKind.KyberPreKey, String(id), Buffer.concat([Buffer.from([ONE_TIME]), record.serialize()]));
+  }
+
+  async saveLastResortKyberPreKey(id: number, record: KyberPreKeyRecord): Promise<void> {
+    this.records.put(RecordKind.KyberPreKey, String(id), Buffer.concat([Buffer.from([LAST_RESORT]), record.serialize()]));
+  }
+
+  async getKyberPreKey(id: number): Promise<KyberPreKeyRecord> {
+    const payload = this.records.get(RecordKind.KyberPreKey, String(id));
+    if (!payload) throw notFound(`kyber prekey ${id}`);
+    return KyberPreKeyRecord.deserialize(bytes(payload.subarray(1)));
+  }
+
+  /**
+   * PQXDH: a one-time Kyber key is deleted after use; a last-resort key is
+   * kept, but the same (key, signed prekey, base key) may not be used twice.
+   */
+  async markKyberPreKeyUsed(id: number, signedPreKeyId: number, baseKey: PublicKey): Promise<void> {
+    const payload = this.records.get(RecordKind.KyberPreKey, String(id));
+    if (!payload) return;
+    if (payload[0] !== LAST_RESORT) {
+      this.records.delete(RecordKind.KyberPreKey, String(id));
+      return;
+    }
+    const use = `${id}:${signedPreKeyId}:${Buffer.from(baseKey.serialize()).toString('base64')}`;
+    if (this.records.get(RecordKind.KyberLastResortUse, use)) {
+      throw new SecureChatError(SecureChatErrorCode.PreKeyReused, `kyber last-resort prekey ${id} reused with the same base key`);
+    }
+    this.records.put(RecordKind.KyberLastResortUse, use, new Uint8Array(0));
+  }
+}
+
+class SqliteSenderKeyStore extends SenderKeyStore {
+  constructor(private readonly records: RecordTable) {
+    super();
+  }
+
+  async saveSenderKey(sender: ProtocolAddress, distributionId: Uuid, record: SenderKeyRecord): Promise<void> {
+    this.records.put(RecordKind.SenderKey, `${addressId(sender)}::${distributionId}`, record.serialize());
+  }
+
+  async getSenderKey(sender: ProtocolAddress, distributionId: Uuid): Promise<SenderKeyRecord | null> {
+    const payload = this.records.get(RecordKind.SenderKey, `${addressId(sender)}::${distributionId}`);
+    return payload ? SenderKeyRecord.deserialize(bytes(payload)) : null;
+  }
+}
+
+const ACCOUNT_ID = 'account';
+const REFRESH_TOKEN_ID = 'refresh-token';
+const nextKeyIdOf = (kind: KeyIdKind) => `next-key-id:${kind}`;
+const peerDevicesOf = (username: string) => `peer-devices:${username}`;
+
+interface StoredPendingMessage {
+  sender: string;
+  senderDevice: number;
+  content: string;
+}
+
+class SqliteMetadataStore extends SecureChatMetadataStore {
+  constructor(private readonly records: RecordTable) {
+    super();
+  }
+
+  async getAccount(): Promise<AccountRecord | null> {
+    const payload = this.records.get(RecordKind.Metadata, ACCOUNT_ID);
+    if (!payload) return null;
+    const { username, deviceId } = parseJson<{ username: string; deviceId: number }>(payload);
+    return { username, deviceId: asDeviceId(deviceId) };
+  }
+
+  async saveAccount(account: AccountRecord): Promise<void> {
+    this.records.put(RecordKind.Metadata, ACCOUNT_ID, json({ username: account.username, deviceId: account.deviceId }));
+  }
+
+  /** Ids run from 1 and wrap within the wire's 24-bit range, as in the memory store. */
+  async allocateKeyIds(kind: KeyIdKind, count: number): Promise<number> {
+    if (!Number.isInteger(count) || count < 1 || count > KEY_ID_MAX) {
+      throw new SecureChatError(SecureChatErrorCode.InvalidArgument, `count must be 1..${KEY_ID_MAX}`);
+    }
+    const stored = this.records.get(RecordKind.Metadata, nextKeyIdOf(kind));
+    let first = stored ? parseJson<number>(stored) : 1;
+    if (first + count - 1 > KEY_ID_MAX) first = 1;
+    this.records.put(RecordKind.Metadata, nextKeyIdOf(kind), json(first + count));
+    return first;
+  }
+
+  async getPeerDevices(username: string): Promise<DeviceId[]> {
+    const payload = this.records.get(RecordKind.Metadata, peerDevicesOf(username));
+    return payload ? parseJson<number[]>(payload).map(asDeviceId) : [];
+  }
+
+  async savePeerDevices(username: string, deviceIds: DeviceId[]): Promise<void> {
+    this.records.put(RecordKind.Metadata, peerDevicesOf(username), json(deviceIds));
+  }
+
+  async getRefreshToken(): Promise<string | null> {
+    return this.records.get(RecordKind.Metadata, REFRESH_TOKEN_ID)?.toString('utf8') ?? null;
+  }
+
+  async saveRefreshToken(refreshToken: string | null): Promise<void> {
+    if (refreshToken === null) this.records.delete(RecordKind.Metadata, REFRESH_TOKEN_ID);
+    else this.records.put(RecordKind.Metadata, REFRESH_TOKEN_ID, Buffer.from(refreshToken, 'utf8'));
+  }
+
+  async savePendingMessage(envelopeId: string, message: PendingMessage): Promise<void> {
+    const stored: StoredPendingMessage = {
+      sender: message.sender,
+      senderDevice: message.senderDevice,
+      content: Buffer.from(message.content).toString('base64'),
+    };
+    this.records.put(RecordKind.PendingMessage, envelopeId, json(stored));
+    this.records.trimOldest(RecordKind.PendingMessage, MAX_PENDING_MESSAGES);
+  }
+
+  async getPendingMessage(envelopeId: string): Promise<PendingMessage | null> {
+    const payload = this.records.get(RecordKind.PendingMessage, envelopeId);
+    if (!payload) return null;
+    const stored = parseJson<StoredPendingMessage>(payload);
+    return { sender: stored.sender, senderDevice: asDeviceId(stored.senderDevice), content: bytes(Buffer.from(stored.content, 'base64')) };
+  }
+
+  async removePendingMessage(envelopeId: string): Promise<void> {
+    this.records.delete(RecordKind.PendingMessage, envelopeId);
+  }
+}
