@@ -1,6 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import PQueue from 'p-queue';
-import { ErrorCode as LibSignalErrorCode, LibSignalErrorBase, ProtocolAddress } from '@signalapp/libsignal-client';
+import { ErrorCode as LibSignalErrorCode, ProtocolAddress } from '@signalapp/libsignal-client';
 import type { AuthResponse, BackupResponse, Envelope, SendMessageRequest, ServerFrame } from '@chat/protocol';
 import {
   ClientFrameType,
@@ -24,6 +24,7 @@ import { asDeviceId, asMessageId, type DeviceId } from './ids.js';
 import { amendStores } from './stores/memory-stores.js';
 import type { AccountRecord, LocalIdentity, SecureChatStores } from './stores/stores.js';
 import { ContentFormatError, ContentKind, MAX_BODY_BYTES, decodeContent, decodeText, encodeContent, type MessageContent } from './session/content.js';
+import { isLibSignalError } from './session/libsignal-errors.js';
 import { PeerSessions } from './session/peer-sessions.js';
 import { generateKeyUpload, generateLocalIdentity } from './session/prekeys.js';
 import { BackOff, type BackOffOptions } from './transport/back-off.js';
@@ -717,7 +718,7 @@ export class SecureChatClient extends TypedEventEmitter<ChatEvent, ChatEventHand
     try {
       opened = await this.sessions.withPeer(context.sender, () => this.open(envelope, context));
     } catch (cause) {
-      if (cause instanceof LibSignalErrorBase) {
+      if (isLibSignalError(cause)) {
         if (cause.is(LibSignalErrorCode.DuplicatedMessage)) {
           this.logger.debug?.(`dropped a duplicate message ${context.messageId}`);
         } else {
