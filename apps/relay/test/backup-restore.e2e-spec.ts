@@ -1,3 +1,6 @@
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
 import {
   SecureChatClient,
@@ -7,6 +10,7 @@ import {
   type BackupKdfParams,
   type SecureChatStores,
 } from '@chat/signal-sdk';
+import { SqliteStores } from '@chat/signal-sdk/sqlite';
 import { createMemoryStores, waitForMessage } from '@chat/signal-sdk/testing';
 import { DEFAULT_TEST_PASSWORD, startTestRelay, uniqueUsername, type TestRelay } from './support/test-relay.js';
 
@@ -19,18 +23,23 @@ const TEST_KDF: BackupKdfParams = { logN: 10, r: 8, p: 1 };
 
 describe('encrypted backup and restore through the real relay', () => {
   let relay: TestRelay;
+  let dir: string;
   const clients: SecureChatClient[] = [];
+  const openStores: SqliteStores[] = [];
 
   beforeAll(async () => {
     relay = await startTestRelay();
+    dir = mkdtempSync(join(tmpdir(), 'backup-restore-e2e-'));
   });
 
   afterAll(async () => {
     for (const client of clients) await client.close();
+    for (const stores of openStores) await stores.close();
     await relay?.close();
+    rmSync(dir, { recursive: true, force: true });
   });
 
-  function install(stores: SecureChatStores = createMemoryStores()) {
+  function install<S extends SecureChatStores>(stores: S = createMemoryStores() as S) {
     const client = SecureChatClient.create({ relayUrl: relay.baseUrl, stores, backupKdf: TEST_KDF });
     clients.push(client);
     return { client, stores };
@@ -120,6 +129,38 @@ describe('encrypted backup and restore through the real relay', () => {
     await carol.client.connect();
     await chat(carol.client, restored.client, 'carol meets the restored alice');
     await chat(restored.client, carol.client, 'alice answers carol');
+  });
+
+  it("restores into a new install's encrypted SQLite stores, which keep the account and its sessions across a restart", async () => {
+    const alice = await registered('alice');
+    const bob = await registered('bob');
+    await bob.client.connect();
+    await chat(alice.client, bob.client, 'from the first install');
+    const secret = generateRecoverySecret();
+    await alice.client.createBackup(secret);
+    await alice.client.close();
+
+    const path = join(dir, `${alice.username}.db`);
+    const openStore = async () => {
+      const stores = await SqliteStores.open({ path, passphrase: 'passphrase of the new install', kdf: TEST_KDF });
+      openStores.push(stores);
+      return stores;
+    };
+    const first = install(await openStore());
+    await first.client.restoreFromBackup(alice.username, DEFAULT_TEST_PASSWORD, secret);
+    await first.client.connect();
+    await chat(first.client, bob.client, 'restored onto SQLite');
+    await chat(bob.client, first.client, 'reply to the SQLite install');
+    await first.client.close();
+    await first.stores.close();
+
+    // The app restarts: same file, no password, no recovery secret.
+    const again = install(await openStore());
+    await again.client.resume();
+    expect(again.client.username).toBe(alice.username);
+    await again.client.connect();
+    await chat(bob.client, again.client, 'bob continues the session after the restart');
+    await chat(again.client, bob.client, 'alice continues too');
   });
 
   it('keeps no identity private key, recovery secret or plaintext in the stored blob or in any relay column', async () => {
