@@ -2,7 +2,6 @@ import {
   CiphertextMessageType,
   ErrorCode as LibSignalErrorCode,
   KEMPublicKey,
-  LibSignalErrorBase,
   PreKeyBundle,
   PreKeySignalMessage,
   ProtocolAddress,
@@ -18,6 +17,7 @@ import { EnvelopeType } from '@chat/protocol';
 import { SecureChatError, SecureChatErrorCode } from '../errors.js';
 import { asDeviceId, type DeviceId } from '../ids.js';
 import type { SecureChatStores } from '../stores/stores.js';
+import { isLibSignalError } from './libsignal-errors.js';
 import { KeyedSerialQueue } from './serial-queue.js';
 import { withStoreFailures } from './store-failures.js';
 
@@ -94,7 +94,7 @@ export class PeerSessions {
       );
       await processPreKeyBundle(preKeyBundle, ProtocolAddress.new(bundle.username, deviceId), this.localAddress(), stores.session, stores.identity);
     } catch (cause) {
-      if (cause instanceof LibSignalErrorBase && cause.is(LibSignalErrorCode.UntrustedIdentity)) {
+      if (isLibSignalError(cause) && cause.is(LibSignalErrorCode.UntrustedIdentity)) {
         throw new SecureChatError(SecureChatErrorCode.UntrustedIdentity, `identity key of ${bundle.username} changed`, { cause });
       }
       throw new SecureChatError(
@@ -118,7 +118,7 @@ export class PeerSessions {
         const type = message.type() === CiphertextMessageType.PreKey ? EnvelopeType.PreKey : EnvelopeType.Signal;
         return { deviceId, type, ciphertext: message.serialize() };
       } catch (cause) {
-        if (cause instanceof LibSignalErrorBase && cause.is(LibSignalErrorCode.UntrustedIdentity)) {
+        if (isLibSignalError(cause) && cause.is(LibSignalErrorCode.UntrustedIdentity)) {
           throw new SecureChatError(SecureChatErrorCode.UntrustedIdentity, `identity key of ${username} changed`, { cause });
         }
         throw new SecureChatError(SecureChatErrorCode.EncryptionFailed, `encryption for ${username} failed`, { cause });
