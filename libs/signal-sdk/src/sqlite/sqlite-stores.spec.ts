@@ -134,6 +134,10 @@ describe('SqliteStores', () => {
     await expectCode(open(path), SecureChatErrorCode.StoreTampered);
   });
 
+  it('reports a file that cannot be created with StoreFailure', async () => {
+    await expectCode(open(join(workDir, 'no-such-directory', 'store.db')), SecureChatErrorCode.StoreFailure);
+  });
+
   it('lets one connection hold a store: a second open fails with StoreLocked until the first closes', async () => {
     const path = newPath();
     const first = await open(path);

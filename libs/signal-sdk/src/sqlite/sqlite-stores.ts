@@ -173,7 +173,11 @@ export class SqliteStores implements SecureChatStores {
     try {
       db = new Database(options.path, { timeout: 0 });
     } catch (error) {
-      throw fromSqliteError(error);
+      const mapped = fromSqliteError(error);
+      // better-sqlite3 refuses a missing directory with a plain TypeError.
+      throw SecureChatError.is(mapped)
+        ? mapped
+        : new SecureChatError(SecureChatErrorCode.StoreFailure, 'the store file cannot be opened', { cause: error });
     }
     try {
       const header = sqlite(() => prepareFile(db));
