@@ -4,10 +4,13 @@ import {
   ContentKind,
   MAX_BODY_BYTES,
   PADDING_BLOCK,
+  SESSION_RESET_REQUEST_BODY_BYTES,
   decodeContent,
   decodeText,
   encodeContent,
+  encodeSessionResetRequest,
   paddedContentLength,
+  sessionResetSince,
 } from './content.js';
 
 const text = (s: string) => new TextEncoder().encode(s);
@@ -65,7 +68,8 @@ describe('content encoding', () => {
       ['an extra block of zeros', mutate((b) => Uint8Array.from([...b, ...new Uint8Array(160)]))],
       ['unknown version', mutate((b) => ((b[0] = 2), b))],
       ['version zero', mutate((b) => ((b[0] = 0), b))],
-      ['unknown kind', mutate((b) => ((b[1] = 3), b))],
+      ['unknown kind', mutate((b) => ((b[1] = 4), b))],
+      ['kind zero', mutate((b) => ((b[1] = 0), b))],
       ['timestamp beyond 2^53', mutate((b) => ((b[2] = 0xff), b))],
       ['length longer than the content', mutate((b) => ((b[13] = 200), b))],
       ['length shorter than written', mutate((b) => ((b[13] = 4), b))],
@@ -78,6 +82,59 @@ describe('content encoding', () => {
     it('rejects a text body that is not UTF-8', () => {
       const bytes = encodeContent({ kind: ContentKind.Text, timestamp: 1, body: new Uint8Array([0xc3, 0x28]) });
       expect(() => decodeText(decodeContent(bytes).body)).toThrow(ContentFormatError);
+    });
+  });
+
+  describe('session reset request (kind 3)', () => {
+    const since = 1_764_000_000_456;
+
+    it('writes the documented layout: an 8-byte body holding since', () => {
+      const bytes = encodeSessionResetRequest(0x0a0b0c0d0e, since);
+      const sinceBytes = [...Buffer.from(since.toString(16).padStart(16, '0'), 'hex')];
+      expect([...bytes.subarray(0, 23)]).toEqual([CONTENT_VERSION, 3, 0, 0, 0, 0x0a, 0x0b, 0x0c, 0x0d, 0x0e, 0, 0, 0, 8, ...sinceBytes, 0x80]);
+      expect(bytes.length).toBe(PADDING_BLOCK);
+      expect(bytes.subarray(23).every((b) => b === 0)).toBe(true);
+    });
+
+    it('round-trips since, up to 2^53 - 1', () => {
+      for (const value of [0, since, Number.MAX_SAFE_INTEGER]) {
+        const content = decodeContent(encodeSessionResetRequest(7, value));
+        expect(content.kind).toBe(ContentKind.SessionResetRequest);
+        expect(content.timestamp).toBe(7);
+        expect(sessionResetSince(content.body)).toBe(value);
+      }
+    });
+
+    const withBody = (body: Uint8Array) => {
+      // Hand-built, as a peer with another encoder could send it: encodeContent refuses these.
+      const bytes = new Uint8Array(paddedContentLength(body.length));
+      const view = new DataView(bytes.buffer);
+      view.setUint8(0, CONTENT_VERSION);
+      view.setUint8(1, ContentKind.SessionResetRequest);
+      view.setBigUint64(2, 1n);
+      view.setUint32(10, body.length);
+      bytes.set(body, 14);
+      bytes[14 + body.length] = 0x80;
+      return bytes;
+    };
+
+    it.each<[string, Uint8Array]>([
+      ['an empty body', new Uint8Array(0)],
+      ['a 7-byte body', new Uint8Array(7)],
+      ['a 9-byte body', new Uint8Array(9)],
+      ['since beyond 2^53', new Uint8Array([0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff])],
+    ])('rejects %s', (_name, body) => {
+      expect(() => decodeContent(withBody(body))).toThrow(ContentFormatError);
+      expect(() => encodeContent({ kind: ContentKind.SessionResetRequest, timestamp: 1, body })).toThrow(ContentFormatError);
+    });
+
+    it('accepts the hand-built form of a valid body, and refuses a since that is not a safe integer when encoding', () => {
+      const body = new Uint8Array(SESSION_RESET_REQUEST_BODY_BYTES);
+      new DataView(body.buffer).setBigUint64(0, BigInt(since));
+      expect(sessionResetSince(decodeContent(withBody(body)).body)).toBe(since);
+      expect(() => encodeSessionResetRequest(1, -1)).toThrow(ContentFormatError);
+      expect(() => encodeSessionResetRequest(1, 2 ** 53)).toThrow(ContentFormatError);
+      expect(() => encodeSessionResetRequest(1, 1.5)).toThrow(ContentFormatError);
     });
   });
 });

@@ -3,7 +3,8 @@
  * Signal's `Content` protobuf). Byte layout, all integers big-endian:
  *
  *   offset 0   u8   version        CONTENT_VERSION (1)
- *   offset 1   u8   kind           1 = UTF-8 text, 2 = opaque bytes
+ *   offset 1   u8   kind           1 = UTF-8 text, 2 = opaque bytes,
+ *                                  3 = session reset request (a control record, never shown to the app)
  *   offset 2   u64  timestamp      sender's clock, ms since the epoch (<= 2^53 - 1)
  *   offset 10  u32  bodyLength     n
  *   offset 14  n    body
@@ -13,6 +14,11 @@
  * Padding hides the length of short messages from anyone who sees the
  * ciphertext (the relay), as Signal pads message bodies to 160-byte blocks.
  * Parsing is strict: any deviation is rejected.
+ *
+ * A session reset request's body is exactly 8 bytes: u64 `since`, the relay's
+ * `serverTimestamp` of the earliest envelope from the recipient that the
+ * requester could not decrypt (<= 2^53 - 1). The recipient resends what it
+ * sent since then (docs/architecture.md, "Session repair").
  */
 
 export const CONTENT_VERSION = 1;
@@ -30,7 +36,15 @@ export const MAX_BODY_BYTES = 60 * 1024;
 export enum ContentKind {
   Text = 1,
   Bytes = 2,
+  /** Control: "I could not decrypt what you sent since `since`; I started a new session, resend it." */
+  SessionResetRequest = 3,
 }
+
+/** Length of a session reset request's body: one u64. */
+export const SESSION_RESET_REQUEST_BODY_BYTES = 8;
+
+const isContentKind = (kind: number): kind is ContentKind =>
+  kind === ContentKind.Text || kind === ContentKind.Bytes || kind === ContentKind.SessionResetRequest;
 
 export interface MessageContent {
   kind: ContentKind;
@@ -51,9 +65,10 @@ export function paddedContentLength(bodyLength: number): number {
 
 export function encodeContent(content: MessageContent): Uint8Array<ArrayBuffer> {
   const { kind, timestamp, body } = content;
-  if (kind !== ContentKind.Text && kind !== ContentKind.Bytes) throw new ContentFormatError('unknown content kind');
+  if (!isContentKind(kind)) throw new ContentFormatError('unknown content kind');
   if (!Number.isSafeInteger(timestamp) || timestamp < 0) throw new ContentFormatError('timestamp out of range');
   if (body.length > MAX_BODY_BYTES) throw new ContentFormatError(`body larger than ${MAX_BODY_BYTES} bytes`);
+  if (kind === ContentKind.SessionResetRequest) sessionResetSince(body);
 
   // Zero-filled, so the padding after the marker is already in place.
   const bytes = new Uint8Array(paddedContentLength(body.length));
@@ -76,7 +91,7 @@ export function decodeContent(bytes: Uint8Array): MessageContent {
   const version = view.getUint8(0);
   if (version !== CONTENT_VERSION) throw new ContentFormatError(`unsupported content version ${version}`);
   const kind = view.getUint8(1);
-  if (kind !== ContentKind.Text && kind !== ContentKind.Bytes) throw new ContentFormatError(`unknown content kind ${kind}`);
+  if (!isContentKind(kind)) throw new ContentFormatError(`unknown content kind ${kind}`);
   const timestamp = view.getBigUint64(2);
   if (timestamp > BigInt(Number.MAX_SAFE_INTEGER)) throw new ContentFormatError('timestamp out of range');
   const bodyLength = view.getUint32(10);
@@ -89,7 +104,24 @@ export function decodeContent(bytes: Uint8Array): MessageContent {
     if (bytes[i] !== 0) throw new ContentFormatError('padding is not zero');
   }
   const body = bytes.slice(HEADER_BYTES, markerAt);
+  if (kind === ContentKind.SessionResetRequest) sessionResetSince(body);
   return { kind, timestamp: Number(timestamp), body };
+}
+
+/** A session reset request asking for everything sent since `since` (a relay `serverTimestamp`). */
+export function encodeSessionResetRequest(timestamp: number, since: number): Uint8Array<ArrayBuffer> {
+  if (!Number.isSafeInteger(since) || since < 0) throw new ContentFormatError('since out of range');
+  const body = new Uint8Array(SESSION_RESET_REQUEST_BODY_BYTES);
+  new DataView(body.buffer).setBigUint64(0, BigInt(since));
+  return encodeContent({ kind: ContentKind.SessionResetRequest, timestamp, body });
+}
+
+/** @throws {ContentFormatError} when `body` is not exactly a session reset request's body. */
+export function sessionResetSince(body: Uint8Array): number {
+  if (body.length !== SESSION_RESET_REQUEST_BODY_BYTES) throw new ContentFormatError('session reset request body must be 8 bytes');
+  const since = new DataView(body.buffer, body.byteOffset, body.byteLength).getBigUint64(0);
+  if (since > BigInt(Number.MAX_SAFE_INTEGER)) throw new ContentFormatError('since out of range');
+  return Number(since);
 }
 
 const strictUtf8 = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true });
