@@ -1,5 +1,6 @@
 import { Injectable } from '@nestjs/common';
 import { PrismaService } from '../prisma/prisma.service.js';
+import { deviceCanReceive } from '../prisma/receiving-device.sql.js';
 
 type Bytes = Uint8Array<ArrayBuffer>;
 
@@ -194,10 +195,7 @@ export class KeysRepository {
              d.kyber_last_resort_id, d.kyber_last_resort_key, d.kyber_last_resort_signature
         FROM accounts a JOIN devices d ON d.account_id = a.id
        WHERE a.username = ${username}
-         AND a.identity_key IS NOT NULL
-         AND d.registration_id IS NOT NULL
-         AND d.signed_prekey IS NOT NULL
-         AND d.kyber_last_resort_key IS NOT NULL
+         AND ${deviceCanReceive}
        ORDER BY d.device_id`;
     const first = rows[0];
     if (!first) return null;

@@ -1,6 +1,7 @@
 import { Injectable } from '@nestjs/common';
 import type { EnvelopeType } from '@chat/protocol';
 import { PrismaService } from '../prisma/prisma.service.js';
+import { deviceCanReceive } from '../prisma/receiving-device.sql.js';
 
 /** A device that can receive messages: it has uploaded its keys. */
 export interface RecipientDevice {
@@ -67,10 +68,7 @@ export class MessagesRepository {
       SELECT a.id AS account_id, d.id AS device_row_id, d.device_id
         FROM accounts a JOIN devices d ON d.account_id = a.id
        WHERE a.username = ${username}
-         AND a.identity_key IS NOT NULL
-         AND d.registration_id IS NOT NULL
-         AND d.signed_prekey IS NOT NULL
-         AND d.kyber_last_resort_key IS NOT NULL
+         AND ${deviceCanReceive}
        ORDER BY d.device_id`;
     const first = rows[0];
     if (!first) return null;
