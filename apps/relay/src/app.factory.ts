@@ -1,11 +1,11 @@
 import { Logger, type INestApplication, type LogLevel } from '@nestjs/common';
 import { NestFactory } from '@nestjs/core';
 import type { NestExpressApplication } from '@nestjs/platform-express';
-import { WsAdapter } from '@nestjs/platform-ws';
 import { MAX_HTTP_BODY_BYTES } from '@chat/protocol';
 import { AppModule } from './app.module.js';
 import { HttpExceptionFilter } from './common/http-exception.filter.js';
 import { createValidationPipe } from './common/validation.js';
+import { RelayWsAdapter } from './gateway/relay-ws.adapter.js';
 import type { RelayConfig } from './config/relay-config.js';
 import type { RelayLogLevel } from './config/relay-env.js';
 
@@ -33,7 +33,7 @@ export async function createRelayApp(config: RelayConfig): Promise<INestApplicat
   app.useBodyParser('json', { limit: MAX_HTTP_BODY_BYTES });
   app.useGlobalPipes(createValidationPipe());
   app.useGlobalFilters(new HttpExceptionFilter());
-  app.useWebSocketAdapter(new WsAdapter(app));
+  app.useWebSocketAdapter(new RelayWsAdapter(app));
   app.enableShutdownHooks();
   return app;
 }

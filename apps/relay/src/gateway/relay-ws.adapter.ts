@@ -1,0 +1,25 @@
+import { Logger } from '@nestjs/common';
+import { WsAdapter } from '@nestjs/platform-ws';
+import type { WebSocket, WebSocketServer } from 'ws';
+
+/**
+ * Nest's `WsAdapter` logs every socket error at `error` level. An error on one
+ * socket is the client's doing (a frame over `maxPayload`, invalid UTF-8, a
+ * bad opcode) and ws has already closed that socket with the matching code,
+ * so at `error` level any client could flood the relay's logs. Such errors
+ * are logged at `debug`, by code only; errors of the server itself stay at
+ * `error`.
+ */
+export class RelayWsAdapter extends WsAdapter {
+  private readonly socketLogger = new Logger('WebSocket');
+
+  override bindErrorHandler(server: WebSocketServer): WebSocketServer {
+    server.on('connection', (socket: WebSocket) =>
+      socket.on('error', (error: Error & { code?: string }) =>
+        this.socketLogger.debug(`A client broke the WebSocket protocol (${error.code ?? error.name}); its socket is closed`),
+      ),
+    );
+    server.on('error', (error: Error) => this.socketLogger.error(error));
+    return server;
+  }
+}
