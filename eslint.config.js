@@ -33,6 +33,11 @@ export default [
     },
   },
   {
+    // A test that asserts a value exists and then reads it says so with `!`.
+    files: ['**/*.spec.ts', '**/test/**/*.ts', '**/testing/**/*.ts'],
+    rules: { '@typescript-eslint/no-non-null-assertion': 'off' },
+  },
+  {
     // The relay's end-to-end tests drive real SDK clients against it.
     files: ['apps/relay/test/**/*.ts'],
     rules: {
