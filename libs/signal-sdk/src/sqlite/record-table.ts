@@ -14,6 +14,9 @@ export enum RecordKind {
   SenderKey = 'sender-key',
   Metadata = 'metadata',
   PendingMessage = 'pending-message',
+  SentMessage = 'sent-message',
+  SentMessageIndex = 'sent-message-index',
+  ReceivedMessage = 'received-message',
 }
 
 /** A row as stored. */
@@ -36,7 +39,7 @@ export class RecordTable {
     upsert: Database.Statement<[string, Buffer, Buffer]>;
     remove: Database.Statement<[string, Buffer]>;
     ofKind: Database.Statement<[string], { lookup: Buffer; value: Buffer }>;
-    trim: Database.Statement<[string, string, number]>;
+    trim: Database.Statement<[{ kind: string; keep: number }]>;
     all: Database.Statement<[], RecordRow>;
   };
 
@@ -52,7 +55,10 @@ export class RecordTable {
       ),
       remove: db.prepare('DELETE FROM records WHERE kind = ? AND lookup = ?'),
       ofKind: db.prepare('SELECT lookup, value FROM records WHERE kind = ? ORDER BY seq'),
-      trim: db.prepare('DELETE FROM records WHERE kind = ? AND seq NOT IN (SELECT seq FROM records WHERE kind = ? ORDER BY seq DESC LIMIT ?)'),
+      // Walks the (kind, seq) index back `keep` rows: cheap enough to run after every insert.
+      trim: db.prepare(
+        'DELETE FROM records WHERE kind = :kind AND seq < (SELECT seq FROM records WHERE kind = :kind ORDER BY seq DESC LIMIT 1 OFFSET :keep - 1)',
+      ),
       all: db.prepare('SELECT seq, kind, lookup, value FROM records ORDER BY seq'),
     };
   }
@@ -84,7 +90,7 @@ export class RecordTable {
   /** Deletes all but the `keep` newest records of `kind`. */
   trimOldest(kind: RecordKind, keep: number): void {
     this.currentKeys();
-    sqlite(() => this.statements.trim.run(kind, kind, keep));
+    sqlite(() => this.statements.trim.run({ kind, keep }));
   }
 
   rows(): RecordRow[] {

@@ -23,15 +23,20 @@ import { asDeviceId, asRegistrationId, type DeviceId } from '../ids.js';
 import {
   KeyIdKind,
   MAX_PENDING_MESSAGES,
+  MAX_RECEIVED_MESSAGES,
+  MAX_SENT_MESSAGES_PER_PEER,
   SecureChatIdentityKeyStore,
   SecureChatKyberPreKeyStore,
   SecureChatMetadataStore,
   type AccountRecord,
   type LocalIdentity,
   type PendingMessage,
+  type ReceivedMessageRecord,
   type SecureChatStores,
+  type SentMessageRecord,
   type TrustedIdentity,
 } from '../stores/stores.js';
+import { receivedMessageKey, sentMessageKey } from '../stores/message-log-keys.js';
 import { StoreGate, transactionalStores, type StoreSet } from '../stores/transactional-stores.js';
 import { RecordKind, RecordTable, fromSqliteError, sqlite } from './record-table.js';
 import {
@@ -64,6 +69,7 @@ CREATE TABLE IF NOT EXISTS records (
   value  BLOB NOT NULL,
   UNIQUE (kind, lookup)
 );
+CREATE INDEX IF NOT EXISTS records_kind_seq ON records (kind, seq);
 `;
 
 export interface SqliteStoreOptions {
@@ -545,6 +551,24 @@ interface StoredPendingMessage {
   content: string;
 }
 
+/** One entry of a recipient's sent-message index; the content is in its own record. */
+interface SentIndexEntry {
+  recipientDevice: number;
+  timestamp: number;
+  serverTimestamp: number;
+}
+
+interface StoredSentMessage {
+  recipient: string;
+  recipientDevice: number;
+  timestamp: number;
+  serverTimestamp: number;
+  content: string;
+}
+
+const sentMessageId = (recipient: string, recipientDevice: number, timestamp: number) =>
+  `${recipient}.${sentMessageKey(recipientDevice, timestamp)}`;
+
 class SqliteMetadataStore extends SecureChatMetadataStore {
   constructor(private readonly records: RecordTable) {
     super();
@@ -610,5 +634,76 @@ class SqliteMetadataStore extends SecureChatMetadataStore {
 
   async removePendingMessage(envelopeId: string): Promise<void> {
     this.records.delete(RecordKind.PendingMessage, envelopeId);
+  }
+
+  // A recipient's sent messages are one small index record (device and
+  // timestamps) plus one record per message, so that a send rewrites the index
+  // and one message, never every kept body.
+
+  async saveSentMessage(message: SentMessageRecord): Promise<void> {
+    const index = this.sentIndex(message.recipient).filter(
+      (entry) => entry.recipientDevice !== message.recipientDevice || entry.timestamp !== message.timestamp,
+    );
+    index.push({ recipientDevice: message.recipientDevice, timestamp: message.timestamp, serverTimestamp: message.serverTimestamp });
+    index.sort((a, b) => a.timestamp - b.timestamp);
+    const dropped = index.splice(0, Math.max(0, index.length - MAX_SENT_MESSAGES_PER_PEER));
+    const stored: StoredSentMessage = {
+      recipient: message.recipient,
+      recipientDevice: message.recipientDevice,
+      timestamp: message.timestamp,
+      serverTimestamp: message.serverTimestamp,
+      content: Buffer.from(message.content).toString('base64'),
+    };
+    this.records.put(RecordKind.SentMessage, sentMessageId(message.recipient, message.recipientDevice, message.timestamp), json(stored));
+    this.writeSentIndex(message.recipient, index, dropped);
+  }
+
+  async getSentMessages(recipient: string, recipientDevice: DeviceId, sinceServerTimestamp: number): Promise<SentMessageRecord[]> {
+    const messages: SentMessageRecord[] = [];
+    for (const entry of this.sentIndex(recipient)) {
+      if (entry.recipientDevice !== recipientDevice || entry.serverTimestamp < sinceServerTimestamp) continue;
+      const payload = this.records.get(RecordKind.SentMessage, sentMessageId(recipient, entry.recipientDevice, entry.timestamp));
+      if (!payload) throw new SecureChatError(SecureChatErrorCode.StoreTampered, 'a sent message named by its index is missing');
+      const stored = parseJson<StoredSentMessage>(payload);
+      messages.push({
+        recipient: stored.recipient,
+        recipientDevice: asDeviceId(stored.recipientDevice),
+        timestamp: stored.timestamp,
+        serverTimestamp: stored.serverTimestamp,
+        content: bytes(Buffer.from(stored.content, 'base64')),
+      });
+    }
+    return messages;
+  }
+
+  async saveReceivedMessage(message: ReceivedMessageRecord): Promise<void> {
+    this.records.put(RecordKind.ReceivedMessage, receivedMessageKey(message), json({ receivedAt: message.receivedAt }));
+    this.records.trimOldest(RecordKind.ReceivedMessage, MAX_RECEIVED_MESSAGES);
+  }
+
+  async hasReceivedMessage(message: Omit<ReceivedMessageRecord, 'receivedAt'>): Promise<boolean> {
+    return this.records.get(RecordKind.ReceivedMessage, receivedMessageKey(message)) !== null;
+  }
+
+  async pruneMessageLogs(before: number): Promise<void> {
+    for (const { id: recipient, payload } of this.records.list(RecordKind.SentMessageIndex)) {
+      const index = parseJson<SentIndexEntry[]>(payload);
+      const expired = index.filter((entry) => entry.timestamp < before);
+      if (expired.length > 0) this.writeSentIndex(recipient, index.filter((entry) => entry.timestamp >= before), expired);
+    }
+    for (const { id, payload } of this.records.list(RecordKind.ReceivedMessage)) {
+      if (parseJson<{ receivedAt: number }>(payload).receivedAt < before) this.records.delete(RecordKind.ReceivedMessage, id);
+    }
+  }
+
+  private sentIndex(recipient: string): SentIndexEntry[] {
+    const payload = this.records.get(RecordKind.SentMessageIndex, recipient);
+    return payload ? parseJson<SentIndexEntry[]>(payload) : [];
+  }
+
+  private writeSentIndex(recipient: string, index: SentIndexEntry[], dropped: SentIndexEntry[]): void {
+    for (const entry of dropped) this.records.delete(RecordKind.SentMessage, sentMessageId(recipient, entry.recipientDevice, entry.timestamp));
+    if (index.length === 0) this.records.delete(RecordKind.SentMessageIndex, recipient);
+    else this.records.put(RecordKind.SentMessageIndex, recipient, json(index));
   }
 }

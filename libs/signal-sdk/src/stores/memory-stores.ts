@@ -23,15 +23,20 @@ import { asRegistrationId } from '../ids.js';
 import {
   KeyIdKind,
   MAX_PENDING_MESSAGES,
+  MAX_RECEIVED_MESSAGES,
+  MAX_SENT_MESSAGES_PER_PEER,
   SecureChatIdentityKeyStore,
   SecureChatKyberPreKeyStore,
   SecureChatMetadataStore,
   type AccountRecord,
   type LocalIdentity,
   type PendingMessage,
+  type ReceivedMessageRecord,
   type SecureChatStores,
+  type SentMessageRecord,
   type TrustedIdentity,
 } from './stores.js';
+import { receivedMessageKey, sentMessageKey } from './message-log-keys.js';
 import { STORE_NAMES, assertTransactionCoversStores, transactionalStores, type TransactionHooks } from './transactional-stores.js';
 
 // Memory stores keep `serialize()` bytes, never live records, so that every
@@ -267,10 +272,21 @@ export class MemoryMetadataStore extends SecureChatMetadataStore implements Snap
   private readonly peerDevices = new Map<string, DeviceId[]>();
   /** In insertion order, so the first entry is the oldest. */
   private readonly pendingMessages = new Map<string, PendingMessage>();
+  /** Per recipient username, keyed by `sentMessageKey`. */
+  private readonly sentMessages = new Map<string, Map<string, SentMessageRecord>>();
+  /** Keyed by `receivedMessageKey`, in insertion order; the value is `receivedAt`. */
+  private readonly receivedMessages = new Map<string, number>();
 
   snapshot(): () => void {
     const { account, refreshToken } = this;
-    const restores = [snapshotMap(this.nextKeyIds), snapshotMap(this.peerDevices), snapshotMap(this.pendingMessages)];
+    // The per-recipient maps are replaced, never changed in place, so a shallow copy is a snapshot.
+    const restores = [
+      snapshotMap(this.nextKeyIds),
+      snapshotMap(this.peerDevices),
+      snapshotMap(this.pendingMessages),
+      snapshotMap(this.sentMessages),
+      snapshotMap(this.receivedMessages),
+    ];
     return () => {
       this.account = account;
       this.refreshToken = refreshToken;
@@ -326,7 +342,47 @@ export class MemoryMetadataStore extends SecureChatMetadataStore implements Snap
   async removePendingMessage(envelopeId: string): Promise<void> {
     this.pendingMessages.delete(envelopeId);
   }
+
+  async saveSentMessage(message: SentMessageRecord): Promise<void> {
+    const kept = new Map(this.sentMessages.get(message.recipient));
+    kept.set(sentMessageKey(message.recipientDevice, message.timestamp), copySent(message));
+    const newestFirst = [...kept].sort(([, a], [, b]) => b.timestamp - a.timestamp);
+    this.sentMessages.set(message.recipient, new Map(newestFirst.slice(0, MAX_SENT_MESSAGES_PER_PEER)));
+  }
+
+  async getSentMessages(recipient: string, recipientDevice: DeviceId, sinceServerTimestamp: number): Promise<SentMessageRecord[]> {
+    return [...(this.sentMessages.get(recipient)?.values() ?? [])]
+      .filter((m) => m.recipientDevice === recipientDevice && m.serverTimestamp >= sinceServerTimestamp)
+      .sort((a, b) => a.timestamp - b.timestamp)
+      .map(copySent);
+  }
+
+  async saveReceivedMessage(message: ReceivedMessageRecord): Promise<void> {
+    const key = receivedMessageKey(message);
+    if (!this.receivedMessages.has(key) && this.receivedMessages.size >= MAX_RECEIVED_MESSAGES) {
+      const oldest = this.receivedMessages.keys().next().value;
+      if (oldest !== undefined) this.receivedMessages.delete(oldest);
+    }
+    this.receivedMessages.set(key, message.receivedAt);
+  }
+
+  async hasReceivedMessage(message: Omit<ReceivedMessageRecord, 'receivedAt'>): Promise<boolean> {
+    return this.receivedMessages.has(receivedMessageKey(message));
+  }
+
+  async pruneMessageLogs(before: number): Promise<void> {
+    for (const [recipient, kept] of this.sentMessages) {
+      const recent = [...kept].filter(([, m]) => m.timestamp >= before);
+      if (recent.length === 0) this.sentMessages.delete(recipient);
+      else if (recent.length < kept.size) this.sentMessages.set(recipient, new Map(recent));
+    }
+    for (const [key, receivedAt] of this.receivedMessages) {
+      if (receivedAt < before) this.receivedMessages.delete(key);
+    }
+  }
 }
+
+const copySent = (message: SentMessageRecord): SentMessageRecord => ({ ...message, content: message.content.slice() });
 
 const copyPending = (message: PendingMessage): PendingMessage => ({
   sender: message.sender,

@@ -86,6 +86,65 @@ export abstract class SecureChatMetadataStore {
   abstract savePendingMessage(envelopeId: string, message: PendingMessage): Promise<void>;
   abstract getPendingMessage(envelopeId: string): Promise<PendingMessage | null>;
   abstract removePendingMessage(envelopeId: string): Promise<void>;
+
+  // Session repair (docs/architecture.md, "Session repair"): what was sent,
+  // to resend it when a recipient device could not decrypt it, and what was
+  // received, to drop a resend of a message already delivered.
+
+  /**
+   * Keeps a message sent to one recipient device, or replaces the one with
+   * the same recipient, device and `timestamp` (a resend updates its
+   * `serverTimestamp`). At most `MAX_SENT_MESSAGES_PER_PEER` are kept per
+   * recipient username: saving one more drops the one with the oldest `timestamp`.
+   */
+  abstract saveSentMessage(message: SentMessageRecord): Promise<void>;
+  /**
+   * The messages kept for `recipient`'s device `recipientDevice` whose
+   * `serverTimestamp` is at least `sinceServerTimestamp`, in the order they
+   * were first sent (ascending `timestamp`).
+   */
+  abstract getSentMessages(recipient: string, recipientDevice: DeviceId, sinceServerTimestamp: number): Promise<SentMessageRecord[]>;
+  /**
+   * Remembers a message delivered to the app. At most `MAX_RECEIVED_MESSAGES`
+   * are kept: saving one more drops the one saved first.
+   */
+  abstract saveReceivedMessage(message: ReceivedMessageRecord): Promise<void>;
+  /** Whether a message with this sender, device, timestamp and content digest was saved (`receivedAt` is not compared). */
+  abstract hasReceivedMessage(message: Omit<ReceivedMessageRecord, 'receivedAt'>): Promise<boolean>;
+  /** Forgets sent messages whose `timestamp`, and received ones whose `receivedAt`, is before `before`. */
+  abstract pruneMessageLogs(before: number): Promise<void>;
+}
+
+/** How long a sent message may be resent, and a received one is remembered: 24 hours. */
+export const SESSION_REPAIR_WINDOW_MS = 24 * 60 * 60 * 1000;
+/** How many sent messages a metadata store keeps per recipient username (all its devices). */
+export const MAX_SENT_MESSAGES_PER_PEER = 100;
+/** How many received messages a metadata store remembers, over all senders. */
+export const MAX_RECEIVED_MESSAGES = 5000;
+
+/** A message this install sent to one recipient device, kept so that it can be resent. */
+export interface SentMessageRecord {
+  /** Canonical username. */
+  recipient: string;
+  recipientDevice: DeviceId;
+  /** The sender timestamp inside the content; unique per sending install. */
+  timestamp: number;
+  /** The relay's `serverTimestamp` of the latest send of it to this device. */
+  serverTimestamp: number;
+  /** The encoded content record (`session/content.ts`), as encrypted. */
+  content: Uint8Array;
+}
+
+/** A message delivered to the app, remembered to recognise a resend of it. */
+export interface ReceivedMessageRecord {
+  sender: string;
+  senderDevice: DeviceId;
+  /** The sender timestamp inside the content. */
+  timestamp: number;
+  /** SHA-256 of the decrypted content record (32 bytes). */
+  contentDigest: Uint8Array;
+  /** This install's clock when it was received, ms since the epoch. */
+  receivedAt: number;
 }
 
 /** How many decrypted-but-unacked messages a metadata store keeps. */

@@ -10,7 +10,7 @@
 //
 // A separate entry point: '@jest/globals' throws when imported outside Jest,
 // and the testing entry's memory stores also serve demos.
-import { randomUUID } from 'node:crypto';
+import { createHash, randomUUID } from 'node:crypto';
 import { afterEach, beforeEach, describe, expect, it } from '@jest/globals';
 import {
   Direction,
@@ -34,7 +34,16 @@ import {
 import { SecureChatError, SecureChatErrorCode } from '../errors.js';
 import { asDeviceId, asRegistrationId } from '../ids.js';
 import { createMemoryStores } from '../stores/memory-stores.js';
-import { KeyIdKind, MAX_PENDING_MESSAGES, type PendingMessage, type SecureChatStores } from '../stores/stores.js';
+import {
+  KeyIdKind,
+  MAX_PENDING_MESSAGES,
+  MAX_RECEIVED_MESSAGES,
+  MAX_SENT_MESSAGES_PER_PEER,
+  type PendingMessage,
+  type ReceivedMessageRecord,
+  type SecureChatStores,
+  type SentMessageRecord,
+} from '../stores/stores.js';
 
 /** What the suite tests: a fresh, empty set of stores. */
 export interface StoreConformanceSubject {
@@ -57,6 +66,23 @@ const utf8 = (text: string) => new TextEncoder().encode(text);
 const text = (bytes: Uint8Array) => new TextDecoder().decode(bytes);
 const same = (a: Uint8Array, b: Uint8Array) => Buffer.from(a).equals(Buffer.from(b));
 const pending = (body: string, sender = 'bob'): PendingMessage => ({ sender, senderDevice: asDeviceId(2), content: utf8(body) });
+const sent = (recipient: string, recipientDevice: number, timestamp: number, serverTimestamp = timestamp + 5): SentMessageRecord => ({
+  recipient,
+  recipientDevice: asDeviceId(recipientDevice),
+  timestamp,
+  serverTimestamp,
+  content: utf8(`to ${recipient}.${recipientDevice} at ${timestamp}`),
+});
+const digestOf = (text: string) => new Uint8Array(createHash('sha256').update(text).digest());
+const received = (sender: string, senderDevice: number, timestamp: number, body = 'body', receivedAt = 1_000): ReceivedMessageRecord => ({
+  sender,
+  senderDevice: asDeviceId(senderDevice),
+  timestamp,
+  contentDigest: digestOf(body),
+  receivedAt,
+});
+/** A sent record as plain values, to compare with toEqual. */
+const plainSent = (message: SentMessageRecord) => ({ ...message, content: text(message.content) });
 
 function signedPreKey(identity: IdentityKeyPair, id: number): SignedPreKeyRecord {
   const privateKey = PrivateKey.generate();
@@ -216,6 +242,9 @@ export function describeStoreConformance(
         await stores.metadata.savePendingMessage('envelope-1', pending('hi')),
         await stores.metadata.removePendingMessage('envelope-1'),
         await stores.metadata.removePendingMessage('never-saved'),
+        await stores.metadata.saveSentMessage(sent('bob', 1, 10)),
+        await stores.metadata.saveReceivedMessage(received('bob', 1, 10)),
+        await stores.metadata.pruneMessageLogs(0),
       ];
       expect(results).toEqual(new Array(results.length).fill(undefined));
 
@@ -240,6 +269,8 @@ export function describeStoreConformance(
       await expect(stores.metadata.getPendingMessage('nothing')).resolves.toBeNull();
       await expect(stores.metadata.getPeerDevices('nobody')).resolves.toEqual([]);
       await expect(stores.identity.getTrustedIdentities()).resolves.toEqual([]);
+      await expect(stores.metadata.getSentMessages('nobody', asDeviceId(1), 0)).resolves.toEqual([]);
+      await expect(stores.metadata.hasReceivedMessage(received('nobody', 1, 1))).resolves.toBe(false);
       await expectCode(stores.preKey.getPreKey(404), SecureChatErrorCode.RecordNotFound);
       await expectCode(stores.signedPreKey.getSignedPreKey(404), SecureChatErrorCode.RecordNotFound);
       await expectCode(stores.kyberPreKey.getKyberPreKey(404), SecureChatErrorCode.RecordNotFound);
@@ -393,6 +424,96 @@ export function describeStoreConformance(
       );
     }, 20_000);
 
+    describe('session repair logs', () => {
+      it('returns the sent messages of one recipient device whose serverTimestamp is at or after since, in the order first sent, as copies', async () => {
+        await stores.metadata.saveSentMessage(sent('bob', 1, 300, 310));
+        await stores.metadata.saveSentMessage(sent('bob', 1, 100, 110));
+        await stores.metadata.saveSentMessage(sent('bob', 1, 200, 210));
+        await stores.metadata.saveSentMessage(sent('bob', 2, 200, 210));
+        await stores.metadata.saveSentMessage(sent('carol', 1, 200, 210));
+
+        const all = await stores.metadata.getSentMessages('bob', asDeviceId(1), 0);
+        expect(all.map(plainSent)).toEqual([sent('bob', 1, 100, 110), sent('bob', 1, 200, 210), sent('bob', 1, 300, 310)].map(plainSent));
+        const since = await stores.metadata.getSentMessages('bob', asDeviceId(1), 210);
+        expect(since.map((m) => m.timestamp)).toEqual([200, 300]);
+        expect((await stores.metadata.getSentMessages('bob', asDeviceId(1), 311)).length).toBe(0);
+        expect((await stores.metadata.getSentMessages('bob', asDeviceId(2), 0)).map((m) => m.timestamp)).toEqual([200]);
+        expect((await stores.metadata.getSentMessages('carol', asDeviceId(1), 0)).map(plainSent)).toEqual([plainSent(sent('carol', 1, 200, 210))]);
+
+        since[0]!.content.fill(0);
+        expect(text((await stores.metadata.getSentMessages('bob', asDeviceId(1), 210))[0]!.content)).toBe('to bob.1 at 200');
+      });
+
+      it('replaces the sent message of the same recipient, device and timestamp: a resend moves its serverTimestamp', async () => {
+        await stores.metadata.saveSentMessage(sent('bob', 1, 100, 110));
+        await stores.metadata.saveSentMessage(sent('bob', 1, 200, 210));
+        await stores.metadata.saveSentMessage({ ...sent('bob', 1, 100), serverTimestamp: 500 });
+        expect((await stores.metadata.getSentMessages('bob', asDeviceId(1), 0)).map((m) => [m.timestamp, m.serverTimestamp])).toEqual([
+          [100, 500],
+          [200, 210],
+        ]);
+        expect((await stores.metadata.getSentMessages('bob', asDeviceId(1), 300)).map((m) => m.timestamp)).toEqual([100]);
+      });
+
+      it(`keeps at most MAX_SENT_MESSAGES_PER_PEER (${MAX_SENT_MESSAGES_PER_PEER}) per recipient, dropping the oldest; other recipients keep theirs`, async () => {
+        const fill = async (s: SecureChatStores) => {
+          await s.metadata.saveSentMessage(sent('carol', 1, 1));
+          // Devices alternate: the bound is per username, over all its devices.
+          for (let i = 1; i <= MAX_SENT_MESSAGES_PER_PEER + 2; i++) await s.metadata.saveSentMessage(sent('bob', 1 + (i % 2), 1000 + i));
+        };
+        await (stores.transaction ? stores.transaction(fill) : fill(stores));
+        const kept = [
+          ...(await stores.metadata.getSentMessages('bob', asDeviceId(1), 0)),
+          ...(await stores.metadata.getSentMessages('bob', asDeviceId(2), 0)),
+        ].map((m) => m.timestamp);
+        expect(kept.length).toBe(MAX_SENT_MESSAGES_PER_PEER);
+        expect(Math.min(...kept)).toBe(1003);
+        expect(Math.max(...kept)).toBe(1000 + MAX_SENT_MESSAGES_PER_PEER + 2);
+        expect((await stores.metadata.getSentMessages('carol', asDeviceId(1), 0)).map((m) => m.timestamp)).toEqual([1]);
+      });
+
+      it('recognises a received message by sender, device, timestamp and content digest only', async () => {
+        await stores.metadata.saveReceivedMessage(received('bob', 1, 100, 'hello', 5_000));
+        await expect(stores.metadata.hasReceivedMessage(received('bob', 1, 100, 'hello', 9_999))).resolves.toBe(true);
+        for (const other of [
+          received('carol', 1, 100, 'hello'),
+          received('bob', 2, 100, 'hello'),
+          received('bob', 1, 101, 'hello'),
+          received('bob', 1, 100, 'another message with the same timestamp'),
+        ]) {
+          await expect(stores.metadata.hasReceivedMessage(other)).resolves.toBe(false);
+        }
+      });
+
+      it(`remembers at most MAX_RECEIVED_MESSAGES (${MAX_RECEIVED_MESSAGES}) received messages, forgetting the first saved`, async () => {
+        const fill = async (s: SecureChatStores) => {
+          for (let i = 0; i <= MAX_RECEIVED_MESSAGES; i++) await s.metadata.saveReceivedMessage(received('bob', 1, i));
+        };
+        await (stores.transaction ? stores.transaction(fill) : fill(stores));
+        await expect(stores.metadata.hasReceivedMessage(received('bob', 1, 0))).resolves.toBe(false);
+        await expect(stores.metadata.hasReceivedMessage(received('bob', 1, 1))).resolves.toBe(true);
+        await expect(stores.metadata.hasReceivedMessage(received('bob', 1, MAX_RECEIVED_MESSAGES))).resolves.toBe(true);
+      }, 30_000);
+
+      it('prunes sent messages by their timestamp and received ones by receivedAt', async () => {
+        await stores.metadata.saveSentMessage(sent('bob', 1, 100));
+        await stores.metadata.saveSentMessage(sent('bob', 1, 200));
+        await stores.metadata.saveSentMessage(sent('carol', 1, 150));
+        await stores.metadata.saveReceivedMessage(received('bob', 1, 1, 'old', 100));
+        await stores.metadata.saveReceivedMessage(received('bob', 1, 2, 'new', 200));
+
+        await stores.metadata.pruneMessageLogs(200);
+
+        expect((await stores.metadata.getSentMessages('bob', asDeviceId(1), 0)).map((m) => m.timestamp)).toEqual([200]);
+        await expect(stores.metadata.getSentMessages('carol', asDeviceId(1), 0)).resolves.toEqual([]);
+        await expect(stores.metadata.hasReceivedMessage(received('bob', 1, 1, 'old'))).resolves.toBe(false);
+        await expect(stores.metadata.hasReceivedMessage(received('bob', 1, 2, 'new'))).resolves.toBe(true);
+        // A recipient pruned empty takes new messages again.
+        await stores.metadata.saveSentMessage(sent('carol', 1, 300));
+        expect((await stores.metadata.getSentMessages('carol', asDeviceId(1), 0)).map((m) => m.timestamp)).toEqual([300]);
+      });
+    });
+
     describe('transaction', () => {
       const transaction = <T>(fn: (s: SecureChatStores) => Promise<T>) => {
         if (!stores.transaction) throw new Error('these stores have no transaction()');
@@ -422,6 +543,8 @@ export function describeStoreConformance(
           const alice = responderSide(() => tx, self.address, bob.address);
           expect(await alice.receivePreKey(first)).toBe('never kept');
           await tx.metadata.savePendingMessage('envelope-1', pending('never kept'));
+          await tx.metadata.saveSentMessage(sent('bob', 1, 10));
+          await tx.metadata.saveReceivedMessage(received('bob', 1, 10));
           await tx.metadata.saveRefreshToken('after');
           await tx.metadata.allocateKeyIds(KeyIdKind.PreKey, 10);
           throw failure;
@@ -433,6 +556,8 @@ export function describeStoreConformance(
         expect((await stores.preKey.getPreKey(5)).id()).toBe(5);
         expect((await stores.kyberPreKey.getKyberPreKey(11)).id()).toBe(11);
         await expect(stores.metadata.getPendingMessage('envelope-1')).resolves.toBeNull();
+        await expect(stores.metadata.getSentMessages('bob', asDeviceId(1), 0)).resolves.toEqual([]);
+        await expect(stores.metadata.hasReceivedMessage(received('bob', 1, 10))).resolves.toBe(false);
         await expect(stores.metadata.getRefreshToken()).resolves.toBe('before');
         await expect(stores.metadata.allocateKeyIds(KeyIdKind.PreKey, 1)).resolves.toBe(idBefore + 1);
         // The rolled-back message still decrypts: nothing of it was consumed.
@@ -493,6 +618,8 @@ export function describeStoreConformance(
         await stores.metadata.savePeerDevices('bob', [asDeviceId(1)]);
         await stores.metadata.saveRefreshToken('kept token');
         await stores.metadata.savePendingMessage('envelope-1', pending('kept message'));
+        await stores.metadata.saveSentMessage(sent('bob', 1, 100, 110));
+        await stores.metadata.saveReceivedMessage(received('bob', 1, 42, 'kept'));
         const lastIds = await stores.metadata.allocateKeyIds(KeyIdKind.PreKey, 100);
 
         await reopen();
@@ -514,6 +641,8 @@ export function describeStoreConformance(
         await expect(stores.metadata.getPeerDevices('bob')).resolves.toEqual([1]);
         await expect(stores.metadata.getRefreshToken()).resolves.toBe('kept token');
         expect(text((await stores.metadata.getPendingMessage('envelope-1'))!.content)).toBe('kept message');
+        expect((await stores.metadata.getSentMessages('bob', asDeviceId(1), 0)).map(plainSent)).toEqual([plainSent(sent('bob', 1, 100, 110))]);
+        await expect(stores.metadata.hasReceivedMessage(received('bob', 1, 42, 'kept'))).resolves.toBe(true);
         expect(await stores.metadata.allocateKeyIds(KeyIdKind.PreKey, 1)).toBeGreaterThanOrEqual(lastIds + 100);
 
         const resumed = responderSide(() => stores, self.address, bob.address);
