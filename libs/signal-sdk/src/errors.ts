@@ -30,6 +30,13 @@ export enum SecureChatErrorCode {
   EncryptionFailed = 'ENCRYPTION_FAILED',
   /** An incoming message did not decrypt; it was dropped (acked) after this was reported. */
   DecryptionFailed = 'DECRYPTION_FAILED',
+  /**
+   * An incoming message did not decrypt and asking its sender to start a new
+   * session failed (the relay could not be reached or refused), or a peer's
+   * request to start over could not be answered (the resend failed). The
+   * message is left on the relay and handled again on the next connection.
+   */
+  SessionRepairFailed = 'SESSION_REPAIR_FAILED',
   /** An incoming message decrypted but its content is not valid; it was dropped (acked). */
   MalformedContent = 'MALFORMED_CONTENT',
   /** A store failed; the message is left on the relay and retried on the next connection. */

@@ -12,6 +12,35 @@ export enum ChatEvent {
   QueueEmpty = 'queueEmpty',
   /** Something failed outside a call the app awaits (an undecryptable message, a lost connection). */
   Error = 'error',
+  /**
+   * A session with a peer device was replaced to repair it: this install
+   * could not decrypt the peer's messages and asked it to start over
+   * (`initiator: 'local'`), or the peer asked this install (`'peer'`), which
+   * then resends what it sent since the point the peer asked for.
+   */
+  SessionReset = 'sessionReset',
+}
+
+/** Why a session was reset. */
+export enum SessionResetReason {
+  /** A message arrived for a session this install does not have (deleted, or lost in a restore). */
+  NoSession = 'no-session',
+  /** A message did not decrypt with any state of the session (bad MAC, stale or damaged session). */
+  InvalidMessage = 'invalid-message',
+  /** A PreKey message named a prekey this install no longer has. */
+  UnknownPreKey = 'unknown-prekey',
+  /** The peer could not decrypt this install's messages and asked it to start over. */
+  PeerRequest = 'peer-request',
+}
+
+/** What `sessionReset` reports. Never any message content. */
+export interface SessionReset {
+  /** The peer's canonical username. */
+  readonly peer: string;
+  readonly device: DeviceId;
+  readonly reason: SessionResetReason;
+  /** `'local'`: this install asked the peer; `'peer'`: the peer asked this install. */
+  readonly initiator: 'local' | 'peer';
 }
 
 export enum ConnectionState {
@@ -51,6 +80,7 @@ export interface ChatEventHandlerMap {
   [ChatEvent.ConnectionState]: (state: ConnectionState, previous: ConnectionState) => void;
   [ChatEvent.QueueEmpty]: () => void;
   [ChatEvent.Error]: (error: SecureChatError) => void;
+  [ChatEvent.SessionReset]: (reset: SessionReset) => void;
 }
 
 type Listener = (...args: never[]) => unknown;

@@ -9,9 +9,11 @@ export {
 export {
   ChatEvent,
   ConnectionState,
+  SessionResetReason,
   TypedEventEmitter,
   type ChatEventHandlerMap,
   type IncomingMessage,
+  type SessionReset,
 } from './events.js';
 export {
   SecureChatError,
@@ -23,17 +25,23 @@ export type { DeviceId, KyberPreKeyId, MessageId, PreKeyId, RegistrationId, Sign
 export {
   KeyIdKind,
   MAX_PENDING_MESSAGES,
+  MAX_RECEIVED_MESSAGES,
+  MAX_SENT_MESSAGES_PER_PEER,
+  SESSION_REPAIR_WINDOW_MS,
   SecureChatIdentityKeyStore,
   SecureChatKyberPreKeyStore,
   SecureChatMetadataStore,
   type AccountRecord,
   type LocalIdentity,
   type PendingMessage,
+  type ReceivedMessageRecord,
   type SecureChatStores,
+  type SentMessageRecord,
   type TrustedIdentity,
 } from './stores/stores.js';
 export { amendStores } from './stores/memory-stores.js';
-export { CONTENT_VERSION, ContentKind, MAX_BODY_BYTES, PADDING_BLOCK } from './session/content.js';
+export { CONTENT_VERSION, ContentKind, MAX_BODY_BYTES, PADDING_BLOCK, SESSION_RESET_REQUEST_BODY_BYTES } from './session/content.js';
+export { DEFAULT_SESSION_RESET_INTERVAL_MS } from './session/session-repair.js';
 export { generateRecoverySecret } from './backup/recovery-secret.js';
 export {
   BACKUP_FORMAT_VERSION,

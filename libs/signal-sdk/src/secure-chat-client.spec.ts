@@ -9,11 +9,12 @@ import type {
   UploadKeysRequest,
 } from '@chat/protocol';
 import { ErrorCode, EnvelopeType, ServerFrameType } from '@chat/protocol';
+import { ProtocolAddress, SessionRecord } from '@signalapp/libsignal-client';
 import { SecureChatError, SecureChatErrorCode } from './errors.js';
-import { ChatEvent, ConnectionState, type IncomingMessage } from './events.js';
-import { SecureChatClient } from './secure-chat-client.js';
+import { ChatEvent, ConnectionState, SessionResetReason, type IncomingMessage, type SessionReset } from './events.js';
+import { SecureChatClient, type SecureChatClientOptions } from './secure-chat-client.js';
 import { MemorySessionStore, createMemoryStores } from './stores/memory-stores.js';
-import type { SecureChatStores } from './stores/stores.js';
+import { SESSION_REPAIR_WINDOW_MS, type SecureChatStores } from './stores/stores.js';
 import type { Credentials, RelaySocket, RelaySocketListener, RelayTransport } from './transport/relay-transport.js';
 import { waitForEvent, waitForMessage } from './testing/wait-for.js';
 
@@ -29,6 +30,12 @@ function transportOf(relay: FakeRelay): RelayTransport {
 class FakeRelay {
   readonly uploads: Array<{ username: string; keys: UploadKeysRequest }> = [];
   readonly acked: string[] = [];
+  /** Every envelope stored, in order. */
+  readonly stored: Array<{ from: string; to: string; envelope: Envelope }> = [];
+  /** Changes each envelope before it is stored (a relay or network that damages ciphertext). */
+  tamper: ((envelope: Envelope) => Envelope) | undefined;
+  /** Bundle fetches to refuse as a network failure before answering again. */
+  bundleFailures = 0;
   readonly backups = new Map<string, { blob: string; updatedAt: number }>();
   readonly accounts = new Map<
     string,
@@ -82,6 +89,10 @@ class FakeRelay {
         return { preKeys: keys?.preKeys?.length ?? 0, kyberPreKeys: keys?.kyberPreKeys?.length ?? 0 };
       },
       async getPreKeyBundle(_token: string, username: string): Promise<PreKeyBundleResponse> {
+        if (relay.bundleFailures > 0) {
+          relay.bundleFailures--;
+          throw new SecureChatError(SecureChatErrorCode.Network, 'relay unreachable');
+        }
         const keys = relay.accounts.get(username)?.keys;
         if (!keys) return reject(ErrorCode.UnknownRecipient);
         return {
@@ -152,7 +163,10 @@ class FakeRelay {
   private store(from: string, message: SendMessageRequest): number {
     const serverTimestamp = Date.now();
     for (const m of message.messages) {
-      this.deliver(message.to, { id: randomUUID(), source: from, sourceDevice: 1, type: m.type, ciphertext: m.ciphertext, serverTimestamp });
+      let envelope: Envelope = { id: randomUUID(), source: from, sourceDevice: 1, type: m.type, ciphertext: m.ciphertext, serverTimestamp };
+      if (this.tamper) envelope = this.tamper(envelope);
+      this.stored.push({ from, to: message.to, envelope });
+      this.deliver(message.to, envelope);
     }
     return serverTimestamp;
   }
@@ -170,7 +184,7 @@ class FakeRelay {
 
 const settle = () => new Promise((resolve) => setTimeout(resolve, 20));
 
-async function pair(options: { autoAck?: boolean } = {}) {
+async function pair(options: Pick<SecureChatClientOptions, 'autoAck' | 'now' | 'sessionResetIntervalMs'> = {}) {
   const relay = new FakeRelay();
   const make = async (name: string, stores: SecureChatStores = createMemoryStores()) => {
     const client = SecureChatClient.create({ relayUrl: 'http://127.0.0.1:1', transport: relay.transport(), stores, ...options });
@@ -470,3 +484,180 @@ describe('SecureChatClient on stores that outlive it', () => {
     await bob.close();
   });
 });
+
+/** Polls `condition` until it holds; rejects after `timeoutMs`. */
+async function until(condition: () => boolean, timeoutMs = 5_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!condition()) {
+    if (Date.now() > deadline) throw new Error('condition not met in time');
+    await new Promise((resolve) => setTimeout(resolve, 5));
+  }
+}
+
+/** What one client's app saw. */
+function watch(client: SecureChatClient) {
+  const seen = { texts: [] as string[], resets: [] as SessionReset[], errors: [] as SecureChatError[] };
+  client.on(ChatEvent.Message, (m) => void seen.texts.push(m.text ?? ''));
+  client.on(ChatEvent.SessionReset, (reset) => void seen.resets.push(reset));
+  client.on(ChatEvent.Error, (error) => void seen.errors.push(error));
+  return seen;
+}
+
+/** Replaces the stored session with an empty record: the session is gone, as if deleted. */
+const deleteSession = (stores: SecureChatStores, peer: string) =>
+  stores.session.saveSession(ProtocolAddress.new(peer, 1), SessionRecord.deserialize(new Uint8Array(0)));
+
+const flipLastByte = (envelope: Envelope): Envelope => {
+  const bytes = Buffer.from(envelope.ciphertext, 'base64');
+  bytes[bytes.length - 1]! ^= 1;
+  return { ...envelope, ciphertext: bytes.toString('base64') };
+};
+
+describe('session repair', () => {
+  async function talkingPair(options: Pick<SecureChatClientOptions, 'now' | 'sessionResetIntervalMs'> = {}) {
+    const relay = new FakeRelay();
+    const make = async (name: string) => {
+      const stores = createMemoryStores();
+      const client = SecureChatClient.create({ relayUrl: 'http://127.0.0.1:1', transport: relay.transport(), stores, ...options });
+      await client.register(name, 'correct horse battery');
+      return { client, stores, seen: watch(client) };
+    };
+    const alice = await make('alice');
+    const bob = await make('bob');
+    await alice.client.connect();
+    await bob.client.connect();
+    await alice.client.send('bob', 'open');
+    await until(() => bob.seen.texts.length === 1);
+    await bob.client.send('alice', 'ack');
+    await until(() => alice.seen.texts.length === 1);
+    const drained = () => relay.queueOf('alice').length === 0 && relay.queueOf('bob').length === 0;
+    return { relay, alice, bob, drained };
+  }
+
+  it('recovers a session deleted behind the receiver: one reset request, the lost messages resent once each, sessionReset on both sides', async () => {
+    const { relay, alice, bob, drained } = await talkingPair();
+    await deleteSession(bob.stores, 'alice');
+
+    await alice.client.send('bob', 'm1');
+    await alice.client.send('bob', 'm2');
+    await until(() => bob.seen.texts.length === 3);
+    await bob.client.send('alice', 'bob after the repair');
+    await until(() => alice.seen.texts.length === 2);
+    await alice.client.send('bob', 'alice after the repair');
+    await until(() => bob.seen.texts.length === 4 && drained());
+
+    // A duplicate would have come before alice's last message: the relay keeps the order.
+    expect(bob.seen.texts).toEqual(['open', 'm1', 'm2', 'alice after the repair']);
+    expect(alice.seen.texts).toEqual(['ack', 'bob after the repair']);
+    expect(bob.seen.resets).toEqual([{ peer: 'alice', device: 1, reason: SessionResetReason.NoSession, initiator: 'local' }]);
+    expect(alice.seen.resets).toEqual([{ peer: 'bob', device: 1, reason: SessionResetReason.PeerRequest, initiator: 'peer' }]);
+    expect([...alice.seen.errors, ...bob.seen.errors]).toEqual([]);
+    // On the wire: m1 and m2 on the lost session, one request, their two resends, then the two replies.
+    const wire = relay.stored.slice(2).map(({ from, envelope }) => `${from}:${envelope.type}`);
+    expect(wire).toEqual(['alice:signal', 'alice:signal', 'bob:prekey', 'alice:signal', 'alice:signal', 'bob:signal', 'alice:signal']);
+  });
+
+  it('drops the resend of a message already delivered: a single damaged message is resent with what followed it, each shown once', async () => {
+    const { relay, alice, bob, drained } = await talkingPair();
+    relay.tamper = (envelope) => {
+      relay.tamper = undefined;
+      return flipLastByte(envelope);
+    };
+    await alice.client.send('bob', 'damaged in transit');
+    await alice.client.send('bob', 'arrived whole');
+    await until(() => bob.seen.texts.length === 3);
+    await alice.client.send('bob', 'later');
+    await until(() => bob.seen.texts.length === 4 && drained());
+
+    expect(bob.seen.texts).toEqual(['open', 'arrived whole', 'damaged in transit', 'later']);
+    expect(bob.seen.resets.map((r) => r.reason)).toEqual([SessionResetReason.InvalidMessage]);
+    // Both were resent; bob dropped the copy of the one he had.
+    const fromAlice = relay.stored.filter((s) => s.from === 'alice').length;
+    expect(fromAlice).toBe(1 + 2 + 2 + 1);
+    expect(bob.seen.errors).toEqual([]);
+  });
+
+  it('acks an undecryptable message only once the reset request is sent: a failed request leaves it for the next connection', async () => {
+    const { relay, alice, bob, drained } = await talkingPair();
+    await deleteSession(bob.stores, 'alice');
+    relay.bundleFailures = 1;
+
+    await alice.client.send('bob', 'kept on the relay');
+    await until(() => bob.seen.errors.length === 1);
+    expect(bob.seen.errors[0]?.code).toBe(SecureChatErrorCode.SessionRepairFailed);
+    expect(bob.seen.errors[0]?.incoming?.sender).toBe('alice');
+    expect(relay.queueOf('bob')).toHaveLength(1);
+    expect(bob.seen.resets).toEqual([]);
+
+    await bob.client.close();
+    await bob.client.connect();
+    await until(() => bob.seen.texts.length === 2 && drained());
+    expect(bob.seen.texts).toEqual(['open', 'kept on the relay']);
+    expect(bob.seen.resets).toHaveLength(1);
+    expect(alice.seen.resets).toHaveLength(1);
+  });
+
+  it('resends nothing older than the repair window', async () => {
+    const clock = { now: 1_800_000_000_000 };
+    const { relay, alice, bob, drained } = await talkingPair({ now: () => clock.now });
+    await bob.client.close();
+    const old = await alice.client.send('bob', 'sent a day and more ago');
+    clock.now = old.timestamp + SESSION_REPAIR_WINDOW_MS + 1;
+    await alice.client.send('bob', 'sent just now');
+    await deleteSession(bob.stores, 'alice');
+
+    await bob.client.connect();
+    await until(() => bob.seen.texts.length === 2 && drained());
+    expect(bob.seen.texts).toEqual(['open', 'sent just now']);
+    expect(bob.seen.resets).toHaveLength(1);
+    expect(relay.stored.filter((s) => s.from === 'alice')).toHaveLength(1 + 2 + 1);
+  });
+
+  it('two clients whose every message arrives damaged do not loop: at most one reset request each per interval, no hidden traffic; new messages arrive once the damage stops', async () => {
+    const interval = 1_000;
+    const clock = { now: 1_800_000_000_000 };
+    const { relay, alice, bob, drained } = await talkingPair({ now: () => clock.now, sessionResetIntervalMs: interval });
+    const before = relay.stored.length;
+    relay.tamper = flipLastByte;
+
+    const rounds = 20;
+    const step = 250;
+    for (let i = 0; i < rounds; i++) {
+      clock.now += step;
+      await alice.client.send('bob', `alice ${i}`);
+      await bob.client.send('alice', `bob ${i}`);
+      await until(drained);
+    }
+    const requests = (seen: typeof alice.seen) => seen.resets.filter((r) => r.initiator === 'local').length;
+    const bound = Math.ceil((rounds * step) / interval);
+    for (const side of [alice, bob]) {
+      expect(requests(side.seen)).toBeGreaterThanOrEqual(1);
+      expect(requests(side.seen)).toBeLessThanOrEqual(bound);
+      // The requests were damaged too: nobody was asked to resend. Nothing of the peer ever
+      // decrypted, so every failure between two requests counted as covered by the unanswered one.
+      expect(side.seen.resets.filter((r) => r.initiator === 'peer')).toEqual([]);
+      expect(side.seen.errors).toEqual([]);
+    }
+    expect(relay.stored.length - before).toBe(2 * rounds + requests(alice.seen) + requests(bob.seen));
+
+    relay.tamper = undefined;
+    clock.now += interval;
+    await alice.client.send('bob', 'alice, healed');
+    await until(() => bob.seen.texts.includes('alice, healed'));
+    await bob.client.send('alice', 'bob, healed');
+    await until(() => alice.seen.texts.includes('bob, healed'));
+    // What each app saw of the damaged period: a sessionReset per request it sent, no error, and
+    // none of the damaged messages: their senders were never reached, so they are not resent.
+    expect(bob.seen.texts).toEqual(['open', 'alice, healed']);
+    expect(alice.seen.texts).toEqual(['ack', 'bob, healed']);
+  });
+
+  it('refuses a sessionResetIntervalMs that is not a positive integer', () => {
+    for (const sessionResetIntervalMs of [0, -1, 1.5, Number.NaN]) {
+      expect(() => SecureChatClient.create({ relayUrl: 'http://127.0.0.1:1', sessionResetIntervalMs })).toThrow(
+        expect.objectContaining({ code: SecureChatErrorCode.InvalidOptions }),
+      );
+    }
+  });
+});
+

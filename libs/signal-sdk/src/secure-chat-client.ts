@@ -1,7 +1,7 @@
-import { randomUUID } from 'node:crypto';
+import { createHash, randomUUID } from 'node:crypto';
 import PQueue from 'p-queue';
-import { ErrorCode as LibSignalErrorCode, ProtocolAddress } from '@signalapp/libsignal-client';
-import type { AuthResponse, BackupResponse, Envelope, SendMessageRequest, ServerFrame } from '@chat/protocol';
+import { ProtocolAddress } from '@signalapp/libsignal-client';
+import type { AuthResponse, BackupResponse, Envelope, PreKeyBundleResponse, SendMessageRequest, ServerFrame } from '@chat/protocol';
 import {
   ClientFrameType,
   CloseCode,
@@ -19,13 +19,31 @@ import { exportAccountState, restoreAccountState } from './backup/account-backup
 import { DEFAULT_BACKUP_KDF, isSupportedKdf, openBackup, sealBackup, type BackupKdfParams } from './backup/backup-format.js';
 import { parseRecoverySecret } from './backup/recovery-secret.js';
 import { SecureChatError, SecureChatErrorCode, type IncomingMessageContext } from './errors.js';
-import { ChatEvent, ConnectionState, TypedEventEmitter, type ChatEventHandlerMap, type IncomingMessage } from './events.js';
+import {
+  ChatEvent,
+  ConnectionState,
+  SessionResetReason,
+  TypedEventEmitter,
+  type ChatEventHandlerMap,
+  type IncomingMessage,
+  type SessionReset,
+} from './events.js';
 import { asDeviceId, asMessageId, type DeviceId } from './ids.js';
 import { amendStores } from './stores/memory-stores.js';
-import type { AccountRecord, LocalIdentity, SecureChatStores } from './stores/stores.js';
-import { ContentFormatError, ContentKind, MAX_BODY_BYTES, decodeContent, decodeText, encodeContent, type MessageContent } from './session/content.js';
-import { isLibSignalError } from './session/libsignal-errors.js';
-import { PeerSessions } from './session/peer-sessions.js';
+import { SESSION_REPAIR_WINDOW_MS, type AccountRecord, type LocalIdentity, type SecureChatStores } from './stores/stores.js';
+import {
+  ContentFormatError,
+  ContentKind,
+  MAX_BODY_BYTES,
+  decodeContent,
+  decodeText,
+  encodeContent,
+  encodeSessionResetRequest,
+  sessionResetSince,
+  type MessageContent,
+} from './session/content.js';
+import { DecryptFailure, DecryptFailureKind, PeerSessions } from './session/peer-sessions.js';
+import { DEFAULT_SESSION_RESET_INTERVAL_MS, ResetDecision, SessionRepairLimiter } from './session/session-repair.js';
 import { generateKeyUpload, generateLocalIdentity } from './session/prekeys.js';
 import { BackOff, type BackOffOptions } from './transport/back-off.js';
 import { HttpRelayTransport, relayUrlsOf } from './transport/http-relay-transport.js';
@@ -66,6 +84,12 @@ export interface SecureChatClientOptions {
    * tests; restoring reads the cost from the backup itself.
    */
   backupKdf?: BackupKdfParams;
+  /**
+   * Session repair: the least time between two requests to one peer device
+   * to start a new session, and between two resends to one peer device
+   * (default 60 s). Lower it only in tests.
+   */
+  sessionResetIntervalMs?: number;
 }
 
 /** What `send` returns. */
@@ -90,11 +114,31 @@ interface PendingSend {
   timer: NodeJS.Timeout;
 }
 
-/** A decrypted envelope's content, or why it is not a valid content record. */
-type OpenedMessage = { content: MessageContent } | { malformed: ContentFormatError };
+/**
+ * A decrypted envelope's content, or why it is not a valid content record,
+ * or that it is a resend of a message already delivered. `fresh`: decrypted
+ * now, not recalled from the pending messages.
+ */
+type OpenedMessage = ({ content: MessageContent } | { malformed: ContentFormatError } | { resendOfDelivered: true }) & { fresh: boolean };
+
+/** What became of an envelope: a message for the app, nothing more to do (ack it), or unreadable (report, then ack). */
+type ReceivedEnvelope = { message: MessageContent } | { handled: true } | { dropped: SecureChatError };
 
 /** Refresh this long before the access token expires (at most a fifth of its lifetime). */
 const REFRESH_MARGIN_MS = 60_000;
+
+/** How often the sent and received message logs are pruned to `SESSION_REPAIR_WINDOW_MS`. */
+const MESSAGE_LOG_PRUNE_INTERVAL_MS = 60 * 60 * 1000;
+
+const RESET_REASON_OF: Partial<Record<DecryptFailureKind, SessionResetReason>> = {
+  [DecryptFailureKind.NoSession]: SessionResetReason.NoSession,
+  [DecryptFailureKind.InvalidMessage]: SessionResetReason.InvalidMessage,
+  [DecryptFailureKind.UnknownPreKey]: SessionResetReason.UnknownPreKey,
+};
+
+const isUserContent = (kind: ContentKind) => kind === ContentKind.Text || kind === ContentKind.Bytes;
+const sha256 = (bytes: Uint8Array) => new Uint8Array(createHash('sha256').update(bytes).digest());
+const base64 = (bytes: Uint8Array) => Buffer.from(bytes).toString('base64');
 
 /**
  * An end-to-end encrypted chat client: PQXDH and the Double Ratchet from
@@ -114,6 +158,11 @@ export class SecureChatClient extends TypedEventEmitter<ChatEvent, ChatEventHand
   private readonly now: () => number;
   private readonly logger: SecureChatLogger;
   private readonly backupKdf: BackupKdfParams;
+  private readonly sessionResetIntervalMs: number;
+  private readonly repair: SessionRepairLimiter;
+  /** Every content this client encrypts gets a later timestamp than the one before: a resend is recognised by it. */
+  private lastContentTimestamp = 0;
+  private messageLogsPrunedAt = Number.NEGATIVE_INFINITY;
 
   private account: { username: string; deviceId: DeviceId } | null = null;
   private auth: AuthSession | null = null;
@@ -148,6 +197,11 @@ export class SecureChatClient extends TypedEventEmitter<ChatEvent, ChatEventHand
     this.logger = options.logger ?? {};
     this.backupKdf = options.backupKdf ?? DEFAULT_BACKUP_KDF;
     this.sessions = new PeerSessions(this.stores, () => this.localAddress());
+    this.sessionResetIntervalMs = options.sessionResetIntervalMs ?? DEFAULT_SESSION_RESET_INTERVAL_MS;
+    if (!Number.isSafeInteger(this.sessionResetIntervalMs) || this.sessionResetIntervalMs < 1) {
+      throw new SecureChatError(SecureChatErrorCode.InvalidOptions, 'sessionResetIntervalMs must be a positive integer');
+    }
+    this.repair = new SessionRepairLimiter(this.sessionResetIntervalMs, this.now);
     if (!Number.isInteger(this.oneTimePreKeyBatch) || this.oneTimePreKeyBatch < 1 || this.oneTimePreKeyBatch > MAX_PREKEYS_PER_UPLOAD) {
       throw new SecureChatError(SecureChatErrorCode.InvalidOptions, `oneTimePreKeyBatch must be 1..${MAX_PREKEYS_PER_UPLOAD}`);
     }
@@ -282,20 +336,23 @@ export class SecureChatClient extends TypedEventEmitter<ChatEvent, ChatEventHand
     if (bytes.length > MAX_BODY_BYTES) {
       throw new SecureChatError(SecureChatErrorCode.InvalidArgument, `body larger than ${MAX_BODY_BYTES} bytes`);
     }
-    const timestamp = this.now();
+    const timestamp = this.nextContentTimestamp();
     const plaintext = encodeContent({ kind: isText ? ContentKind.Text : ContentKind.Bytes, timestamp, body: bytes });
 
     return this.sessions.withPeer(to, async () => {
       let devices = await this.devicesWithSession(to);
       if (devices.length === 0) devices = await this.openSessions(to);
+      let serverTimestamp: number;
       try {
-        return { timestamp, devices, serverTimestamp: await this.transmit(to, devices, plaintext) };
+        serverTimestamp = await this.transmit(to, devices, plaintext);
       } catch (error) {
         if (!SecureChatError.isRelay(error, ErrorCode.MismatchedDevices)) throw error;
         // The recipient added or removed a device: address exactly the devices its bundle names now.
         devices = await this.openSessions(to);
-        return { timestamp, devices, serverTimestamp: await this.transmit(to, devices, plaintext) };
+        serverTimestamp = await this.transmit(to, devices, plaintext);
       }
+      await this.keepForResend(to, devices, timestamp, serverTimestamp, plaintext);
+      return { timestamp, devices, serverTimestamp };
     });
   }
 
@@ -536,6 +593,7 @@ export class SecureChatClient extends TypedEventEmitter<ChatEvent, ChatEventHand
     this.socket = socket;
     this.backOff.reset();
     this.setState(ConnectionState.Connected);
+    void this.pruneMessageLogsIfDue();
   }
 
   private onSocketClosed(code: number, reason: string): void {
@@ -645,11 +703,16 @@ export class SecureChatClient extends TypedEventEmitter<ChatEvent, ChatEventHand
     return withSession;
   }
 
-  private async openSessions(username: string): Promise<DeviceId[]> {
+  private async fetchBundle(username: string): Promise<PreKeyBundleResponse> {
     const bundle = await this.authorized((token) => this.transport.getPreKeyBundle(token, username));
     if (canonicalUsername(bundle.username) !== username) {
       throw new SecureChatError(SecureChatErrorCode.InvalidPreKeyBundle, 'the relay answered with a bundle of another user');
     }
+    return bundle;
+  }
+
+  private async openSessions(username: string): Promise<DeviceId[]> {
+    const bundle = await this.fetchBundle(username);
     return this.transaction(async (stores) => {
       const devices = await this.sessions.processBundle(bundle, stores);
       await stores.metadata.savePeerDevices(username, devices);
@@ -663,14 +726,61 @@ export class SecureChatClient extends TypedEventEmitter<ChatEvent, ChatEventHand
       const perDevice = [];
       for (const deviceId of devices) {
         const { type, ciphertext } = await this.sessions.encrypt(to, deviceId, plaintext, stores);
-        perDevice.push({ deviceId, type, ciphertext: Buffer.from(ciphertext).toString('base64') });
+        perDevice.push({ deviceId, type, ciphertext: base64(ciphertext) });
       }
       return perDevice;
     });
-    const request: SendMessageRequest = { to, messages };
+    return this.post({ to, messages });
+  }
+
+  /** Hands a send to the relay and returns its `serverTimestamp`. */
+  private async post(request: SendMessageRequest): Promise<number> {
     if (this.socket?.isOpen) return this.sendOverSocket(this.socket, request);
     const response = await this.authorized((token) => this.transport.sendMessage(token, request));
     return response.serverTimestamp;
+  }
+
+  /** Strictly increasing, so that (sender, device, timestamp) names one content of this install. */
+  private nextContentTimestamp(): number {
+    this.lastContentTimestamp = Math.max(this.now(), this.lastContentTimestamp + 1);
+    return this.lastContentTimestamp;
+  }
+
+  /**
+   * Keeps a sent message in the sent-message log for session repair. The
+   * message has reached the relay whatever happens here: a store failure is
+   * reported, not thrown, so that the app does not send it again.
+   */
+  private async keepForResend(
+    recipient: string,
+    devices: DeviceId[],
+    timestamp: number,
+    serverTimestamp: number,
+    content: Uint8Array,
+  ): Promise<void> {
+    try {
+      await this.transaction(async (stores) => {
+        for (const recipientDevice of devices) {
+          await stores.metadata.saveSentMessage({ recipient, recipientDevice, timestamp, serverTimestamp, content });
+        }
+      });
+    } catch (cause) {
+      this.emit(
+        ChatEvent.Error,
+        new SecureChatError(SecureChatErrorCode.StoreFailure, 'a message was sent but not kept for a resend', { cause }),
+      );
+    }
+    await this.pruneMessageLogsIfDue();
+  }
+
+  /** Drops sent and received messages older than `SESSION_REPAIR_WINDOW_MS`, at most once per `MESSAGE_LOG_PRUNE_INTERVAL_MS`. */
+  private async pruneMessageLogsIfDue(): Promise<void> {
+    const now = this.now();
+    if (now - this.messageLogsPrunedAt < MESSAGE_LOG_PRUNE_INTERVAL_MS) return;
+    this.messageLogsPrunedAt = now;
+    await this.stores.metadata.pruneMessageLogs(now - SESSION_REPAIR_WINDOW_MS).catch((cause: unknown) => {
+      this.emit(ChatEvent.Error, new SecureChatError(SecureChatErrorCode.StoreFailure, 'pruning the message logs failed', { cause }));
+    });
   }
 
   private sendOverSocket(socket: RelaySocket, message: SendMessageRequest): Promise<number> {
@@ -698,13 +808,20 @@ export class SecureChatClient extends TypedEventEmitter<ChatEvent, ChatEventHand
    *
    * Ack rules: a message is acked only once the app has it (every listener
    * returned, or the app called `ack()`). A message that can never be read
-   * (libsignal refused it, or its content is malformed) is reported with an
-   * `error` event and then acked, so it is not delivered forever. A store
-   * failure is reported and not acked: the relay delivers it again on the next
-   * connection. A duplicate (already decrypted) is acked silently. A
+   * (libsignal refused it and a new session cannot help, or its content is
+   * malformed) is reported with an `error` event and then acked, so it is not
+   * delivered forever. A store failure is reported and not acked: the relay
+   * delivers it again on the next connection. A duplicate (already decrypted,
+   * or a resend of a message already delivered) is acked silently. A
    * decrypted message stays in the metadata store's pending messages until
    * its ack, so a redelivery (a listener threw, a reconnect, a restart) is
    * emitted again from there.
+   *
+   * Session repair (docs/architecture.md): a message a new session can fix
+   * is acked once the sender has been asked to start over (or an earlier
+   * request covers it); a session reset request is answered by resending.
+   * Both run in the sender's serial queue, so no send to that peer
+   * interleaves.
    */
   private async receive(envelope: Envelope): Promise<void> {
     const context = envelopeContext(envelope);
@@ -714,66 +831,201 @@ export class SecureChatClient extends TypedEventEmitter<ChatEvent, ChatEventHand
     }
     if (this.inFlight.has(context.messageId)) return;
 
-    let opened: OpenedMessage;
+    let received: ReceivedEnvelope;
     try {
-      opened = await this.sessions.withPeer(context.sender, () => this.open(envelope, context));
+      received = await this.sessions.withPeer(context.sender, () => this.receiveFromPeer(envelope, context));
     } catch (cause) {
-      if (isLibSignalError(cause)) {
-        if (cause.is(LibSignalErrorCode.DuplicatedMessage)) {
-          this.logger.debug?.(`dropped a duplicate message ${context.messageId}`);
-        } else {
-          this.emit(
-            ChatEvent.Error,
-            new SecureChatError(SecureChatErrorCode.DecryptionFailed, `message ${context.messageId} did not decrypt; dropped`, {
-              cause,
-              incoming: context,
-            }),
-          );
-        }
-        await this.ackQuietly(context.messageId);
+      if (SecureChatError.is(cause, SecureChatErrorCode.SessionRepairFailed)) {
+        this.emit(ChatEvent.Error, cause);
       } else {
         const code = SecureChatError.is(cause, SecureChatErrorCode.StoreTampered) ? cause.code : SecureChatErrorCode.StoreFailure;
         this.emit(ChatEvent.Error, new SecureChatError(code, `message ${context.messageId} left for a retry`, { cause, incoming: context }));
       }
       return;
     }
-    if ('malformed' in opened) {
-      this.emit(
-        ChatEvent.Error,
-        new SecureChatError(SecureChatErrorCode.MalformedContent, `message ${context.messageId} has malformed content; dropped`, {
-          cause: opened.malformed,
-          incoming: context,
-        }),
-      );
+    if ('dropped' in received) {
+      this.emit(ChatEvent.Error, received.dropped);
+      await this.ackQuietly(context.messageId);
+      return;
+    }
+    if ('handled' in received) {
       await this.ackQuietly(context.messageId);
       return;
     }
     this.inFlight.add(context.messageId);
-    await this.deliver(this.incomingMessage(envelope, context, opened.content));
+    await this.deliver(this.incomingMessage(envelope, context, received.message));
+  }
+
+  /** Everything about one envelope that needs the sender's serial queue. */
+  private async receiveFromPeer(envelope: Envelope, context: IncomingMessageContext): Promise<ReceivedEnvelope> {
+    const senderDevice = asDeviceId(context.senderDevice);
+    let opened: OpenedMessage;
+    try {
+      opened = await this.open(envelope, context);
+    } catch (cause) {
+      if (!(cause instanceof DecryptFailure)) throw cause;
+      return this.onUndecryptable(envelope, context, cause);
+    }
+    if (opened.fresh) this.repair.heardFrom(context.sender, senderDevice);
+    if ('malformed' in opened) {
+      return {
+        dropped: new SecureChatError(SecureChatErrorCode.MalformedContent, `message ${context.messageId} has malformed content; dropped`, {
+          cause: opened.malformed,
+          incoming: context,
+        }),
+      };
+    }
+    if ('resendOfDelivered' in opened) {
+      this.logger.debug?.(`dropped message ${context.messageId}: a resend of a message already delivered`);
+      return { handled: true };
+    }
+    if (opened.content.kind === ContentKind.SessionResetRequest) {
+      await this.answerResetRequest(context, sessionResetSince(opened.content.body));
+      return { handled: true };
+    }
+    return { message: opened.content };
   }
 
   /**
    * The envelope's content: recalled from the pending messages when it was
    * decrypted before, else decrypted. One store transaction holds the ratchet
-   * step, the one-time prekeys it consumes, the peer's identity and device and
-   * the pending copy, so a crash leaves all of them or none: never a consumed
-   * prekey without its session, nor a ratchet step without the message.
+   * step, the one-time prekeys it consumes, the peer's identity and device,
+   * the received-message log entry and the pending copy, so a crash leaves
+   * all of them or none: never a consumed prekey without its session, nor a
+   * ratchet step without the message.
+   * @throws {DecryptFailure} when libsignal refuses the message.
    */
   private open(envelope: Envelope, context: IncomingMessageContext): Promise<OpenedMessage> {
     const senderDevice = asDeviceId(context.senderDevice);
     return this.transaction(async (stores) => {
       const pending = await stores.metadata.getPendingMessage(context.messageId);
-      if (pending && pending.sender === context.sender && pending.senderDevice === senderDevice) return openContent(pending.content);
+      if (pending && pending.sender === context.sender && pending.senderDevice === senderDevice) {
+        return { ...openContent(pending.content), fresh: false };
+      }
 
       const ciphertext = new Uint8Array(Buffer.from(envelope.ciphertext, 'base64'));
       const plaintext = await this.sessions.decrypt(context.sender, senderDevice, envelope.type, ciphertext, stores);
       await rememberPeerDevice(stores, context.sender, senderDevice);
       const opened = openContent(plaintext);
-      if ('content' in opened) {
-        await stores.metadata.savePendingMessage(context.messageId, { sender: context.sender, senderDevice, content: plaintext });
+      if (!('content' in opened)) return { ...opened, fresh: true };
+      if (isUserContent(opened.content.kind)) {
+        const received = { sender: context.sender, senderDevice, timestamp: opened.content.timestamp, contentDigest: sha256(plaintext) };
+        if (await stores.metadata.hasReceivedMessage(received)) return { resendOfDelivered: true, fresh: true };
+        await stores.metadata.saveReceivedMessage({ ...received, receivedAt: this.now() });
       }
-      return opened;
+      await stores.metadata.savePendingMessage(context.messageId, { sender: context.sender, senderDevice, content: plaintext });
+      return { ...opened, fresh: true };
     });
+  }
+
+  /**
+   * A message that did not decrypt. If a new session can fix it, asks the
+   * sender device to start over and resend from this envelope on, unless a
+   * request sent within the interval covers it or the rate limit forbids
+   * another one.
+   * @throws {SecureChatError} `SessionRepairFailed` when the request could not be sent (not acked then).
+   */
+  private async onUndecryptable(envelope: Envelope, context: IncomingMessageContext, failure: DecryptFailure): Promise<ReceivedEnvelope> {
+    const dropped = (why: string, cause: unknown = failure): ReceivedEnvelope => ({
+      dropped: new SecureChatError(SecureChatErrorCode.DecryptionFailed, `message ${context.messageId} did not decrypt (${failure.kind}); ${why}`, {
+        cause,
+        incoming: context,
+      }),
+    });
+    if (failure.kind === DecryptFailureKind.Duplicate) {
+      this.logger.debug?.(`dropped a duplicate message ${context.messageId}`);
+      return { handled: true };
+    }
+    const reason = RESET_REASON_OF[failure.kind];
+    if (!reason) return dropped('dropped');
+
+    const peer = context.sender;
+    const device = asDeviceId(context.senderDevice);
+    const decision = this.repair.decide(peer, device, envelope.serverTimestamp);
+    if (decision === ResetDecision.Covered) {
+      this.logger.debug?.(`message ${context.messageId} did not decrypt; the reset request already sent covers it`);
+      return { handled: true };
+    }
+    if (decision === ResetDecision.Limited) return dropped(`a session reset was asked of ${peer} less than ${this.sessionResetIntervalMs} ms ago; dropped`);
+
+    try {
+      await this.requestSessionReset(peer, device, envelope.serverTimestamp);
+    } catch (cause) {
+      // The peer or its device is gone: nobody is left to ask.
+      if (SecureChatError.isRelay(cause, ErrorCode.UnknownRecipient) || SecureChatError.is(cause, SecureChatErrorCode.InvalidPreKeyBundle)) {
+        return dropped('the sender cannot be asked to start over; dropped', cause);
+      }
+      throw new SecureChatError(
+        SecureChatErrorCode.SessionRepairFailed,
+        `message ${context.messageId} did not decrypt and asking ${peer} to start over failed; left for a retry`,
+        { cause, incoming: context },
+      );
+    }
+    this.emitSessionReset({ peer, device, reason, initiator: 'local' });
+    return { handled: true };
+  }
+
+  /**
+   * Makes a new session with the peer device from a fresh bundle (the old
+   * state stays archived in the record) and sends a session reset request as
+   * its first message, a PreKey message. Run in the peer's serial queue.
+   */
+  private async requestSessionReset(peer: string, device: DeviceId, since: number): Promise<void> {
+    const bundle = await this.fetchBundle(peer);
+    const request = await this.transaction(async (stores) => {
+      await this.sessions.replaceSession(bundle, device, stores);
+      await rememberPeerDevice(stores, peer, device);
+      const plaintext = encodeSessionResetRequest(this.nextContentTimestamp(), since);
+      const { type, ciphertext } = await this.sessions.encrypt(peer, device, plaintext, stores);
+      return { to: peer, messages: [{ deviceId: device, type, ciphertext: base64(ciphertext) }] } satisfies SendMessageRequest;
+    });
+    await this.post(request);
+    this.repair.requested(peer, device, since);
+  }
+
+  /**
+   * A peer device could not decrypt what this install sent since `since` and
+   * has started a new session (the PreKey message that carried the request
+   * made it the current one). Resends, on it, every message kept for that
+   * device whose latest `serverTimestamp` is at or after `since` and that is
+   * younger than `SESSION_REPAIR_WINDOW_MS`, in the order first sent, unless
+   * a resend to that device ran within the interval. Run in the peer's
+   * serial queue.
+   * @throws {SecureChatError} `SessionRepairFailed` when a resend failed (not acked then; the request is answered again).
+   */
+  private async answerResetRequest(context: IncomingMessageContext, since: number): Promise<void> {
+    const peer = context.sender;
+    const device = asDeviceId(context.senderDevice);
+    this.emitSessionReset({ peer, device, reason: SessionResetReason.PeerRequest, initiator: 'peer' });
+    if (!this.repair.mayResend(peer, device)) {
+      this.logger.debug?.(`not resending to ${peer} device ${device}: a resend ran less than ${this.sessionResetIntervalMs} ms ago`);
+      return;
+    }
+    const windowStart = this.now() - SESSION_REPAIR_WINDOW_MS;
+    const lost = (await this.stores.metadata.getSentMessages(peer, device, since)).filter((message) => message.timestamp >= windowStart);
+    try {
+      for (const message of lost) {
+        const serverTimestamp = await this.transmit(peer, [device], new Uint8Array(message.content));
+        // A later request asks from a later serverTimestamp: this copy is the one it must find.
+        await this.stores.metadata.saveSentMessage({ ...message, serverTimestamp });
+      }
+    } catch (cause) {
+      throw new SecureChatError(
+        SecureChatErrorCode.SessionRepairFailed,
+        `resending to ${peer} device ${device} after its reset request failed; left for a retry`,
+        { cause, incoming: context },
+      );
+    }
+    this.repair.resent(peer, device);
+    this.logger.debug?.(`resent ${lost.length} message(s) to ${peer} device ${device}`);
+  }
+
+  private emitSessionReset(reset: SessionReset): void {
+    try {
+      this.emit(ChatEvent.SessionReset, reset);
+    } catch (cause) {
+      this.emit(ChatEvent.Error, new SecureChatError(SecureChatErrorCode.ListenerFailed, 'a sessionReset listener threw', { cause }));
+    }
   }
 
   private async deliver(message: IncomingMessage): Promise<void> {
@@ -858,7 +1110,7 @@ export class SecureChatClient extends TypedEventEmitter<ChatEvent, ChatEventHand
 }
 
 /** Validates decrypted content here, so a malformed one is never kept as pending. */
-function openContent(plaintext: Uint8Array): OpenedMessage {
+function openContent(plaintext: Uint8Array): { content: MessageContent } | { malformed: ContentFormatError } {
   try {
     const content = decodeContent(plaintext);
     if (content.kind === ContentKind.Text) decodeText(content.body);

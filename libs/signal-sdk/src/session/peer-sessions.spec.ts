@@ -1,11 +1,11 @@
-import { ProtocolAddress } from '@signalapp/libsignal-client';
+import { ProtocolAddress, SessionRecord } from '@signalapp/libsignal-client';
 import type { PreKeyBundleResponse, UploadKeysRequest } from '@chat/protocol';
 import { EnvelopeType, MAX_CIPHERTEXT_BYTES } from '@chat/protocol';
 import { asDeviceId } from '../ids.js';
 import { createMemoryStores } from '../stores/memory-stores.js';
 import type { SecureChatStores } from '../stores/stores.js';
 import { ContentKind, MAX_BODY_BYTES, encodeContent } from './content.js';
-import { PeerSessions, type DeviceCiphertext } from './peer-sessions.js';
+import { DecryptFailure, DecryptFailureKind, PeerSessions, type DeviceCiphertext } from './peer-sessions.js';
 import { generateKeyUpload, generateLocalIdentity } from './prekeys.js';
 
 const DEVICE = asDeviceId(1);
@@ -147,5 +147,123 @@ describe('PeerSessions over memory stores (PQXDH + Double Ratchet)', () => {
     const message = await alice.sessions.withPeer('bob', () => alice.sessions.encrypt('bob', DEVICE, content));
     expect(message.type).toBe(EnvelopeType.PreKey);
     expect(message.ciphertext.length).toBeLessThanOrEqual(MAX_CIPHERTEXT_BYTES);
+  });
+
+  describe('says why a message did not decrypt, so the client knows whether a new session can help', () => {
+    /** A session alice opened and bob answered, so both sides send Signal (not PreKey) messages. */
+    async function talking() {
+      const alice = await party('alice');
+      const bob = await party('bob');
+      await alice.sessions.processBundle(bundleOf(bob));
+      await receive(bob, alice, await send(alice, bob, 'open'));
+      await receive(alice, bob, await send(bob, alice, 'ack'));
+      return { alice, bob };
+    }
+
+    async function failureOf(promise: Promise<unknown>): Promise<DecryptFailure> {
+      const error = await promise.then(
+        () => undefined,
+        (e: unknown) => e,
+      );
+      expect(error).toBeInstanceOf(DecryptFailure);
+      return error as DecryptFailure;
+    }
+
+    it('a message decrypted before: Duplicate, not repairable', async () => {
+      const { alice, bob } = await talking();
+      const message = await send(alice, bob, 'once');
+      await receive(bob, alice, message);
+      const failure = await failureOf(receive(bob, alice, message));
+      expect([failure.kind, failure.repairable]).toEqual([DecryptFailureKind.Duplicate, false]);
+    });
+
+    it('bytes libsignal cannot parse: Malformed, not repairable', async () => {
+      const { alice, bob } = await talking();
+      const garbage = { deviceId: DEVICE, type: EnvelopeType.Signal, ciphertext: new Uint8Array([3, 1, 2]) };
+      const failure = await failureOf(receive(bob, alice, garbage));
+      expect([failure.kind, failure.repairable]).toEqual([DecryptFailureKind.Malformed, false]);
+    });
+
+    it('a Signal message after the session was deleted (an empty record): NoSession, repairable', async () => {
+      const { alice, bob } = await talking();
+      await bob.stores.session.saveSession(ProtocolAddress.new('alice', DEVICE), SessionRecord.deserialize(new Uint8Array(0)));
+      const failure = await failureOf(receive(bob, alice, await send(alice, bob, 'into the void')));
+      expect([failure.kind, failure.repairable]).toEqual([DecryptFailureKind.NoSession, true]);
+    });
+
+    it('a Signal message with a flipped MAC byte: InvalidMessage, repairable; the session still works after it', async () => {
+      const { alice, bob } = await talking();
+      const message = await send(alice, bob, 'tampered');
+      const ciphertext = message.ciphertext.slice();
+      ciphertext[ciphertext.length - 1]! ^= 1;
+      const failure = await failureOf(receive(bob, alice, { ...message, ciphertext }));
+      expect([failure.kind, failure.repairable]).toEqual([DecryptFailureKind.InvalidMessage, true]);
+      expect(await receive(bob, alice, await send(alice, bob, 'next'))).toBe('next');
+    });
+
+    it('a message of a session the receiver no longer has any state of: InvalidMessage, repairable', async () => {
+      const { alice, bob } = await talking();
+      const stale = await send(alice, bob, 'on the old session');
+      // Bob lost everything (a restore) and talks to alice on a new session.
+      const bobAgain: Party = { ...bob, stores: createMemoryStores() };
+      await bobAgain.stores.identity.saveLocalIdentity((await bob.stores.identity.getLocalIdentity())!);
+      bobAgain.sessions = new PeerSessions(bobAgain.stores, () => ProtocolAddress.new('bob', DEVICE));
+      const fresh = await party('alice');
+      await bobAgain.sessions.processBundle(bundleOf(fresh));
+      const failure = await failureOf(receive(bobAgain, alice, stale));
+      expect([failure.kind, failure.repairable]).toEqual([DecryptFailureKind.InvalidMessage, true]);
+    });
+
+    it('a PreKey message naming a prekey the receiver does not have: UnknownPreKey, repairable, and nothing consumed', async () => {
+      const alice = await party('alice');
+      const bob = await party('bob');
+      await alice.sessions.processBundle(bundleOf(bob));
+      const first = await send(alice, bob, 'hello');
+      const preKeyId = bob.upload.preKeys![0]!.keyId;
+      const kyberId = bob.upload.kyberPreKeys![0]!.keyId;
+      const kept = await bob.stores.kyberPreKey.getKyberPreKey(kyberId);
+      await bob.stores.preKey.removePreKey(preKeyId);
+      const failure = await failureOf(receive(bob, alice, first));
+      expect([failure.kind, failure.repairable]).toEqual([DecryptFailureKind.UnknownPreKey, true]);
+      expect((await bob.stores.kyberPreKey.getKyberPreKey(kyberId)).serialize()).toEqual(kept.serialize());
+      await expect(bob.stores.session.getSession(ProtocolAddress.new('alice', DEVICE))).resolves.toBeNull();
+    });
+
+    it('a replayed PreKey message on a last-resort key, the session since lost: Duplicate (PreKeyReused), not repairable', async () => {
+      const alice = await party('alice');
+      const bob = await party('bob');
+      await alice.sessions.processBundle(bundleOf(bob, { lastResort: true }));
+      const first = await send(alice, bob, 'hello');
+      await receive(bob, alice, first);
+      await bob.stores.session.saveSession(ProtocolAddress.new('alice', DEVICE), SessionRecord.deserialize(new Uint8Array(0)));
+      const failure = await failureOf(receive(bob, alice, first));
+      expect([failure.kind, failure.repairable]).toEqual([DecryptFailureKind.Duplicate, false]);
+    });
+  });
+
+  describe('replaceSession', () => {
+    it('makes a new current session from a fresh bundle, whose first message is a PreKey message, and keeps the old state for messages in flight', async () => {
+      const alice = await party('alice');
+      const bob = await party('bob');
+      await alice.sessions.processBundle(bundleOf(bob));
+      await receive(bob, alice, await send(alice, bob, 'open'));
+      await receive(alice, bob, await send(bob, alice, 'ack'));
+      const inFlight = await send(alice, bob, 'sent before the reset');
+
+      await bob.sessions.withPeer('alice', () => bob.sessions.replaceSession(bundleOf(alice), DEVICE));
+      const request = await send(bob, alice, 'start over');
+      expect(request.type).toBe(EnvelopeType.PreKey);
+      expect(await receive(alice, bob, request)).toBe('start over');
+      const onNewSession = await send(alice, bob, 'on the new session');
+      expect(onNewSession.type).toBe(EnvelopeType.Signal);
+      expect(await receive(bob, alice, onNewSession)).toBe('on the new session');
+      expect(await receive(bob, alice, inFlight)).toBe('sent before the reset');
+    });
+
+    it('refuses a bundle that lacks the device', async () => {
+      const alice = await party('alice');
+      const bob = await party('bob');
+      await expect(bob.sessions.replaceSession(bundleOf(alice), asDeviceId(2))).rejects.toMatchObject({ code: 'INVALID_PREKEY_BUNDLE' });
+    });
   });
 });

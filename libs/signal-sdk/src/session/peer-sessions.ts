@@ -23,6 +23,40 @@ import { withStoreFailures } from './store-failures.js';
 
 const bytesOf = (value: string) => new Uint8Array(Buffer.from(value, 'base64'));
 
+/** Why a message did not decrypt. */
+export enum DecryptFailureKind {
+  /** Not a message libsignal can parse. */
+  Malformed = 'malformed',
+  /** Decrypted before (an old counter), or a replayed PreKey message. */
+  Duplicate = 'duplicate',
+  /** A Signal message for a session this install does not have. */
+  NoSession = 'no-session',
+  /** No state of the session decrypts it (bad MAC, stale or damaged session), or libsignal refused it otherwise. */
+  InvalidMessage = 'invalid-message',
+  /** A PreKey message naming a prekey this install does not have. */
+  UnknownPreKey = 'unknown-prekey',
+  UntrustedIdentity = 'untrusted-identity',
+}
+
+/** Failures a new session can fix: the sender is asked to start over (session repair). */
+const REPAIRABLE = new Set([DecryptFailureKind.NoSession, DecryptFailureKind.InvalidMessage, DecryptFailureKind.UnknownPreKey]);
+
+/** libsignal refused a message; `kind` says why. */
+export class DecryptFailure extends Error {
+  override readonly name = 'DecryptFailure';
+
+  constructor(
+    readonly kind: DecryptFailureKind,
+    options: { cause: unknown },
+  ) {
+    super(`the message did not decrypt (${kind})`, options);
+  }
+
+  get repairable(): boolean {
+    return REPAIRABLE.has(this.kind);
+  }
+}
+
 export interface DeviceCiphertext {
   deviceId: DeviceId;
   type: EnvelopeType;
@@ -70,6 +104,21 @@ export class PeerSessions {
       await withStoreFailures(stores, (watched) => this.processDeviceBundle(bundle, device, watched));
     }
     return devices;
+  }
+
+  /**
+   * Makes a new session with one device of the bundle even if one exists
+   * (PQXDH initiator side). libsignal keeps the replaced state in the record
+   * as an archived state, so messages still in flight on it decrypt.
+   * @throws {SecureChatError} `InvalidPreKeyBundle` (also when the bundle lacks the device) or
+   *   `UntrustedIdentity`; a store's failure.
+   */
+  async replaceSession(bundle: PreKeyBundleResponse, deviceId: DeviceId, stores: SecureChatStores = this.stores): Promise<void> {
+    const device = bundle.devices.find((d) => d.deviceId === deviceId);
+    if (!device) {
+      throw new SecureChatError(SecureChatErrorCode.InvalidPreKeyBundle, `the bundle of ${bundle.username} has no device ${deviceId}`);
+    }
+    await withStoreFailures(stores, (watched) => this.processDeviceBundle(bundle, device, watched));
   }
 
   private async processDeviceBundle(
@@ -129,9 +178,8 @@ export class PeerSessions {
   /**
    * Decrypts one message; a PreKey message opens the session (PQXDH
    * responder side) and consumes the one-time prekeys it names.
-   * Throws libsignal's errors unchanged, and a store's failure as the store's
-   * `SecureChatError`, so the caller can tell a message that can never
-   * decrypt from a store failure.
+   * @throws {DecryptFailure} when libsignal refuses the message, saying why.
+   * @throws {SecureChatError} a store's failure (never taken for a refused message).
    */
   async decrypt(
     username: string,
@@ -141,12 +189,39 @@ export class PeerSessions {
     stores: SecureChatStores = this.stores,
   ): Promise<Uint8Array<ArrayBuffer>> {
     const address = ProtocolAddress.new(username, deviceId);
-    return withStoreFailures(stores, async ({ session, identity, preKey, signedPreKey, kyberPreKey }) => {
-      if (type === EnvelopeType.PreKey) {
-        const message = PreKeySignalMessage.deserialize(ciphertext);
-        return signalDecryptPreKey(message, address, this.localAddress(), session, identity, preKey, signedPreKey, kyberPreKey);
-      }
-      return signalDecrypt(SignalMessage.deserialize(ciphertext), address, this.localAddress(), session, identity);
-    });
+    let message: PreKeySignalMessage | SignalMessage;
+    try {
+      message = type === EnvelopeType.PreKey ? PreKeySignalMessage.deserialize(ciphertext) : SignalMessage.deserialize(ciphertext);
+    } catch (cause) {
+      if (isLibSignalError(cause)) throw new DecryptFailure(DecryptFailureKind.Malformed, { cause });
+      throw cause;
+    }
+    const refusals: SecureChatError[] = [];
+    return withStoreFailures(
+      stores,
+      async ({ session, identity, preKey, signedPreKey, kyberPreKey }) => {
+        try {
+          if (message instanceof PreKeySignalMessage) {
+            return await signalDecryptPreKey(message, address, this.localAddress(), session, identity, preKey, signedPreKey, kyberPreKey);
+          }
+          return await signalDecrypt(message, address, this.localAddress(), session, identity);
+        } catch (cause) {
+          if (!isLibSignalError(cause)) throw cause;
+          const refused = (code: SecureChatErrorCode) => refusals.some((refusal) => refusal.is(code));
+          let kind = DecryptFailureKind.InvalidMessage;
+          if (cause.is(LibSignalErrorCode.DuplicatedMessage) || refused(SecureChatErrorCode.PreKeyReused)) {
+            kind = DecryptFailureKind.Duplicate;
+          } else if (cause.is(LibSignalErrorCode.UntrustedIdentity)) {
+            kind = DecryptFailureKind.UntrustedIdentity;
+          } else if (type === EnvelopeType.PreKey && refused(SecureChatErrorCode.RecordNotFound)) {
+            kind = DecryptFailureKind.UnknownPreKey;
+          } else if (type === EnvelopeType.Signal && !(await session.getSession(address))?.hasCurrentState()) {
+            kind = DecryptFailureKind.NoSession;
+          }
+          throw new DecryptFailure(kind, { cause });
+        }
+      },
+      (refusal) => refusals.push(refusal),
+    );
   }
 }

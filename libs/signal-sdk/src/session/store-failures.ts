@@ -2,6 +2,10 @@ import { SecureChatError, SecureChatErrorCode } from '../errors.js';
 import type { SecureChatStores } from '../stores/stores.js';
 import { STORE_NAMES } from '../stores/transactional-stores.js';
 
+/** How a store refuses what a message asks for, which libsignal expects; not a failure. */
+const isRefusal = (error: unknown): error is SecureChatError =>
+  SecureChatError.is(error, SecureChatErrorCode.RecordNotFound) || SecureChatError.is(error, SecureChatErrorCode.PreKeyReused);
+
 /**
  * Runs a libsignal operation over `stores` and, if a store call failed during
  * it, throws that store failure instead of libsignal's error.
@@ -12,14 +16,15 @@ import { STORE_NAMES } from '../stores/transactional-stores.js';
  * that can never decrypt and drop the message. `RecordNotFound` and
  * `PreKeyReused` are not failures: they are how a store refuses an unknown
  * id or a replayed prekey use, which libsignal expects.
+ * `onRefusal` hears each such refusal, so a caller can tell why libsignal failed.
  * @throws {SecureChatError} the store's own `SecureChatError`, or `StoreFailure` wrapping what it threw;
  *   otherwise whatever `operation` threw.
  */
-/** How a store refuses what a message asks for, which libsignal expects; not a failure. */
-const isRefusal = (error: unknown) =>
-  SecureChatError.is(error, SecureChatErrorCode.RecordNotFound) || SecureChatError.is(error, SecureChatErrorCode.PreKeyReused);
-
-export async function withStoreFailures<T>(stores: SecureChatStores, operation: (stores: SecureChatStores) => Promise<T>): Promise<T> {
+export async function withStoreFailures<T>(
+  stores: SecureChatStores,
+  operation: (stores: SecureChatStores) => Promise<T>,
+  onRefusal?: (refusal: SecureChatError) => void,
+): Promise<T> {
   let failure: { error: unknown } | undefined;
   const watch = <S extends object>(store: S): S =>
     new Proxy(store, {
@@ -31,7 +36,8 @@ export async function withStoreFailures<T>(stores: SecureChatStores, operation: 
           try {
             return await method.apply(target, args);
           } catch (error) {
-            if (!isRefusal(error)) failure ??= { error };
+            if (isRefusal(error)) onRefusal?.(error);
+            else failure ??= { error };
             throw error;
           }
         };
