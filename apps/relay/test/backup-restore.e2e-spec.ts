@@ -3,9 +3,11 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
 import {
+  ChatEvent,
   SecureChatClient,
   SecureChatError,
   SecureChatErrorCode,
+  SessionResetReason,
   generateRecoverySecret,
   type BackupKdfParams,
   type SecureChatStores,
@@ -75,7 +77,7 @@ describe('encrypted backup and restore through the real relay', () => {
       )
     ).map((row) => row.key_id);
 
-  it('restores alice on a new install, which then exchanges messages with bob in both directions', async () => {
+  it('restores alice on a new install; bob writes first on his old session, session repair heals it, and both directions work', async () => {
     const alice = await registered('alice');
     const bob = await registered('bob');
     await Promise.all([alice.client.connect(), bob.client.connect()]);
@@ -87,6 +89,7 @@ describe('encrypted backup and restore through the real relay', () => {
     expect(await storedBlob(alice.username)).toHaveLength(1);
     const oldPreKeyIds = await relayKeyIds('one_time_prekeys', alice.username);
     await alice.client.close(); // the old install is lost
+    await bob.client.send(alice.username, 'sent while alice was away'); // queued at the relay, on the old session
 
     const restored = install();
     await restored.client.restoreFromBackup(alice.username.toUpperCase(), DEFAULT_TEST_PASSWORD, secret);
@@ -105,11 +108,26 @@ describe('encrypted backup and restore through the real relay', () => {
     for (const id of preKeyIds) await expect(restored.stores.preKey.getPreKey(id)).resolves.toBeDefined();
     for (const id of kyberIds) await expect(restored.stores.kyberPreKey.getKyberPreKey(id)).resolves.toBeDefined();
 
-    // Alice writes first: the new stores hold no session, so this PreKey message
-    // opens a fresh one, which bob accepts from the same identity key.
+    // Bob writes first, on the session he had with the old install, which the
+    // restored one does not have: it cannot decrypt the queued message nor the
+    // next one, asks bob once to start over on a new session, and bob resends
+    // both on it.
+    const resets = { alice: [] as unknown[], bob: [] as unknown[] };
+    restored.client.on(ChatEvent.SessionReset, (reset) => void resets.alice.push(reset));
+    bob.client.on(ChatEvent.SessionReset, (reset) => void resets.bob.push(reset));
+    const errors: SecureChatError[] = [];
+    restored.client.on(ChatEvent.Error, (error) => void errors.push(error));
+    const texts: string[] = [];
+    restored.client.on(ChatEvent.Message, (message) => void texts.push(message.text ?? ''));
     await restored.client.connect();
+    await chat(bob.client, restored.client, 'bob writes first after the restore');
+    expect(resets.alice).toEqual([{ peer: bob.username, device: 1, reason: SessionResetReason.NoSession, initiator: 'local' }]);
+    expect(resets.bob).toEqual([{ peer: alice.username, device: 1, reason: SessionResetReason.PeerRequest, initiator: 'peer' }]);
+
     await chat(restored.client, bob.client, 'hello again, from the restored install');
     await chat(bob.client, restored.client, 'welcome back');
+    expect(texts).toEqual(['sent while alice was away', 'bob writes first after the restore', 'welcome back']);
+    expect(errors).toEqual([]);
     for (let i = 0; i < 3; i++) {
       await chat(restored.client, bob.client, `restored to bob ${i}`);
       await chat(bob.client, restored.client, `bob to restored ${i}`);
