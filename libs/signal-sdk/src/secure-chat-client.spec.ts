@@ -652,6 +652,27 @@ describe('session repair', () => {
     expect(alice.seen.texts).toEqual(['ack', 'bob, healed']);
   });
 
+  it('resends nothing when a reset request comes with a new identity key (a relay could claim to be the peer), and says so', async () => {
+    const { relay, alice, bob } = await talkingPair();
+    await bob.client.close();
+    // Someone else takes over the name at the relay, with keys of its own.
+    const impostor = SecureChatClient.create({ relayUrl: 'http://127.0.0.1:1', transport: relay.transport() });
+    const impostorSaw = watch(impostor);
+    await impostor.register('bob', 'correct horse battery');
+    const storedBefore = relay.stored.length;
+    await alice.client.send('bob', 'also for the real bob');
+    await impostor.connect();
+
+    await until(() => alice.seen.errors.length === 1);
+    expect(alice.seen.errors[0]?.code).toBe(SecureChatErrorCode.UntrustedIdentity);
+    expect(alice.seen.resets).toEqual([]);
+    expect(impostorSaw.resets.map((r) => r.initiator)).toEqual(['local']);
+    // The impostor's request reached alice, and alice sent nothing back.
+    expect(relay.stored.slice(storedBefore).map((s) => `${s.from}->${s.to}`)).toEqual(['alice->bob', 'bob->alice']);
+    expect(impostorSaw.texts).toEqual([]);
+    await impostor.close();
+  });
+
   it('refuses a sessionResetIntervalMs that is not a positive integer', () => {
     for (const sessionResetIntervalMs of [0, -1, 1.5, Number.NaN]) {
       expect(() => SecureChatClient.create({ relayUrl: 'http://127.0.0.1:1', sessionResetIntervalMs })).toThrow(

@@ -116,10 +116,16 @@ interface PendingSend {
 
 /**
  * A decrypted envelope's content, or why it is not a valid content record,
- * or that it is a resend of a message already delivered. `fresh`: decrypted
- * now, not recalled from the pending messages.
+ * or that it is a resend of a message already delivered, or a session reset
+ * request that came with another identity key than the peer had. `fresh`:
+ * decrypted now, not recalled from the pending messages.
  */
-type OpenedMessage = ({ content: MessageContent } | { malformed: ContentFormatError } | { resendOfDelivered: true }) & { fresh: boolean };
+type OpenedMessage = (
+  | { content: MessageContent }
+  | { malformed: ContentFormatError }
+  | { resendOfDelivered: true }
+  | { resetFromNewIdentity: true }
+) & { fresh: boolean };
 
 /** What became of an envelope: a message for the app, nothing more to do (ack it), or unreadable (report, then ack). */
 type ReceivedEnvelope = { message: MessageContent } | { handled: true } | { dropped: SecureChatError };
@@ -875,6 +881,17 @@ export class SecureChatClient extends TypedEventEmitter<ChatEvent, ChatEventHand
         }),
       };
     }
+    if ('resetFromNewIdentity' in opened) {
+      // Receiving always accepts a new identity key (Signal's policy), but resending past
+      // messages to it would hand them to whoever holds it: a relay could claim to be the peer.
+      return {
+        dropped: new SecureChatError(
+          SecureChatErrorCode.UntrustedIdentity,
+          `${context.sender} asked for a session reset with a new identity key; nothing was resent`,
+          { incoming: context },
+        ),
+      };
+    }
     if ('resendOfDelivered' in opened) {
       this.logger.debug?.(`dropped message ${context.messageId}: a resend of a message already delivered`);
       return { handled: true };
@@ -904,10 +921,17 @@ export class SecureChatClient extends TypedEventEmitter<ChatEvent, ChatEventHand
       }
 
       const ciphertext = new Uint8Array(Buffer.from(envelope.ciphertext, 'base64'));
+      const address = ProtocolAddress.new(context.sender, senderDevice);
+      // Only a PreKey message can bring a new identity key.
+      const identityBefore = envelope.type === EnvelopeType.PreKey ? await stores.identity.getIdentity(address) : null;
       const plaintext = await this.sessions.decrypt(context.sender, senderDevice, envelope.type, ciphertext, stores);
       await rememberPeerDevice(stores, context.sender, senderDevice);
       const opened = openContent(plaintext);
       if (!('content' in opened)) return { ...opened, fresh: true };
+      if (opened.content.kind === ContentKind.SessionResetRequest && identityBefore) {
+        const identityAfter = await stores.identity.getIdentity(address);
+        if (!identityAfter?.equals(identityBefore)) return { resetFromNewIdentity: true, fresh: true };
+      }
       if (isUserContent(opened.content.kind)) {
         const received = { sender: context.sender, senderDevice, timestamp: opened.content.timestamp, contentDigest: sha256(plaintext) };
         if (await stores.metadata.hasReceivedMessage(received)) return { resendOfDelivered: true, fresh: true };
