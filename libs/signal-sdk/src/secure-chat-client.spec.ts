@@ -673,6 +673,26 @@ describe('session repair', () => {
     await impostor.close();
   });
 
+  it("does not ask a peer whose bundle now has another identity key: DecryptionFailed, acked, not retried", async () => {
+    const { relay, alice, bob, drained } = await talkingPair();
+    await bob.client.close();
+    relay.tamper = (envelope) => {
+      relay.tamper = undefined;
+      return flipLastByte(envelope);
+    };
+    await alice.client.send('bob', 'damaged in transit');
+    const impostor = SecureChatClient.create({ relayUrl: 'http://127.0.0.1:1', transport: relay.transport() });
+    await impostor.register('alice', 'correct horse battery');
+    const storedBefore = relay.stored.length;
+
+    await bob.client.connect();
+    await until(() => bob.seen.errors.length === 1 && drained());
+    expect(bob.seen.errors[0]?.code).toBe(SecureChatErrorCode.DecryptionFailed);
+    expect((bob.seen.errors[0]?.cause as SecureChatError).code).toBe(SecureChatErrorCode.UntrustedIdentity);
+    expect(bob.seen.resets).toEqual([]);
+    expect(relay.stored.length).toBe(storedBefore);
+  });
+
   it('refuses a sessionResetIntervalMs that is not a positive integer', () => {
     for (const sessionResetIntervalMs of [0, -1, 1.5, Number.NaN]) {
       expect(() => SecureChatClient.create({ relayUrl: 'http://127.0.0.1:1', sessionResetIntervalMs })).toThrow(

@@ -975,8 +975,12 @@ export class SecureChatClient extends TypedEventEmitter<ChatEvent, ChatEventHand
     try {
       await this.requestSessionReset(peer, device, envelope.serverTimestamp);
     } catch (cause) {
-      // The peer or its device is gone: nobody is left to ask.
-      if (SecureChatError.isRelay(cause, ErrorCode.UnknownRecipient) || SecureChatError.is(cause, SecureChatErrorCode.InvalidPreKeyBundle)) {
+      // The peer or its device is gone, or its bundle cannot be trusted: asking again cannot help.
+      if (
+        SecureChatError.isRelay(cause, ErrorCode.UnknownRecipient) ||
+        SecureChatError.is(cause, SecureChatErrorCode.InvalidPreKeyBundle) ||
+        SecureChatError.is(cause, SecureChatErrorCode.UntrustedIdentity)
+      ) {
         return dropped('the sender cannot be asked to start over; dropped', cause);
       }
       throw new SecureChatError(
