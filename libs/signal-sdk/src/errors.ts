@@ -24,7 +24,11 @@ export enum SecureChatErrorCode {
   SessionExpired = 'SESSION_EXPIRED',
   /** A peer's prekey bundle was invalid (bad signature, bad key); no session was formed. */
   InvalidPreKeyBundle = 'INVALID_PREKEY_BUNDLE',
-  /** The peer's identity key changed and is not trusted for sending. */
+  /**
+   * The peer's identity key changed and is not trusted for sending; or a
+   * session reset request came with a changed identity key, and nothing was
+   * resent to it (the request is acked).
+   */
   UntrustedIdentity = 'UNTRUSTED_IDENTITY',
   /** libsignal could not encrypt. */
   EncryptionFailed = 'ENCRYPTION_FAILED',
