@@ -1,4 +1,4 @@
-import { createCipheriv, createDecipheriv, hkdfSync, randomBytes, scrypt, timingSafeEqual, type ScryptOptions } from 'node:crypto';
+import { createCipheriv, createDecipheriv, hkdfSync, randomBytes, timingSafeEqual } from 'node:crypto';
 import { IdentityKeyPair, PrivateKey, PublicKey } from '@signalapp/libsignal-client';
 import {
   DEVICE_ID_MAX,
@@ -10,6 +10,7 @@ import {
   REGISTRATION_ID_MIN,
   USERNAME_PATTERN,
 } from '@chat/protocol';
+import { deriveScryptKey, isWithinScryptLimits, OWASP_SCRYPT, type ScryptParams } from '../crypto/scrypt.js';
 import { SecureChatError, SecureChatErrorCode } from '../errors.js';
 import { asDeviceId, asRegistrationId } from '../ids.js';
 import { KeyIdKind, type AccountRecord, type LocalIdentity, type TrustedIdentity } from '../stores/stores.js';
@@ -39,15 +40,11 @@ const PADDING_MARKER = 0x80;
 const AES_KEY_INFO = 'SecureChat backup v1 AES-256-GCM key';
 const KEY_CHECK_INFO = 'SecureChat backup v1 key check';
 
-/** scrypt's cost parameters: N = 2^logN, block size r, parallelism p. */
-export interface BackupKdfParams {
-  logN: number;
-  r: number;
-  p: number;
-}
+/** scrypt's cost parameters for the backup key. */
+export type BackupKdfParams = ScryptParams;
 
 /** OWASP's scrypt recommendation (N = 2^17, r = 8, p = 1): 128 MiB and about half a second. */
-export const DEFAULT_BACKUP_KDF: Readonly<BackupKdfParams> = Object.freeze({ logN: 17, r: 8, p: 1 });
+export const DEFAULT_BACKUP_KDF: Readonly<BackupKdfParams> = OWASP_SCRYPT;
 
 /** Bounds a reader accepts, so a blob cannot make it allocate without limit. */
 export const BACKUP_KDF_LIMITS = Object.freeze({ logN: [10, 20], r: [1, 16], p: [1, 4], maxMemoryBytes: 256 * 1024 * 1024 } as const);
@@ -66,32 +63,11 @@ export interface BackupContents {
 
 /** True when scrypt with these parameters is within `BACKUP_KDF_LIMITS`. */
 export function isSupportedKdf(params: BackupKdfParams): boolean {
-  const within = (value: number, [min, max]: readonly [number, number]) => Number.isInteger(value) && value >= min && value <= max;
-  return (
-    within(params.logN, BACKUP_KDF_LIMITS.logN) &&
-    within(params.r, BACKUP_KDF_LIMITS.r) &&
-    within(params.p, BACKUP_KDF_LIMITS.p) &&
-    scryptMemory(params) <= BACKUP_KDF_LIMITS.maxMemoryBytes
-  );
-}
-
-const scryptMemory = ({ logN, r }: BackupKdfParams) => 128 * r * 2 ** logN;
-
-function scryptAsync(secret: Uint8Array, salt: Uint8Array, params: BackupKdfParams): Promise<Buffer> {
-  const options: ScryptOptions = {
-    N: 2 ** params.logN,
-    r: params.r,
-    p: params.p,
-    // OpenSSL needs a little more than 128 * N * r.
-    maxmem: scryptMemory(params) + 128 * params.r * (params.p + 2) + 1024 * 1024,
-  };
-  return new Promise((resolve, reject) => {
-    scrypt(secret, salt, 32, options, (error, key) => (error ? reject(error) : resolve(key)));
-  });
+  return isWithinScryptLimits(params, BACKUP_KDF_LIMITS);
 }
 
 async function deriveKeys(secret: Uint8Array, salt: Uint8Array, params: BackupKdfParams) {
-  const master = await scryptAsync(secret, salt, params);
+  const master = await deriveScryptKey(secret, salt, params);
   const derive = (info: string) => Buffer.from(hkdfSync('sha256', master, new Uint8Array(0), info, 32));
   const keys = { aesKey: derive(AES_KEY_INFO), keyCheck: derive(KEY_CHECK_INFO) };
   master.fill(0);

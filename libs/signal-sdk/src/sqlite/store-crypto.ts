@@ -1,4 +1,5 @@
-import { createCipheriv, createDecipheriv, createHmac, hkdfSync, randomBytes, scrypt, timingSafeEqual, type ScryptOptions } from 'node:crypto';
+import { createCipheriv, createDecipheriv, createHmac, hkdfSync, randomBytes, timingSafeEqual } from 'node:crypto';
+import { deriveScryptKey, isWithinScryptLimits, OWASP_SCRYPT, type ScryptParams } from '../crypto/scrypt.js';
 import { SecureChatError, SecureChatErrorCode } from '../errors.js';
 
 // Key hierarchy of the SQLite store (docs/stores.md, "Key derivation"):
@@ -25,15 +26,11 @@ const RECORD_LABEL = `chat-store/v${STORE_FORMAT_VERSION}/record`;
 const RECORD_KEY_INFO = `chat-store/v${STORE_FORMAT_VERSION}/record-encryption`;
 const LOOKUP_KEY_INFO = `chat-store/v${STORE_FORMAT_VERSION}/record-lookup`;
 
-/** scrypt's cost (RFC 7914): N = 2^logN, block size r, parallelism p. */
-export interface StoreKdfParams {
-  logN: number;
-  r: number;
-  p: number;
-}
+/** scrypt's cost for the passphrase key. */
+export type StoreKdfParams = ScryptParams;
 
 /** OWASP's scrypt recommendation (N = 2^17, r = 8, p = 1): 128 MiB and about half a second. */
-export const DEFAULT_STORE_KDF: Readonly<StoreKdfParams> = Object.freeze({ logN: 17, r: 8, p: 1 });
+export const DEFAULT_STORE_KDF: Readonly<StoreKdfParams> = OWASP_SCRYPT;
 
 /**
  * Costs the store accepts, from its options and from a file's header, so a
@@ -41,17 +38,8 @@ export const DEFAULT_STORE_KDF: Readonly<StoreKdfParams> = Object.freeze({ logN:
  */
 export const STORE_KDF_LIMITS = Object.freeze({ logN: [10, 22], r: [1, 32], p: [1, 16], maxMemoryBytes: 512 * 1024 * 1024 } as const);
 
-const scryptMemory = ({ logN, r }: StoreKdfParams) => 128 * r * 2 ** logN;
-
 export function isSupportedStoreKdf(params: StoreKdfParams): boolean {
-  const within = (value: unknown, [min, max]: readonly [number, number]) =>
-    typeof value === 'number' && Number.isInteger(value) && value >= min && value <= max;
-  return (
-    within(params.logN, STORE_KDF_LIMITS.logN) &&
-    within(params.r, STORE_KDF_LIMITS.r) &&
-    within(params.p, STORE_KDF_LIMITS.p) &&
-    scryptMemory(params) <= STORE_KDF_LIMITS.maxMemoryBytes
-  );
+  return isWithinScryptLimits(params, STORE_KDF_LIMITS);
 }
 
 /** What the store's header row holds: everything needed to unlock, nothing secret. */
@@ -82,16 +70,7 @@ export function passphraseBytes(passphrase: string | Uint8Array): Buffer {
 }
 
 function derivePassphraseKey(passphrase: Buffer, salt: Buffer, kdf: StoreKdfParams): Promise<Buffer> {
-  const options: ScryptOptions = {
-    N: 2 ** kdf.logN,
-    r: kdf.r,
-    p: kdf.p,
-    // OpenSSL needs a little more than 128 * N * r.
-    maxmem: scryptMemory(kdf) + 128 * kdf.r * (kdf.p + 2) + 1024 * 1024,
-  };
-  return new Promise((resolve, reject) => {
-    scrypt(passphrase, salt, KEY_BYTES, options, (error, key) => (error ? reject(error) : resolve(key)));
-  });
+  return deriveScryptKey(passphrase, salt, kdf, KEY_BYTES);
 }
 
 const headerAad = (format: number, kdf: StoreKdfParams, salt: Buffer) =>
