@@ -52,3 +52,21 @@ export interface AuthResponse {
   /** Opaque, single-use; exchange it at `/v1/auth/refresh` for a new pair. */
   refreshToken: string;
 }
+
+/** `POST /v1/auth/password`: every earlier access and refresh token stops working. */
+export class ChangePasswordRequest {
+  @IsString()
+  @Length(1, PASSWORD_MAX_LENGTH)
+  currentPassword!: string;
+
+  @IsString()
+  @Length(PASSWORD_MIN_LENGTH, PASSWORD_MAX_LENGTH)
+  newPassword!: string;
+}
+
+/** `DELETE /v1/account`: the password confirms it. */
+export class DeleteAccountRequest {
+  @IsString()
+  @Length(1, PASSWORD_MAX_LENGTH)
+  password!: string;
+}

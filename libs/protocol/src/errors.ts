@@ -19,6 +19,8 @@ export enum ErrorCode {
   InvalidToken = 'INVALID_TOKEN',
   /** The token was valid and has expired. */
   TokenExpired = 'TOKEN_EXPIRED',
+  /** The token was issued before the account's password changed; sign in again. */
+  CredentialsChanged = 'CREDENTIALS_CHANGED',
   /** Username or password is wrong (which one is not said). */
   InvalidCredentials = 'INVALID_CREDENTIALS',
   /** The refresh token is unknown, used or expired. */
@@ -61,6 +63,8 @@ export interface ErrorBody {
   message: string;
   /** For `VALIDATION_FAILED`: one line per failed constraint, naming the field. */
   details?: string[];
+  /** For `RATE_LIMITED`: seconds until a retry can succeed (also the `Retry-After` header). */
+  retryAfter?: number;
 }
 
 /**
@@ -79,6 +83,8 @@ export enum CloseCode {
   InternalError = 1011,
   /** The token expired while the socket was open; refresh and reconnect. */
   TokenExpired = 4401,
+  /** The account's password changed or the account was deleted; sign in again. */
+  CredentialsChanged = 4403,
   /** The same device connected again; this older socket is closed. Do not reconnect. */
   ConnectionReplaced = 4409,
 }

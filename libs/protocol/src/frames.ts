@@ -17,6 +17,7 @@ export enum ServerFrameType {
   QueueEmpty = 'queue-empty',
   Sent = 'sent',
   Error = 'error',
+  KeysLow = 'keys-low',
 }
 
 /** Client to relay: store and deliver a message; answered by `sent` or `error` with the same `requestId`. */
@@ -67,12 +68,25 @@ export interface ErrorFrame {
   details?: string[];
 }
 
+/**
+ * The device holds fewer one-time prekeys than `threshold` at the relay:
+ * upload a fresh batch. Sent after `queue-empty` when the socket opens and
+ * whenever a bundle fetch takes a count below the threshold.
+ */
+export interface KeysLowFrame {
+  type: ServerFrameType.KeysLow;
+  preKeys: number;
+  kyberPreKeys: number;
+  threshold: number;
+}
+
 /** Server-to-client frames by type. */
 export interface ServerFrameMap {
   [ServerFrameType.Message]: MessageFrame;
   [ServerFrameType.QueueEmpty]: QueueEmptyFrame;
   [ServerFrameType.Sent]: SentFrame;
   [ServerFrameType.Error]: ErrorFrame;
+  [ServerFrameType.KeysLow]: KeysLowFrame;
 }
 
 export type ServerFrame = ServerFrameMap[ServerFrameType];

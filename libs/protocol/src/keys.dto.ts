@@ -79,6 +79,10 @@ export class UploadKeysRequest {
 export interface PreKeyCountResponse {
   preKeys: number;
   kyberPreKeys: number;
+  /** `PREKEY_LOW_THRESHOLD`. */
+  threshold: number;
+  /** True when either count is below `threshold`: upload a fresh batch. */
+  refill: boolean;
 }
 
 /** One device's share of a bundle: everything `PreKeyBundle.new` takes. */

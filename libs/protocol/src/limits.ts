@@ -64,3 +64,24 @@ export const DEFAULT_MESSAGES_PER_PAGE = 100;
 
 /** Client-chosen request ids on WebSocket frames. */
 export const REQUEST_ID_MAX_LENGTH = 64;
+
+/**
+ * The relay tells a device to upload more one-time prekeys (the `keys-low`
+ * frame, and `refill` in `GET /v1/keys`) when it holds fewer than this many
+ * one-time EC prekeys or one-time Kyber prekeys.
+ */
+export const PREKEY_LOW_THRESHOLD = 20;
+
+/**
+ * Default limits on bundle fetches (`GET /v1/keys/:username`), so that no one
+ * drains another user's one-time prekeys: per pair of requesting account and
+ * target account, and per requesting account over all targets. Each is a
+ * fixed window; the relay's configuration may change them.
+ */
+export const BUNDLE_FETCHES_PER_PAIR = 6;
+export const BUNDLE_FETCH_PAIR_WINDOW_SECONDS = 3600;
+export const BUNDLE_FETCHES_PER_REQUESTER = 100;
+export const BUNDLE_FETCH_REQUESTER_WINDOW_SECONDS = 3600;
+
+/** Days a deleted account's username stays unavailable, so that no one else can pose as its owner. */
+export const USERNAME_COOLING_OFF_DAYS = 30;

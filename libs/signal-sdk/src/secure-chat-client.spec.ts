@@ -8,7 +8,7 @@ import type {
   ServerFrame,
   UploadKeysRequest,
 } from '@chat/protocol';
-import { ErrorCode, EnvelopeType, ServerFrameType } from '@chat/protocol';
+import { ErrorCode, EnvelopeType, PREKEY_LOW_THRESHOLD, ServerFrameType } from '@chat/protocol';
 import { ProtocolAddress, SessionRecord } from '@signalapp/libsignal-client';
 import { SecureChatError, SecureChatErrorCode } from './errors.js';
 import { ChatEvent, ConnectionState, SessionResetReason, type IncomingMessage, type SessionReset } from './events.js';
@@ -86,7 +86,10 @@ class FakeRelay {
       },
       async getPreKeyCount(token: string) {
         const keys = relay.accounts.get(who(token))?.keys;
-        return { preKeys: keys?.preKeys?.length ?? 0, kyberPreKeys: keys?.kyberPreKeys?.length ?? 0 };
+        const preKeys = keys?.preKeys?.length ?? 0;
+        const kyberPreKeys = keys?.kyberPreKeys?.length ?? 0;
+        const threshold = PREKEY_LOW_THRESHOLD;
+        return { preKeys, kyberPreKeys, threshold, refill: preKeys < threshold || kyberPreKeys < threshold };
       },
       async getPreKeyBundle(_token: string, username: string): Promise<PreKeyBundleResponse> {
         if (relay.bundleFailures > 0) {

@@ -31,6 +31,7 @@ export const HTTP_STATUS_OF: Record<ErrorCode, number> = {
   [ErrorCode.AuthenticationRequired]: 401,
   [ErrorCode.InvalidToken]: 401,
   [ErrorCode.TokenExpired]: 401,
+  [ErrorCode.CredentialsChanged]: 401,
   [ErrorCode.InvalidCredentials]: 401,
   [ErrorCode.InvalidRefreshToken]: 401,
   [ErrorCode.UsernameTaken]: 409,

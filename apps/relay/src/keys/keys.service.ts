@@ -3,6 +3,7 @@ import { KEMPublicKey, PublicKey } from '@signalapp/libsignal-client';
 import {
   canonicalUsername,
   ErrorCode,
+  PREKEY_LOW_THRESHOLD,
   type DeviceBundle,
   type KyberPreKeyDto,
   type PreKeyBundleResponse,
@@ -61,7 +62,12 @@ export class KeysService {
   }
 
   async count(device: AuthenticatedDevice): Promise<PreKeyCountResponse> {
-    return this.keys.countOneTimeKeys(device.accountId, device.deviceId);
+    const counts = await this.keys.countOneTimeKeys(device.accountId, device.deviceId);
+    return {
+      ...counts,
+      threshold: PREKEY_LOW_THRESHOLD,
+      refill: counts.preKeys < PREKEY_LOW_THRESHOLD || counts.kyberPreKeys < PREKEY_LOW_THRESHOLD,
+    };
   }
 
   /**

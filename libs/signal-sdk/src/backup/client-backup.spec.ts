@@ -1,5 +1,5 @@
 import { describe, expect, it } from '@jest/globals';
-import { ErrorCode, type AuthResponse, type BackupResponse, type UploadKeysRequest } from '@chat/protocol';
+import { ErrorCode, PREKEY_LOW_THRESHOLD, type AuthResponse, type BackupResponse, type UploadKeysRequest } from '@chat/protocol';
 import { SecureChatError, SecureChatErrorCode } from '../errors.js';
 import { SecureChatClient } from '../secure-chat-client.js';
 import { createMemoryStores } from '../stores/memory-stores.js';
@@ -47,7 +47,7 @@ class BackupRelay {
         }
         this.uploads.push(keys);
       },
-      getPreKeyCount: async () => ({ preKeys: 100, kyberPreKeys: 100 }),
+      getPreKeyCount: async () => ({ preKeys: 100, kyberPreKeys: 100, threshold: PREKEY_LOW_THRESHOLD, refill: false }),
       getPreKeyBundle: unused,
       sendMessage: unused,
       ackMessage: unused,
