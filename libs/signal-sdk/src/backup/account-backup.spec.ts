@@ -74,6 +74,24 @@ describe('restoreAccountState', () => {
     }
   });
 
+  it('carries verification, and for a peer whose key changed without being accepted, the key it trusted', async () => {
+    const { stores: old, bob, carol } = await usedStores();
+    await old.identity.savePeerIdentity({ username: 'carol', identityKey: carol, trustedKey: carol, verifiedKey: carol });
+    const bobsUnacceptedKey = IdentityKeyPair.generate().publicKey;
+    await old.identity.saveIdentity(bobAddress, bobsUnacceptedKey);
+    const fresh = createMemoryStores();
+    await restoreAccountState(fresh, await exportAccountState(old, alice, 0), alice);
+
+    const carolRestored = await fresh.identity.getPeerIdentity('carol');
+    expect(carolRestored?.verifiedKey?.equals(carol)).toBe(true);
+    const bobRestored = await fresh.identity.getPeerIdentity('bob');
+    expect(bobRestored?.identityKey.equals(bob)).toBe(true);
+    expect(bobRestored?.trustedKey.equals(bob)).toBe(true);
+    expect(bobRestored?.verifiedKey).toBeNull();
+    // The change shows again when the restored install meets the new key.
+    expect(await fresh.identity.isTrustedIdentity(bobAddress, bobsUnacceptedKey, Direction.Sending)).toBe(false);
+  });
+
   it('wraps a counter that would pass the largest key id', async () => {
     const { stores: old } = await usedStores();
     const contents: BackupContents = await exportAccountState(old, alice, 0);

@@ -1,5 +1,4 @@
-import { ProtocolAddress } from '@signalapp/libsignal-client';
-import { KEY_ID_MAX, PRIMARY_DEVICE_ID } from '@chat/protocol';
+import { KEY_ID_MAX } from '@chat/protocol';
 import { SecureChatError, SecureChatErrorCode } from '../errors.js';
 import { KeyIdKind, type AccountRecord, type SecureChatStores } from '../stores/stores.js';
 import type { BackupContents } from './backup-format.js';
@@ -45,9 +44,9 @@ export async function restoreAccountState(stores: SecureChatStores, contents: Ba
 
   await stores.identity.saveLocalIdentity(contents.identity);
   for (const peer of contents.peers) {
-    // Identities are per account; the device id of the address is not part of the key.
-    const address = ProtocolAddress.new(peer.username, PRIMARY_DEVICE_ID);
-    if (!(await stores.identity.getIdentity(address))) await stores.identity.saveIdentity(address, peer.identityKey);
+    if (await stores.identity.getPeerIdentity(peer.username)) continue;
+    const key = peer.identityKey;
+    await stores.identity.savePeerIdentity({ username: peer.username, identityKey: key, trustedKey: key, verifiedKey: peer.verified ? key : null });
   }
   for (const kind of Object.values(KeyIdKind)) await advanceKeyIds(stores, kind, contents.nextKeyIds[kind]);
   await stores.metadata.saveAccount(account);

@@ -26,7 +26,11 @@ function contentsFor(username: string, peers = 2): BackupContents {
     account: { username, deviceId: asDeviceId(1) },
     identity: { identityKeyPair: IdentityKeyPair.generate(), registrationId: asRegistrationId(4321) },
     nextKeyIds: { [KeyIdKind.PreKey]: 201, [KeyIdKind.SignedPreKey]: 2, [KeyIdKind.KyberPreKey]: 203 },
-    peers: Array.from({ length: peers }, (_, i) => ({ username: `peer_${i}`, identityKey: IdentityKeyPair.generate().publicKey })),
+    peers: Array.from({ length: peers }, (_, i) => ({
+      username: `peer_${i}`,
+      identityKey: IdentityKeyPair.generate().publicKey,
+      verified: i % 2 === 1,
+    })),
   };
 }
 
@@ -52,9 +56,10 @@ describe('the backup blob', () => {
     expect(opened.nextKeyIds).toEqual(contents.nextKeyIds);
     expect(opened.identity.registrationId).toBe(4321);
     expect(hex(opened.identity.identityKeyPair.serialize())).toBe(hex(contents.identity.identityKeyPair.serialize()));
-    expect(opened.peers.map((peer) => [peer.username, hex(peer.identityKey.serialize())])).toEqual(
-      contents.peers.map((peer) => [peer.username, hex(peer.identityKey.serialize())]),
+    expect(opened.peers.map((peer) => [peer.username, hex(peer.identityKey.serialize()), peer.verified])).toEqual(
+      contents.peers.map((peer) => [peer.username, hex(peer.identityKey.serialize()), peer.verified]),
     );
+    expect(opened.peers.map((peer) => peer.verified)).toEqual([false, true]);
   });
 
   it('is laid out as documented: magic, version, scrypt parameters, salt, nonce, key check, padded ciphertext, tag', async () => {
@@ -153,7 +158,7 @@ describe('the backup blob', () => {
   it('refuses to seal more than MAX_BACKUP_BYTES with BackupTooLarge', async () => {
     const identityKey = PublicKey.deserialize(IdentityKeyPair.generate().publicKey.serialize());
     const contents = contentsFor('alice', 0);
-    contents.peers = Array.from({ length: 4000 }, (_, i) => ({ username: `peer_number_${i}`, identityKey }));
+    contents.peers = Array.from({ length: 4000 }, (_, i) => ({ username: `peer_number_${i}`, identityKey, verified: false }));
     expect((await failure(seal(contents, secret()))).code).toBe(SecureChatErrorCode.BackupTooLarge);
   });
 

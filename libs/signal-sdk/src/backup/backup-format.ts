@@ -57,7 +57,7 @@ export interface BackupContents {
   identity: LocalIdentity;
   /** The next key id the backed-up install would have allocated, per kind. */
   nextKeyIds: Record<KeyIdKind, number>;
-  /** Peer identity keys trusted on first use. */
+  /** Peer identity keys trusted for sending (on first use, or accepted since), and whether each was verified. */
   peers: TrustedIdentity[];
 }
 
@@ -187,7 +187,7 @@ interface BackupJson {
   account: { username: string; deviceId: number };
   identity: { publicKey: string; privateKey: string; registrationId: number };
   nextKeyIds: { preKey: number; signedPreKey: number; kyberPreKey: number };
-  peers: Array<{ username: string; identityKey: string }>;
+  peers: Array<{ username: string; identityKey: string; verified: boolean }>;
 }
 
 const base64 = (bytes: Uint8Array) => Buffer.from(bytes).toString('base64');
@@ -206,7 +206,11 @@ function toJson(contents: BackupContents): BackupJson {
       signedPreKey: contents.nextKeyIds[KeyIdKind.SignedPreKey],
       kyberPreKey: contents.nextKeyIds[KeyIdKind.KyberPreKey],
     },
-    peers: contents.peers.map((peer) => ({ username: peer.username, identityKey: base64(peer.identityKey.serialize()) })),
+    peers: contents.peers.map((peer) => ({
+      username: peer.username,
+      identityKey: base64(peer.identityKey.serialize()),
+      verified: peer.verified,
+    })),
   };
 }
 
@@ -228,7 +232,13 @@ function fromJson(json: unknown): BackupContents {
     const peerName = username(peer.username, `peers[${index}].username`);
     if (seen.has(peerName)) throw new Error(`peer ${index} repeats a username`);
     seen.add(peerName);
-    return { username: peerName, identityKey: PublicKey.deserialize(bytesOf(peer.identityKey, `peers[${index}].identityKey`)) };
+    // Absent in backups made before verification existed: not verified.
+    if (peer.verified !== undefined && typeof peer.verified !== 'boolean') throw new Error(`peers[${index}].verified is not a boolean`);
+    return {
+      username: peerName,
+      identityKey: PublicKey.deserialize(bytesOf(peer.identityKey, `peers[${index}].identityKey`)),
+      verified: peer.verified === true,
+    };
   });
 
   return {

@@ -3,10 +3,11 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from '@jest/globals';
 import Database from 'better-sqlite3';
-import { IdentityKeyPair, PrivateKey, ProtocolAddress, PreKeyRecord } from '@signalapp/libsignal-client';
+import { Direction, IdentityKeyPair, PrivateKey, ProtocolAddress, PreKeyRecord } from '@signalapp/libsignal-client';
 import { SecureChatError, SecureChatErrorCode } from '../errors.js';
 import { asDeviceId, asRegistrationId } from '../ids.js';
 import { describeStoreConformance } from '../testing/store-conformance.js';
+import { RecordKind, type RecordTable } from './record-table.js';
 import { SqliteStores } from './sqlite-stores.js';
 import { DEFAULT_STORE_KDF, STORE_FORMAT_VERSION, type StoreKdfParams } from './store-crypto.js';
 
@@ -75,6 +76,21 @@ describeStoreConformance(
 );
 
 describe('SqliteStores', () => {
+  it('reads a peer identity written before trust states (a bare public key) as seen and trusted, not verified', async () => {
+    const stores = await open(newPath());
+    const key = PrivateKey.generate().getPublicKey();
+    // The record as a format-1 store of the previous SDK version wrote it.
+    (stores as unknown as { records: RecordTable }).records.put(RecordKind.Identity, 'bob', key.serialize());
+    const record = await stores.identity.getPeerIdentity('bob');
+    expect(record?.identityKey.equals(key)).toBe(true);
+    expect(record?.trustedKey.equals(key)).toBe(true);
+    expect(record?.verifiedKey).toBeNull();
+    await expect(stores.identity.isTrustedIdentity(ProtocolAddress.new('bob', 1), key, Direction.Sending)).resolves.toBe(true);
+    (stores as unknown as { records: RecordTable }).records.put(RecordKind.Identity, 'carol', Buffer.from([2, 33, 5]));
+    await expectCode(stores.identity.getPeerIdentity('carol'), SecureChatErrorCode.StoreTampered);
+    await stores.close();
+  });
+
   it('refuses a wrong passphrase with WrongPassphrase, and the right one still opens', async () => {
     const path = await populatedStore();
     await expectCode(open(path, 'correct horse battery stapler'), SecureChatErrorCode.WrongPassphrase);

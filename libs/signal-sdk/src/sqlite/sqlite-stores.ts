@@ -1,12 +1,9 @@
 import Database from 'better-sqlite3';
 import {
-  Direction,
-  IdentityChange,
   IdentityKeyPair,
   KyberPreKeyRecord,
   PreKeyRecord,
   PreKeyStore,
-  PrivateKey,
   ProtocolAddress,
   PublicKey,
   SenderKeyRecord,
@@ -14,7 +11,6 @@ import {
   SessionRecord,
   SessionStore,
   SignedPreKeyRecord,
-  SignedPreKeyStore,
   type Uuid,
 } from '@signalapp/libsignal-client';
 import { KEY_ID_MAX } from '@chat/protocol';
@@ -28,13 +24,15 @@ import {
   SecureChatIdentityKeyStore,
   SecureChatKyberPreKeyStore,
   SecureChatMetadataStore,
+  SecureChatSignedPreKeyStore,
   type AccountRecord,
   type LocalIdentity,
+  type PeerIdentityRecord,
   type PendingMessage,
   type ReceivedMessageRecord,
   type SecureChatStores,
   type SentMessageRecord,
-  type TrustedIdentity,
+  type SignedKeysState,
 } from '../stores/stores.js';
 import { receivedMessageKey, sentMessageKey } from '../stores/message-log-keys.js';
 import { StoreGate, transactionalStores, type StoreSet } from '../stores/transactional-stores.js';
@@ -114,7 +112,7 @@ export class SqliteStores implements SecureChatStores {
   readonly session: SessionStore;
   readonly identity: SecureChatIdentityKeyStore;
   readonly preKey: PreKeyStore;
-  readonly signedPreKey: SignedPreKeyStore;
+  readonly signedPreKey: SecureChatSignedPreKeyStore;
   readonly kyberPreKey: SecureChatKyberPreKeyStore;
   readonly senderKey: SenderKeyStore;
   readonly metadata: SecureChatMetadataStore;
@@ -390,7 +388,7 @@ class SqliteSessionStore extends SessionStore {
 
 const LOCAL_IDENTITY_ID = 'local';
 
-/** Trust on first use for sending; receiving always trusts and records the key. Keyed by username. */
+/** Keyed by username; the trust policy is the base class's. */
 class SqliteIdentityKeyStore extends SecureChatIdentityKeyStore {
   constructor(private readonly records: RecordTable) {
     super();
@@ -411,39 +409,55 @@ class SqliteIdentityKeyStore extends SecureChatIdentityKeyStore {
     this.records.put(RecordKind.LocalIdentity, LOCAL_IDENTITY_ID, Buffer.concat([registrationId, identity.identityKeyPair.serialize()]));
   }
 
-  async getIdentityKey(): Promise<PrivateKey> {
-    const local = await this.getLocalIdentity();
-    if (!local) throw new SecureChatError(SecureChatErrorCode.NoLocalIdentity, 'no local identity');
-    return local.identityKeyPair.privateKey;
+  async getPeerIdentity(username: string): Promise<PeerIdentityRecord | null> {
+    const payload = this.records.get(RecordKind.Identity, username);
+    return payload ? decodePeerIdentity(username, payload) : null;
   }
 
-  async getLocalRegistrationId(): Promise<number> {
-    const local = await this.getLocalIdentity();
-    if (!local) throw new SecureChatError(SecureChatErrorCode.NoLocalIdentity, 'no local identity');
-    return local.registrationId;
+  async savePeerIdentity(record: PeerIdentityRecord): Promise<void> {
+    this.records.put(RecordKind.Identity, record.username, encodePeerIdentity(record));
   }
 
-  async saveIdentity(address: ProtocolAddress, key: PublicKey): Promise<IdentityChange> {
-    const previous = this.records.get(RecordKind.Identity, address.name());
-    this.records.put(RecordKind.Identity, address.name(), key.serialize());
-    return previous && !PublicKey.deserialize(bytes(previous)).equals(key) ? IdentityChange.ReplacedExisting : IdentityChange.NewOrUnchanged;
+  async getPeerIdentities(): Promise<PeerIdentityRecord[]> {
+    return this.records.list(RecordKind.Identity).map(({ id, payload }) => decodePeerIdentity(id, payload));
   }
+}
 
-  async isTrustedIdentity(address: ProtocolAddress, key: PublicKey, direction: Direction): Promise<boolean> {
-    if (direction === Direction.Receiving) return true;
-    const known = this.records.get(RecordKind.Identity, address.name());
-    return !known || PublicKey.deserialize(bytes(known)).equals(key);
-  }
+/** Version byte of an `identity` payload; format 1 stores wrote a bare `PublicKey.serialize()`, which starts with 0x05. */
+const PEER_IDENTITY_V2 = 0x02;
 
-  async getIdentity(address: ProtocolAddress): Promise<PublicKey | null> {
-    const known = this.records.get(RecordKind.Identity, address.name());
-    return known ? PublicKey.deserialize(bytes(known)) : null;
-  }
+/** `0x02 | u8 n | identityKey | u8 n | trustedKey | u8 n (0: none) | verifiedKey` (docs/stores.md). */
+function encodePeerIdentity(record: PeerIdentityRecord): Buffer {
+  const key = (value: PublicKey | null) => {
+    const serialized = value?.serialize() ?? new Uint8Array(0);
+    return [Buffer.from([serialized.length]), Buffer.from(serialized)];
+  };
+  return Buffer.concat([Buffer.from([PEER_IDENTITY_V2]), ...key(record.identityKey), ...key(record.trustedKey), ...key(record.verifiedKey)]);
+}
 
-  async getTrustedIdentities(): Promise<TrustedIdentity[]> {
-    return this.records
-      .list(RecordKind.Identity)
-      .map(({ id, payload }) => ({ username: id, identityKey: PublicKey.deserialize(bytes(payload)) }));
+/** @throws {SecureChatError} `StoreTampered` for a payload of neither layout. */
+function decodePeerIdentity(username: string, payload: Buffer): PeerIdentityRecord {
+  try {
+    if (payload[0] !== PEER_IDENTITY_V2) {
+      // A store written before trust states: the one key was both seen and trusted.
+      const key = PublicKey.deserialize(bytes(payload));
+      return { username, identityKey: key, trustedKey: key, verifiedKey: null };
+    }
+    let offset = 1;
+    const next = (): PublicKey | null => {
+      const length = payload.readUInt8(offset);
+      const start = offset + 1;
+      offset = start + length;
+      if (offset > payload.length) throw new RangeError('truncated');
+      return length === 0 ? null : PublicKey.deserialize(bytes(payload.subarray(start, offset)));
+    };
+    const identityKey = next();
+    const trustedKey = next();
+    const verifiedKey = next();
+    if (!identityKey || !trustedKey || offset !== payload.length) throw new RangeError('malformed');
+    return { username, identityKey, trustedKey, verifiedKey };
+  } catch (cause) {
+    throw new SecureChatError(SecureChatErrorCode.StoreTampered, 'a peer identity record does not parse', { cause });
   }
 }
 
@@ -468,7 +482,7 @@ class SqlitePreKeyStore extends PreKeyStore {
   }
 }
 
-class SqliteSignedPreKeyStore extends SignedPreKeyStore {
+class SqliteSignedPreKeyStore extends SecureChatSignedPreKeyStore {
   constructor(private readonly records: RecordTable) {
     super();
   }
@@ -481,6 +495,14 @@ class SqliteSignedPreKeyStore extends SignedPreKeyStore {
     const payload = this.records.get(RecordKind.SignedPreKey, String(id));
     if (!payload) throw notFound(`signed prekey ${id}`);
     return SignedPreKeyRecord.deserialize(bytes(payload));
+  }
+
+  async getSignedPreKeys(): Promise<SignedPreKeyRecord[]> {
+    return this.records.list(RecordKind.SignedPreKey).map(({ payload }) => SignedPreKeyRecord.deserialize(bytes(payload)));
+  }
+
+  async removeSignedPreKey(id: number): Promise<void> {
+    this.records.delete(RecordKind.SignedPreKey, String(id));
   }
 }
 
@@ -504,6 +526,20 @@ class SqliteKyberPreKeyStore extends SecureChatKyberPreKeyStore {
     const payload = this.records.get(RecordKind.KyberPreKey, String(id));
     if (!payload) throw notFound(`kyber prekey ${id}`);
     return KyberPreKeyRecord.deserialize(bytes(payload.subarray(1)));
+  }
+
+  async getLastResortKyberPreKeys(): Promise<KyberPreKeyRecord[]> {
+    return this.records
+      .list(RecordKind.KyberPreKey)
+      .filter(({ payload }) => payload[0] === LAST_RESORT)
+      .map(({ payload }) => KyberPreKeyRecord.deserialize(bytes(payload.subarray(1))));
+  }
+
+  async removeKyberPreKey(id: number): Promise<void> {
+    this.records.delete(RecordKind.KyberPreKey, String(id));
+    for (const use of this.records.list(RecordKind.KyberLastResortUse)) {
+      if (use.id.startsWith(`${id}:`)) this.records.delete(RecordKind.KyberLastResortUse, use.id);
+    }
   }
 
   /**
@@ -542,6 +578,7 @@ class SqliteSenderKeyStore extends SenderKeyStore {
 
 const ACCOUNT_ID = 'account';
 const REFRESH_TOKEN_ID = 'refresh-token';
+const SIGNED_KEYS_ID = 'signed-keys';
 const nextKeyIdOf = (kind: KeyIdKind) => `next-key-id:${kind}`;
 const peerDevicesOf = (username: string) => `peer-devices:${username}`;
 
@@ -613,6 +650,15 @@ class SqliteMetadataStore extends SecureChatMetadataStore {
   async saveRefreshToken(refreshToken: string | null): Promise<void> {
     if (refreshToken === null) this.records.delete(RecordKind.Metadata, REFRESH_TOKEN_ID);
     else this.records.put(RecordKind.Metadata, REFRESH_TOKEN_ID, Buffer.from(refreshToken, 'utf8'));
+  }
+
+  async getSignedKeysState(): Promise<SignedKeysState | null> {
+    const payload = this.records.get(RecordKind.Metadata, SIGNED_KEYS_ID);
+    return payload ? parseJson<SignedKeysState>(payload) : null;
+  }
+
+  async saveSignedKeysState(state: SignedKeysState): Promise<void> {
+    this.records.put(RecordKind.Metadata, SIGNED_KEYS_ID, json({ active: state.active, pending: state.pending }));
   }
 
   async savePendingMessage(envelopeId: string, message: PendingMessage): Promise<void> {

@@ -1,11 +1,8 @@
 import {
-  Direction,
-  IdentityChange,
   IdentityKeyPair,
   KyberPreKeyRecord,
   PreKeyRecord,
   PreKeyStore,
-  PrivateKey,
   ProtocolAddress,
   PublicKey,
   SenderKeyRecord,
@@ -13,7 +10,6 @@ import {
   SessionRecord,
   SessionStore,
   SignedPreKeyRecord,
-  SignedPreKeyStore,
   type Uuid,
 } from '@signalapp/libsignal-client';
 import { KEY_ID_MAX } from '@chat/protocol';
@@ -28,13 +24,15 @@ import {
   SecureChatIdentityKeyStore,
   SecureChatKyberPreKeyStore,
   SecureChatMetadataStore,
+  SecureChatSignedPreKeyStore,
   type AccountRecord,
   type LocalIdentity,
+  type PeerIdentityRecord,
   type PendingMessage,
   type ReceivedMessageRecord,
   type SecureChatStores,
   type SentMessageRecord,
-  type TrustedIdentity,
+  type SignedKeysState,
 } from './stores.js';
 import { receivedMessageKey, sentMessageKey } from './message-log-keys.js';
 import { STORE_NAMES, assertTransactionCoversStores, transactionalStores, type TransactionHooks } from './transactional-stores.js';
@@ -96,14 +94,16 @@ export class MemorySessionStore extends SessionStore implements Snapshottable {
   }
 }
 
-/**
- * Trust on first use for sending; receiving always trusts and records the key
- * (Signal's policy: a changed key never blocks incoming messages).
- * Identities are per account, so they are keyed by name, not device.
- */
+interface StoredPeerIdentity {
+  identityKey: Uint8Array<ArrayBuffer>;
+  trustedKey: Uint8Array<ArrayBuffer>;
+  verifiedKey: Uint8Array<ArrayBuffer> | null;
+}
+
+/** Identities are per account, so peers are keyed by name, not device; the trust policy is the base class's. */
 export class MemoryIdentityKeyStore extends SecureChatIdentityKeyStore implements Snapshottable {
   private local: { keyPair: Uint8Array<ArrayBuffer>; registrationId: number } | null = null;
-  private readonly remote = new Map<string, Uint8Array<ArrayBuffer>>();
+  private readonly remote = new Map<string, StoredPeerIdentity>();
 
   snapshot(): () => void {
     const local = this.local;
@@ -126,39 +126,30 @@ export class MemoryIdentityKeyStore extends SecureChatIdentityKeyStore implement
     this.local = { keyPair: identity.identityKeyPair.serialize(), registrationId: identity.registrationId };
   }
 
-  async getIdentityKey(): Promise<PrivateKey> {
-    if (!this.local) throw new SecureChatError(SecureChatErrorCode.NoLocalIdentity, 'no local identity');
-    return IdentityKeyPair.deserialize(this.local.keyPair).privateKey;
+  async getPeerIdentity(username: string): Promise<PeerIdentityRecord | null> {
+    const stored = this.remote.get(username);
+    return stored ? peerIdentityOf(username, stored) : null;
   }
 
-  async getLocalRegistrationId(): Promise<number> {
-    if (!this.local) throw new SecureChatError(SecureChatErrorCode.NoLocalIdentity, 'no local identity');
-    return this.local.registrationId;
+  async savePeerIdentity(record: PeerIdentityRecord): Promise<void> {
+    this.remote.set(record.username, {
+      identityKey: record.identityKey.serialize(),
+      trustedKey: record.trustedKey.serialize(),
+      verifiedKey: record.verifiedKey?.serialize() ?? null,
+    });
   }
 
-  async saveIdentity(address: ProtocolAddress, key: PublicKey): Promise<IdentityChange> {
-    const previous = this.remote.get(address.name());
-    this.remote.set(address.name(), key.serialize());
-    return previous && !PublicKey.deserialize(previous).equals(key)
-      ? IdentityChange.ReplacedExisting
-      : IdentityChange.NewOrUnchanged;
-  }
-
-  async isTrustedIdentity(address: ProtocolAddress, key: PublicKey, direction: Direction): Promise<boolean> {
-    if (direction === Direction.Receiving) return true;
-    const known = this.remote.get(address.name());
-    return !known || PublicKey.deserialize(known).equals(key);
-  }
-
-  async getIdentity(address: ProtocolAddress): Promise<PublicKey | null> {
-    const known = this.remote.get(address.name());
-    return known ? PublicKey.deserialize(known) : null;
-  }
-
-  async getTrustedIdentities(): Promise<TrustedIdentity[]> {
-    return [...this.remote].map(([username, key]) => ({ username, identityKey: PublicKey.deserialize(key) }));
+  async getPeerIdentities(): Promise<PeerIdentityRecord[]> {
+    return [...this.remote].map(([username, stored]) => peerIdentityOf(username, stored));
   }
 }
+
+const peerIdentityOf = (username: string, stored: StoredPeerIdentity): PeerIdentityRecord => ({
+  username,
+  identityKey: PublicKey.deserialize(stored.identityKey),
+  trustedKey: PublicKey.deserialize(stored.trustedKey),
+  verifiedKey: stored.verifiedKey ? PublicKey.deserialize(stored.verifiedKey) : null,
+});
 
 export class MemoryPreKeyStore extends PreKeyStore implements Snapshottable {
   private readonly preKeys = new Map<number, Uint8Array<ArrayBuffer>>();
@@ -183,7 +174,7 @@ export class MemoryPreKeyStore extends PreKeyStore implements Snapshottable {
   }
 }
 
-export class MemorySignedPreKeyStore extends SignedPreKeyStore implements Snapshottable {
+export class MemorySignedPreKeyStore extends SecureChatSignedPreKeyStore implements Snapshottable {
   private readonly signedPreKeys = new Map<number, Uint8Array<ArrayBuffer>>();
 
   snapshot(): () => void {
@@ -198,6 +189,14 @@ export class MemorySignedPreKeyStore extends SignedPreKeyStore implements Snapsh
     const bytes = this.signedPreKeys.get(id);
     if (!bytes) throw notFound(`signed prekey ${id}`);
     return SignedPreKeyRecord.deserialize(bytes);
+  }
+
+  async getSignedPreKeys(): Promise<SignedPreKeyRecord[]> {
+    return [...this.signedPreKeys.values()].map((bytes) => SignedPreKeyRecord.deserialize(bytes));
+  }
+
+  async removeSignedPreKey(id: number): Promise<void> {
+    this.signedPreKeys.delete(id);
   }
 }
 
@@ -227,6 +226,15 @@ export class MemoryKyberPreKeyStore extends SecureChatKyberPreKeyStore implement
     const entry = this.kyberPreKeys.get(id);
     if (!entry) throw notFound(`kyber prekey ${id}`);
     return KyberPreKeyRecord.deserialize(entry.record);
+  }
+
+  async getLastResortKyberPreKeys(): Promise<KyberPreKeyRecord[]> {
+    return [...this.kyberPreKeys.values()].filter((entry) => entry.lastResort).map((entry) => KyberPreKeyRecord.deserialize(entry.record));
+  }
+
+  async removeKyberPreKey(id: number): Promise<void> {
+    this.kyberPreKeys.delete(id);
+    for (const use of this.usedLastResort) if (use.startsWith(`${id}:`)) this.usedLastResort.delete(use);
   }
 
   /**
@@ -268,6 +276,7 @@ export class MemorySenderKeyStore extends SenderKeyStore implements Snapshottabl
 export class MemoryMetadataStore extends SecureChatMetadataStore implements Snapshottable {
   private account: AccountRecord | null = null;
   private refreshToken: string | null = null;
+  private signedKeysState: SignedKeysState | null = null;
   private readonly nextKeyIds = new Map<KeyIdKind, number>();
   private readonly peerDevices = new Map<string, DeviceId[]>();
   /** In insertion order, so the first entry is the oldest. */
@@ -278,7 +287,7 @@ export class MemoryMetadataStore extends SecureChatMetadataStore implements Snap
   private readonly receivedMessages = new Map<string, number>();
 
   snapshot(): () => void {
-    const { account, refreshToken } = this;
+    const { account, refreshToken, signedKeysState } = this;
     // The per-recipient maps are replaced, never changed in place, so a shallow copy is a snapshot.
     const restores = [
       snapshotMap(this.nextKeyIds),
@@ -290,6 +299,7 @@ export class MemoryMetadataStore extends SecureChatMetadataStore implements Snap
     return () => {
       this.account = account;
       this.refreshToken = refreshToken;
+      this.signedKeysState = signedKeysState;
       for (const restore of restores) restore();
     };
   }
@@ -324,6 +334,14 @@ export class MemoryMetadataStore extends SecureChatMetadataStore implements Snap
 
   async saveRefreshToken(refreshToken: string | null): Promise<void> {
     this.refreshToken = refreshToken;
+  }
+
+  async getSignedKeysState(): Promise<SignedKeysState | null> {
+    return this.signedKeysState && structuredClone(this.signedKeysState);
+  }
+
+  async saveSignedKeysState(state: SignedKeysState): Promise<void> {
+    this.signedKeysState = structuredClone(state);
   }
 
   async savePendingMessage(envelopeId: string, message: PendingMessage): Promise<void> {

@@ -1,14 +1,20 @@
 import {
+  Direction,
+  IdentityChange,
   IdentityKeyStore,
   KyberPreKeyStore,
+  SignedPreKeyStore,
   type IdentityKeyPair,
   type KyberPreKeyRecord,
   type PreKeyStore,
+  type PrivateKey,
+  type ProtocolAddress,
   type PublicKey,
   type SenderKeyStore,
   type SessionStore,
-  type SignedPreKeyStore,
+  type SignedPreKeyRecord,
 } from '@signalapp/libsignal-client';
+import { SecureChatError, SecureChatErrorCode } from '../errors.js';
 import type { DeviceId, RegistrationId } from '../ids.js';
 
 /** This install's own long-term identity: created once, never changed. */
@@ -17,32 +23,147 @@ export interface LocalIdentity {
   registrationId: RegistrationId;
 }
 
-/** A peer's identity key as the identity store holds it (per account, not per device). */
+/** A peer identity key a backup carries: the one trusted for sending, and whether the user verified it. */
 export interface TrustedIdentity {
   username: string;
   identityKey: PublicKey;
+  verified: boolean;
+}
+
+/**
+ * What this install knows of a peer's identity (per account, not per
+ * device). Three keys, so that trust is a property of a key, not of a name:
+ *
+ * - `identityKey`: the key last seen for the peer, in a bundle or a message.
+ * - `trustedKey`: the key sending is allowed to: the first one seen (trust on
+ *   first use), or the one the app accepted or verified since. While it
+ *   differs from `identityKey` the peer's key has changed and the change is
+ *   not accepted: sending to it is refused.
+ * - `verifiedKey`: the key whose safety number the user compared, or null.
+ *   The peer is verified while it equals `identityKey`.
+ */
+export interface PeerIdentityRecord {
+  username: string;
+  identityKey: PublicKey;
+  trustedKey: PublicKey;
+  verifiedKey: PublicKey | null;
 }
 
 /**
  * libsignal's identity store plus what libsignal leaves out: creating the
- * local identity on first registration, and listing the peer identities
- * (for an encrypted backup, so that trust on first use carries over).
+ * local identity on first registration, and the peer identity records
+ * (`PeerIdentityRecord`) behind trust decisions and safety numbers.
+ *
+ * An implementation keeps records; the policy is here, shared by every store:
+ * receiving always trusts and records the key it saw (Signal's policy: a
+ * changed key never blocks incoming messages, it is reported), sending trusts
+ * a peer never seen, or the key that is both the last seen and the trusted one.
  */
 export abstract class SecureChatIdentityKeyStore extends IdentityKeyStore {
   /** The local identity, or null before the first `register`. */
   abstract getLocalIdentity(): Promise<LocalIdentity | null>;
   abstract saveLocalIdentity(identity: LocalIdentity): Promise<void>;
-  /** Every peer identity key `saveIdentity` recorded, one per username, in any order. */
-  abstract getTrustedIdentities(): Promise<TrustedIdentity[]>;
+  abstract getPeerIdentity(username: string): Promise<PeerIdentityRecord | null>;
+  /** Replaces the record of `record.username`. */
+  abstract savePeerIdentity(record: PeerIdentityRecord): Promise<void>;
+  /** Every peer identity record, one per username, in any order. */
+  abstract getPeerIdentities(): Promise<PeerIdentityRecord[]>;
+
+  async getIdentityKey(): Promise<PrivateKey> {
+    return (await this.requireLocalIdentity()).identityKeyPair.privateKey;
+  }
+
+  async getLocalRegistrationId(): Promise<number> {
+    return (await this.requireLocalIdentity()).registrationId;
+  }
+
+  /**
+   * Records the key libsignal saw for the peer: a first key is trusted (trust
+   * on first use); another key becomes `identityKey`, leaving `trustedKey`
+   * and `verifiedKey` as they were, so that the change shows until accepted.
+   */
+  async saveIdentity(address: ProtocolAddress, key: PublicKey): Promise<IdentityChange> {
+    const username = address.name();
+    const known = await this.getPeerIdentity(username);
+    if (!known) {
+      await this.savePeerIdentity({ username, identityKey: key, trustedKey: key, verifiedKey: null });
+      return IdentityChange.NewOrUnchanged;
+    }
+    if (known.identityKey.equals(key)) return IdentityChange.NewOrUnchanged;
+    await this.savePeerIdentity({ ...known, identityKey: key });
+    return IdentityChange.ReplacedExisting;
+  }
+
+  async isTrustedIdentity(address: ProtocolAddress, key: PublicKey, direction: Direction): Promise<boolean> {
+    if (direction === Direction.Receiving) return true;
+    const known = await this.getPeerIdentity(address.name());
+    return !known || (known.identityKey.equals(key) && known.trustedKey.equals(key));
+  }
+
+  async getIdentity(address: ProtocolAddress): Promise<PublicKey | null> {
+    return (await this.getPeerIdentity(address.name()))?.identityKey ?? null;
+  }
+
+  /** The key each peer is trusted with (not a changed key the app has not accepted), for a backup. */
+  async getTrustedIdentities(): Promise<TrustedIdentity[]> {
+    return (await this.getPeerIdentities()).map((peer) => ({
+      username: peer.username,
+      identityKey: peer.trustedKey,
+      verified: peer.verifiedKey?.equals(peer.trustedKey) ?? false,
+    }));
+  }
+
+  private async requireLocalIdentity(): Promise<LocalIdentity> {
+    const local = await this.getLocalIdentity();
+    if (!local) throw new SecureChatError(SecureChatErrorCode.NoLocalIdentity, 'no local identity');
+    return local;
+  }
+}
+
+/**
+ * libsignal's signed prekey store plus listing and removal, so that old
+ * signed prekeys can be deleted once their grace period has passed.
+ */
+export abstract class SecureChatSignedPreKeyStore extends SignedPreKeyStore {
+  /** Every signed prekey kept, in any order. */
+  abstract getSignedPreKeys(): Promise<SignedPreKeyRecord[]>;
+  /** Deletes it; resolves also when there is none. */
+  abstract removeSignedPreKey(id: number): Promise<void>;
 }
 
 /**
  * libsignal's Kyber store plus the distinction it needs but cannot express:
  * a last-resort key is kept after use (one-time keys are deleted), as PQXDH
- * specifies.
+ * specifies; and listing and removal of last-resort keys, so that replaced
+ * ones can be deleted after their grace period.
  */
 export abstract class SecureChatKyberPreKeyStore extends KyberPreKeyStore {
   abstract saveLastResortKyberPreKey(kyberPreKeyId: number, record: KyberPreKeyRecord): Promise<void>;
+  /** Every last-resort Kyber prekey kept (not the one-time ones), in any order. */
+  abstract getLastResortKyberPreKeys(): Promise<KyberPreKeyRecord[]>;
+  /**
+   * Deletes a Kyber prekey, and for a last-resort one the uses
+   * `markKyberPreKeyUsed` remembered, so a later key under the same id starts
+   * clean. Resolves also when there is none.
+   */
+  abstract removeKyberPreKey(kyberPreKeyId: number): Promise<void>;
+}
+
+/** The ids of one signed EC prekey and the Kyber last-resort prekey uploaded with it. */
+export interface SignedKeyIds {
+  signedPreKeyId: number;
+  kyberLastResortPreKeyId: number;
+}
+
+/**
+ * Which signed keys the relay hands out. `active`: the pair the relay last
+ * confirmed storing. `pending`: a pair made and kept but whose upload was not
+ * confirmed (it failed, or the process stopped); the next rotation uploads
+ * it again rather than making another.
+ */
+export interface SignedKeysState {
+  active: SignedKeyIds | null;
+  pending: SignedKeyIds | null;
 }
 
 /** The signed-in account of this install. */
@@ -76,6 +197,9 @@ export abstract class SecureChatMetadataStore {
    */
   abstract getRefreshToken(): Promise<string | null>;
   abstract saveRefreshToken(refreshToken: string | null): Promise<void>;
+  /** Which signed prekey and Kyber last-resort prekey are at the relay; null before the first upload. */
+  abstract getSignedKeysState(): Promise<SignedKeysState | null>;
+  abstract saveSignedKeysState(state: SignedKeysState): Promise<void>;
   /**
    * Keeps a decrypted message until the relay has its ack. The ratchet has
    * moved past it, so a redelivered envelope can never decrypt again; it is
@@ -164,7 +288,7 @@ export interface SecureChatStores {
   session: SessionStore;
   identity: SecureChatIdentityKeyStore;
   preKey: PreKeyStore;
-  signedPreKey: SignedPreKeyStore;
+  signedPreKey: SecureChatSignedPreKeyStore;
   kyberPreKey: SecureChatKyberPreKeyStore;
   senderKey: SenderKeyStore;
   metadata: SecureChatMetadataStore;

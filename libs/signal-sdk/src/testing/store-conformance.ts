@@ -23,6 +23,7 @@ import {
   PreKeySignalMessage,
   PrivateKey,
   ProtocolAddress,
+  PublicKey,
   SenderKeyDistributionMessage,
   SignalMessage,
   SignedPreKeyRecord,
@@ -39,6 +40,7 @@ import {
   MAX_PENDING_MESSAGES,
   MAX_RECEIVED_MESSAGES,
   MAX_SENT_MESSAGES_PER_PEER,
+  type PeerIdentityRecord,
   type PendingMessage,
   type ReceivedMessageRecord,
   type SecureChatStores,
@@ -84,16 +86,26 @@ const received = (sender: string, senderDevice: number, timestamp: number, body 
 /** A sent record as plain values, to compare with toEqual. */
 const plainSent = (message: SentMessageRecord) => ({ ...message, content: text(message.content) });
 
-function signedPreKey(identity: IdentityKeyPair, id: number): SignedPreKeyRecord {
+function signedPreKey(identity: IdentityKeyPair, id: number, timestamp = Date.now()): SignedPreKeyRecord {
   const privateKey = PrivateKey.generate();
   const publicKey = privateKey.getPublicKey();
-  return SignedPreKeyRecord.new(id, Date.now(), publicKey, privateKey, identity.privateKey.sign(publicKey.serialize()));
+  return SignedPreKeyRecord.new(id, timestamp, publicKey, privateKey, identity.privateKey.sign(publicKey.serialize()));
 }
 
-function kyberPreKey(identity: IdentityKeyPair, id: number): KyberPreKeyRecord {
+function kyberPreKey(identity: IdentityKeyPair, id: number, timestamp = Date.now()): KyberPreKeyRecord {
   const keyPair = KEMKeyPair.generate();
-  return KyberPreKeyRecord.new(id, Date.now(), keyPair, identity.privateKey.sign(keyPair.getPublicKey().serialize()));
+  return KyberPreKeyRecord.new(id, timestamp, keyPair, identity.privateKey.sign(keyPair.getPublicKey().serialize()));
 }
+
+const peerIdentity = (username: string, key: PublicKey): PeerIdentityRecord => ({ username, identityKey: key, trustedKey: key, verifiedKey: null });
+/** A peer identity record as serialized keys, to compare with toEqual. */
+const plainIdentity = (record: PeerIdentityRecord | null) =>
+  record && {
+    username: record.username,
+    identityKey: Buffer.from(record.identityKey.serialize()).toString('hex'),
+    trustedKey: Buffer.from(record.trustedKey.serialize()).toString('hex'),
+    verifiedKey: record.verifiedKey && Buffer.from(record.verifiedKey.serialize()).toString('hex'),
+  };
 
 function preKey(id: number): PreKeyRecord {
   const privateKey = PrivateKey.generate();
@@ -231,11 +243,17 @@ export function describeStoreConformance(
         await stores.preKey.removePreKey(1),
         await stores.preKey.removePreKey(999),
         await stores.signedPreKey.saveSignedPreKey(1, signedPreKey(identity, 1)),
+        await stores.signedPreKey.removeSignedPreKey(1),
+        await stores.signedPreKey.removeSignedPreKey(999),
         await stores.kyberPreKey.saveKyberPreKey(1, kyberPreKey(identity, 1)),
         await stores.kyberPreKey.saveLastResortKyberPreKey(2, kyberPreKey(identity, 2)),
         await stores.kyberPreKey.markKyberPreKeyUsed(1, 1, PrivateKey.generate().getPublicKey()),
         await stores.kyberPreKey.markKyberPreKeyUsed(2, 1, PrivateKey.generate().getPublicKey()),
+        await stores.kyberPreKey.removeKyberPreKey(2),
+        await stores.kyberPreKey.removeKyberPreKey(999),
+        await stores.identity.savePeerIdentity(peerIdentity('carol', identity.publicKey)),
         await stores.metadata.saveAccount({ username: 'alice', deviceId: asDeviceId(1) }),
+        await stores.metadata.saveSignedKeysState({ active: { signedPreKeyId: 1, kyberLastResortPreKeyId: 2 }, pending: null }),
         await stores.metadata.savePeerDevices('bob', [asDeviceId(1)]),
         await stores.metadata.saveRefreshToken('token'),
         await stores.metadata.saveRefreshToken(null),
@@ -269,6 +287,11 @@ export function describeStoreConformance(
       await expect(stores.metadata.getPendingMessage('nothing')).resolves.toBeNull();
       await expect(stores.metadata.getPeerDevices('nobody')).resolves.toEqual([]);
       await expect(stores.identity.getTrustedIdentities()).resolves.toEqual([]);
+      await expect(stores.identity.getPeerIdentity('nobody')).resolves.toBeNull();
+      await expect(stores.identity.getPeerIdentities()).resolves.toEqual([]);
+      await expect(stores.signedPreKey.getSignedPreKeys()).resolves.toEqual([]);
+      await expect(stores.kyberPreKey.getLastResortKyberPreKeys()).resolves.toEqual([]);
+      await expect(stores.metadata.getSignedKeysState()).resolves.toBeNull();
       await expect(stores.metadata.getSentMessages('nobody', asDeviceId(1), 0)).resolves.toEqual([]);
       await expect(stores.metadata.hasReceivedMessage(received('nobody', 1, 1))).resolves.toBe(false);
       await expectCode(stores.preKey.getPreKey(404), SecureChatErrorCode.RecordNotFound);
@@ -335,7 +358,7 @@ export function describeStoreConformance(
       await expect(stores.session.getSession(ProtocolAddress.new('bob', 2))).resolves.toBeNull();
     });
 
-    it('returns the right IdentityChange and trusts on first use for sending, always for receiving', async () => {
+    it('trusts a first key on first use; records a changed key as seen but not trusted for sending until trustedKey follows; always trusts receiving', async () => {
       const bob = ProtocolAddress.new('bob', 1);
       const bobOtherDevice = ProtocolAddress.new('bob', 2);
       const key = PrivateKey.generate().getPublicKey();
@@ -345,16 +368,70 @@ export function describeStoreConformance(
       await expect(stores.identity.saveIdentity(bob, key)).resolves.toBe(IdentityChange.NewOrUnchanged);
       await expect(stores.identity.saveIdentity(bobOtherDevice, key)).resolves.toBe(IdentityChange.NewOrUnchanged);
       expect((await stores.identity.getIdentity(bobOtherDevice))?.equals(key)).toBe(true);
+      expect(plainIdentity(await stores.identity.getPeerIdentity('bob'))).toEqual(plainIdentity(peerIdentity('bob', key)));
       await expect(stores.identity.isTrustedIdentity(bob, key, Direction.Sending)).resolves.toBe(true);
       await expect(stores.identity.isTrustedIdentity(bob, changed, Direction.Sending)).resolves.toBe(false);
       await expect(stores.identity.isTrustedIdentity(bob, changed, Direction.Receiving)).resolves.toBe(true);
 
       await expect(stores.identity.saveIdentity(bob, changed)).resolves.toBe(IdentityChange.ReplacedExisting);
       expect((await stores.identity.getIdentity(bob))?.equals(changed)).toBe(true);
+      expect(plainIdentity(await stores.identity.getPeerIdentity('bob'))).toEqual(plainIdentity({ ...peerIdentity('bob', key), identityKey: changed }));
+      // Neither key is trusted for sending while the change is not accepted.
+      await expect(stores.identity.isTrustedIdentity(bob, changed, Direction.Sending)).resolves.toBe(false);
+      await expect(stores.identity.isTrustedIdentity(bob, key, Direction.Sending)).resolves.toBe(false);
+      await expect(stores.identity.isTrustedIdentity(bob, changed, Direction.Receiving)).resolves.toBe(true);
+      // A backup carries the trusted key, not the unaccepted one.
+      expect((await stores.identity.getTrustedIdentities()).find((t) => t.username === 'bob')?.identityKey.equals(key)).toBe(true);
+
+      await stores.identity.savePeerIdentity({ ...peerIdentity('bob', changed), verifiedKey: changed });
+      await expect(stores.identity.isTrustedIdentity(bob, changed, Direction.Sending)).resolves.toBe(true);
+      await expect(stores.identity.saveIdentity(bob, changed)).resolves.toBe(IdentityChange.NewOrUnchanged);
+      expect((await stores.identity.getPeerIdentity('bob'))?.verifiedKey?.equals(changed)).toBe(true);
+
       await stores.identity.saveIdentity(ProtocolAddress.new('carol', 1), key);
       const trusted = await stores.identity.getTrustedIdentities();
-      expect(trusted.map((t) => t.username).sort()).toEqual(['bob', 'carol']);
-      expect(trusted.find((t) => t.username === 'bob')?.identityKey.equals(changed)).toBe(true);
+      expect(trusted.map((t) => [t.username, t.verified]).sort()).toEqual([
+        ['bob', true],
+        ['carol', false],
+      ]);
+      expect((await stores.identity.getPeerIdentities()).map((p) => p.username).sort()).toEqual(['bob', 'carol']);
+    });
+
+    it('lists signed prekeys with their timestamps and forgets a removed one', async () => {
+      const identity = IdentityKeyPair.generate();
+      await stores.signedPreKey.saveSignedPreKey(3, signedPreKey(identity, 3, 1_000));
+      await stores.signedPreKey.saveSignedPreKey(4, signedPreKey(identity, 4, 2_000));
+      const listed = (await stores.signedPreKey.getSignedPreKeys()).map((r) => [r.id(), r.timestamp()]).sort();
+      expect(listed).toEqual([
+        [3, 1_000],
+        [4, 2_000],
+      ]);
+      await stores.signedPreKey.removeSignedPreKey(3);
+      await expectCode(stores.signedPreKey.getSignedPreKey(3), SecureChatErrorCode.RecordNotFound);
+      expect((await stores.signedPreKey.getSignedPreKeys()).map((r) => r.id())).toEqual([4]);
+    });
+
+    it('lists only last-resort Kyber prekeys, and removing one forgets its recorded uses', async () => {
+      const identity = IdentityKeyPair.generate();
+      await stores.kyberPreKey.saveKyberPreKey(1, kyberPreKey(identity, 1, 500));
+      await stores.kyberPreKey.saveLastResortKyberPreKey(2, kyberPreKey(identity, 2, 1_000));
+      await stores.kyberPreKey.saveLastResortKyberPreKey(3, kyberPreKey(identity, 3, 2_000));
+      expect((await stores.kyberPreKey.getLastResortKyberPreKeys()).map((r) => [r.id(), r.timestamp()]).sort()).toEqual([
+        [2, 1_000],
+        [3, 2_000],
+      ]);
+      const baseKey = PrivateKey.generate().getPublicKey();
+      await stores.kyberPreKey.markKyberPreKeyUsed(2, 7, baseKey);
+      await stores.kyberPreKey.markKyberPreKeyUsed(3, 7, baseKey);
+
+      await stores.kyberPreKey.removeKyberPreKey(2);
+      await expectCode(stores.kyberPreKey.getKyberPreKey(2), SecureChatErrorCode.RecordNotFound);
+      expect((await stores.kyberPreKey.getLastResortKyberPreKeys()).map((r) => r.id())).toEqual([3]);
+      expect((await stores.kyberPreKey.getKyberPreKey(1)).id()).toBe(1);
+      // A later key under the same id starts with no recorded uses; the other key keeps its own.
+      await stores.kyberPreKey.saveLastResortKyberPreKey(2, kyberPreKey(identity, 2));
+      await expect(stores.kyberPreKey.markKyberPreKeyUsed(2, 7, baseKey)).resolves.toBeUndefined();
+      await expectCode(stores.kyberPreKey.markKyberPreKeyUsed(3, 7, baseKey), SecureChatErrorCode.PreKeyReused);
     });
 
     it('keeps sender keys per (sender, distribution id)', async () => {
@@ -367,6 +444,15 @@ export function describeStoreConformance(
       expect(same((await stores.senderKey.getSenderKey(alice, distribution))!.serialize(), record!.serialize())).toBe(true);
       await expect(stores.senderKey.getSenderKey(alice, randomUUID())).resolves.toBeNull();
       await expect(stores.senderKey.getSenderKey(ProtocolAddress.new('alice', 2), distribution)).resolves.toBeNull();
+    });
+
+    it('keeps the signed keys state as saved, replaced whole', async () => {
+      const first = { active: { signedPreKeyId: 1, kyberLastResortPreKeyId: 1 }, pending: null };
+      await stores.metadata.saveSignedKeysState(first);
+      await expect(stores.metadata.getSignedKeysState()).resolves.toEqual(first);
+      const rotating = { active: { signedPreKeyId: 1, kyberLastResortPreKeyId: 1 }, pending: { signedPreKeyId: 2, kyberLastResortPreKeyId: 205 } };
+      await stores.metadata.saveSignedKeysState(rotating);
+      await expect(stores.metadata.getSignedKeysState()).resolves.toEqual(rotating);
     });
 
     it('keeps the account, the peer devices per username and the refresh token (replaced, then cleared)', async () => {
@@ -621,6 +707,11 @@ export function describeStoreConformance(
         await stores.metadata.saveSentMessage(sent('bob', 1, 100, 110));
         await stores.metadata.saveReceivedMessage(received('bob', 1, 42, 'kept'));
         const lastIds = await stores.metadata.allocateKeyIds(KeyIdKind.PreKey, 100);
+        const signedKeys = { active: { signedPreKeyId: 7, kyberLastResortPreKeyId: 11 }, pending: { signedPreKeyId: 8, kyberLastResortPreKeyId: 12 } };
+        await stores.metadata.saveSignedKeysState(signedKeys);
+        const carol = { old: PrivateKey.generate().getPublicKey(), now: PrivateKey.generate().getPublicKey() };
+        const carolRecord = { username: 'carol', identityKey: carol.now, trustedKey: carol.old, verifiedKey: carol.old };
+        await stores.identity.savePeerIdentity(carolRecord);
 
         await reopen();
 
@@ -644,6 +735,10 @@ export function describeStoreConformance(
         expect((await stores.metadata.getSentMessages('bob', asDeviceId(1), 0)).map(plainSent)).toEqual([plainSent(sent('bob', 1, 100, 110))]);
         await expect(stores.metadata.hasReceivedMessage(received('bob', 1, 42, 'kept'))).resolves.toBe(true);
         expect(await stores.metadata.allocateKeyIds(KeyIdKind.PreKey, 1)).toBeGreaterThanOrEqual(lastIds + 100);
+        await expect(stores.metadata.getSignedKeysState()).resolves.toEqual(signedKeys);
+        expect(plainIdentity(await stores.identity.getPeerIdentity('carol'))).toEqual(plainIdentity(carolRecord));
+        expect((await stores.signedPreKey.getSignedPreKeys()).map((r) => r.id())).toEqual([7]);
+        expect((await stores.kyberPreKey.getLastResortKyberPreKeys()).map((r) => r.id())).toEqual([11]);
 
         const resumed = responderSide(() => stores, self.address, bob.address);
         expect(await resumed.receive((await bob.send('after the restart')).serialize())).toBe('after the restart');
