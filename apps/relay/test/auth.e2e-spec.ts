@@ -122,7 +122,7 @@ describe('auth over HTTP', () => {
   describe('a protected route', () => {
     let auth: AuthResponse;
     const jwt = new JwtService({});
-    const claims = () => ({ sub: auth.accountId, dev: 1, usr: auth.username });
+    const claims = () => ({ sub: auth.accountId, dev: 1, usr: auth.username, cv: 0 });
     const valid = { secret: TEST_JWT_SECRET, issuer: 'chat-relay', audience: 'chat-relay', expiresIn: 60 } as const;
     const base64url = (value: object) => Buffer.from(JSON.stringify(value)).toString('base64url');
 

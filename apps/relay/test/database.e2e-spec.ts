@@ -301,6 +301,9 @@ function expectedColumn(table: string, field: DmmfField): string {
     if (fieldDefault.name === 'now') defaultValue = 'now';
     else if (fieldDefault.name === 'autoincrement') defaultValue = 'autoincrement';
     else if (!['uuid', 'cuid'].includes(fieldDefault.name)) throw new Error(`unmapped default ${fieldDefault.name}`);
+  } else if (typeof fieldDefault === 'number' && field.type === 'Int') {
+    // information_schema shows an integer literal default as its digits.
+    defaultValue = String(fieldDefault);
   } else if (fieldDefault !== undefined) {
     throw new Error(`unmapped literal default of ${table}.${field.name}`);
   }

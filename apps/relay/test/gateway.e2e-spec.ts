@@ -66,7 +66,7 @@ describe('gateway (e2e)', () => {
   };
   const token = (user: AuthResponse, expiresIn: number, secret = TEST_JWT_SECRET) =>
     new JwtService().sign(
-      { sub: user.accountId, dev: user.deviceId, usr: user.username },
+      { sub: user.accountId, dev: user.deviceId, usr: user.username, cv: 0 },
       { secret, algorithm: 'HS256', issuer: 'chat-relay', audience: 'chat-relay', expiresIn },
     );
 
@@ -96,6 +96,7 @@ describe('gateway (e2e)', () => {
             sub: user.accountId,
             dev: 1,
             usr: user.username,
+            cv: 0,
             iss: 'chat-relay',
             aud: 'chat-relay',
             exp: Math.floor(Date.now() / 1000) + 600,

@@ -1,5 +1,5 @@
 import { Body, Controller, Get, HttpCode, HttpStatus, Post, UseGuards } from '@nestjs/common';
-import { LoginRequest, RefreshRequest, RegisterRequest, type AuthResponse } from '@chat/protocol';
+import { ChangePasswordRequest, LoginRequest, RefreshRequest, RegisterRequest, type AuthResponse } from '@chat/protocol';
 import { AuthService } from './auth.service.js';
 import { CurrentDevice, type AuthenticatedDevice } from './authenticated-device.js';
 import { JwtAuthGuard } from './jwt-auth.guard.js';
@@ -25,10 +25,17 @@ export class AuthController {
     return this.auth.refresh(request);
   }
 
+  @Post('password')
+  @HttpCode(HttpStatus.OK)
+  @UseGuards(JwtAuthGuard)
+  changePassword(@CurrentDevice() device: AuthenticatedDevice, @Body() request: ChangePasswordRequest): Promise<AuthResponse> {
+    return this.auth.changePassword(device, request);
+  }
+
   /** Who the presented access token speaks for. */
   @Get('me')
   @UseGuards(JwtAuthGuard)
-  me(@CurrentDevice() device: AuthenticatedDevice): AuthenticatedDevice {
-    return device;
+  me(@CurrentDevice() device: AuthenticatedDevice): Pick<AuthenticatedDevice, 'accountId' | 'username' | 'deviceId' | 'expiresAt'> {
+    return { accountId: device.accountId, username: device.username, deviceId: device.deviceId, expiresAt: device.expiresAt };
   }
 }

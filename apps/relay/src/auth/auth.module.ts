@@ -1,6 +1,7 @@
 import { Module } from '@nestjs/common';
 import { JwtModule } from '@nestjs/jwt';
 import { PassportModule } from '@nestjs/passport';
+import { DeliveryModule } from '../gateway/delivery.module.js';
 import { AuthController } from './auth.controller.js';
 import { AuthRepository } from './auth.repository.js';
 import { AuthService } from './auth.service.js';
@@ -10,7 +11,7 @@ import { TokenVerifier } from './token-verifier.js';
 
 @Module({
   // Secrets and algorithms are passed per call from RelayConfig (token-verifier.ts), not registered here.
-  imports: [PassportModule, JwtModule.register({})],
+  imports: [PassportModule, JwtModule.register({}), DeliveryModule],
   controllers: [AuthController],
   providers: [AuthService, AuthRepository, JwtStrategy, JwtAuthGuard, TokenVerifier],
   exports: [TokenVerifier, JwtAuthGuard],

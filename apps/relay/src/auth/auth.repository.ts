@@ -8,13 +8,26 @@ export interface AccountCredentials {
   accountId: string;
   username: string;
   passwordHash: string;
+  credentialVersion: number;
 }
 
+/** A device and the credential version its tokens are issued under. */
 export interface DeviceIdentity {
   accountId: string;
   username: string;
   deviceId: number;
+  credentialVersion: number;
 }
+
+/** A redeemed refresh token: whose it was, and whether it was still current. */
+export interface ConsumedRefreshToken extends DeviceIdentity {
+  expiresAt: Date;
+  /** The account's credential version now; the token is stale when it differs from `credentialVersion`. */
+  currentCredentialVersion: number;
+}
+
+/** Sentinel thrown inside a transaction to roll it back. */
+class Rollback extends Error {}
 
 /** Accounts, their first device and refresh tokens. The only place auth touches Prisma. */
 @Injectable()
@@ -29,9 +42,9 @@ export class AuthRepository {
     try {
       const account = await this.prisma.account.create({
         data: { username, passwordHash, devices: { create: { deviceId: PRIMARY_DEVICE_ID } } },
-        select: { id: true, username: true },
+        select: { id: true, username: true, credentialVersion: true },
       });
-      return { accountId: account.id, username: account.username, deviceId: PRIMARY_DEVICE_ID };
+      return { accountId: account.id, username: account.username, deviceId: PRIMARY_DEVICE_ID, credentialVersion: account.credentialVersion };
     } catch (error) {
       if (error instanceof Prisma.PrismaClientKnownRequestError && error.code === 'P2002') {
         throw new RelayException(ErrorCode.UsernameTaken, 'The username is taken');
@@ -43,14 +56,34 @@ export class AuthRepository {
   async findCredentials(username: string): Promise<AccountCredentials | null> {
     const account = await this.prisma.account.findUnique({
       where: { username },
-      select: { id: true, username: true, passwordHash: true },
+      select: { id: true, username: true, passwordHash: true, credentialVersion: true },
     });
-    return account && { accountId: account.id, username: account.username, passwordHash: account.passwordHash };
+    return account && credentialsOf(account);
+  }
+
+  async findCredentialsById(accountId: string): Promise<AccountCredentials | null> {
+    const account = await this.prisma.account.findUnique({
+      where: { id: accountId },
+      select: { id: true, username: true, passwordHash: true, credentialVersion: true },
+    });
+    return account && credentialsOf(account);
+  }
+
+  /** The account's credential version (a primary-key look-up), or null when the account does not exist. */
+  async findCredentialVersion(accountId: string): Promise<number | null> {
+    const account = await this.prisma.account.findUnique({ where: { id: accountId }, select: { credentialVersion: true } });
+    return account?.credentialVersion ?? null;
   }
 
   async storeRefreshToken(device: DeviceIdentity, tokenHash: Uint8Array<ArrayBuffer>, expiresAt: Date): Promise<void> {
     await this.prisma.refreshToken.create({
-      data: { accountId: device.accountId, deviceId: device.deviceId, tokenHash, expiresAt },
+      data: {
+        accountId: device.accountId,
+        deviceId: device.deviceId,
+        tokenHash,
+        credentialVersion: device.credentialVersion,
+        expiresAt,
+      },
     });
   }
 
@@ -59,16 +92,62 @@ export class AuthRepository {
    * unknown or another request consumed it first: the delete is the claim,
    * so a token is redeemed at most once.
    */
-  async consumeRefreshToken(tokenHash: Uint8Array<ArrayBuffer>): Promise<(DeviceIdentity & { expiresAt: Date }) | null> {
+  async consumeRefreshToken(tokenHash: Uint8Array<ArrayBuffer>): Promise<ConsumedRefreshToken | null> {
     try {
       const token = await this.prisma.refreshToken.delete({
         where: { tokenHash },
-        select: { accountId: true, deviceId: true, expiresAt: true, account: { select: { username: true } } },
+        select: {
+          accountId: true,
+          deviceId: true,
+          credentialVersion: true,
+          expiresAt: true,
+          account: { select: { username: true, credentialVersion: true } },
+        },
       });
-      return { accountId: token.accountId, username: token.account.username, deviceId: token.deviceId, expiresAt: token.expiresAt };
+      return {
+        accountId: token.accountId,
+        username: token.account.username,
+        deviceId: token.deviceId,
+        credentialVersion: token.credentialVersion,
+        expiresAt: token.expiresAt,
+        currentCredentialVersion: token.account.credentialVersion,
+      };
     } catch (error) {
       if (error instanceof Prisma.PrismaClientKnownRequestError && error.code === 'P2025') return null;
       throw error;
     }
   }
+
+  /**
+   * Replaces the password hash and moves the credential version on, deleting
+   * every refresh token of the account, in one transaction. Applies only if
+   * the version is still `verifiedVersion`, the one whose password was just
+   * checked; else nothing changes. Returns the new version, or null when
+   * nothing changed.
+   */
+  async changePassword(accountId: string, verifiedVersion: number, passwordHash: string): Promise<number | null> {
+    try {
+      return await this.prisma.$transaction(async (tx) => {
+        const { count } = await tx.account.updateMany({
+          where: { id: accountId, credentialVersion: verifiedVersion },
+          data: { passwordHash, credentialVersion: { increment: 1 } },
+        });
+        if (count !== 1) throw new Rollback();
+        await tx.refreshToken.deleteMany({ where: { accountId } });
+        return verifiedVersion + 1;
+      });
+    } catch (error) {
+      if (error instanceof Rollback) return null;
+      throw error;
+    }
+  }
+}
+
+function credentialsOf(account: { id: string; username: string; passwordHash: string; credentialVersion: number }): AccountCredentials {
+  return {
+    accountId: account.id,
+    username: account.username,
+    passwordHash: account.passwordHash,
+    credentialVersion: account.credentialVersion,
+  };
 }

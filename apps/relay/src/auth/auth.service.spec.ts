@@ -1,10 +1,12 @@
 import { createHash, randomUUID } from 'node:crypto';
 import { beforeEach, describe, expect, it } from '@jest/globals';
 import { JwtService } from '@nestjs/jwt';
-import { ErrorCode } from '@chat/protocol';
+import { CloseCode, ErrorCode } from '@chat/protocol';
 import { RelayException } from '../common/relay.exception.js';
 import { loadConfig } from '../config/relay-config.js';
-import type { AccountCredentials, AuthRepository, DeviceIdentity } from './auth.repository.js';
+import type { DeliveryService } from '../gateway/delivery.service.js';
+import type { AccountCredentials, AuthRepository, ConsumedRefreshToken, DeviceIdentity } from './auth.repository.js';
+import type { AuthenticatedDevice } from './authenticated-device.js';
 import { AuthService } from './auth.service.js';
 import { TOKEN_AUDIENCE, TOKEN_ISSUER, TokenVerifier } from './token-verifier.js';
 
@@ -15,24 +17,50 @@ class InMemoryAuthRepository implements Pick<AuthRepository, keyof AuthRepositor
 
   async createAccount(username: string, passwordHash: string): Promise<DeviceIdentity> {
     if (this.accounts.has(username)) throw new RelayException(ErrorCode.UsernameTaken, 'taken');
-    const account = { accountId: randomUUID(), username, passwordHash };
+    const account = { accountId: randomUUID(), username, passwordHash, credentialVersion: 0 };
     this.accounts.set(username, account);
-    return { accountId: account.accountId, username, deviceId: 1 };
+    return { accountId: account.accountId, username, deviceId: 1, credentialVersion: 0 };
   }
 
   async findCredentials(username: string): Promise<AccountCredentials | null> {
     return this.accounts.get(username) ?? null;
   }
 
+  async findCredentialsById(accountId: string): Promise<AccountCredentials | null> {
+    return [...this.accounts.values()].find((account) => account.accountId === accountId) ?? null;
+  }
+
+  async findCredentialVersion(accountId: string): Promise<number | null> {
+    return (await this.findCredentialsById(accountId))?.credentialVersion ?? null;
+  }
+
   async storeRefreshToken(device: DeviceIdentity, tokenHash: Uint8Array, expiresAt: Date): Promise<void> {
     this.refreshTokens.set(Buffer.from(tokenHash).toString('hex'), { ...device, expiresAt });
   }
 
-  async consumeRefreshToken(tokenHash: Uint8Array): Promise<(DeviceIdentity & { expiresAt: Date }) | null> {
+  async consumeRefreshToken(tokenHash: Uint8Array): Promise<ConsumedRefreshToken | null> {
     const key = Buffer.from(tokenHash).toString('hex');
-    const token = this.refreshTokens.get(key) ?? null;
+    const token = this.refreshTokens.get(key);
     this.refreshTokens.delete(key);
-    return token;
+    const account = token && (await this.findCredentialsById(token.accountId));
+    return token && account ? { ...token, currentCredentialVersion: account.credentialVersion } : null;
+  }
+
+  async changePassword(accountId: string, verifiedVersion: number, passwordHash: string): Promise<number | null> {
+    const account = await this.findCredentialsById(accountId);
+    if (!account || account.credentialVersion !== verifiedVersion) return null;
+    account.passwordHash = passwordHash;
+    account.credentialVersion += 1;
+    for (const [key, token] of this.refreshTokens) if (token.accountId === accountId) this.refreshTokens.delete(key);
+    return account.credentialVersion;
+  }
+}
+
+/** Records what the service asked delivery to close. */
+class RecordingDelivery {
+  readonly closedAccounts: Array<[string, number, string]> = [];
+  closeAccount(accountId: string, code: number, reason: string): void {
+    this.closedAccounts.push([accountId, code, reason]);
   }
 }
 
@@ -55,14 +83,16 @@ async function codeOf(promise: Promise<unknown>): Promise<ErrorCode | undefined>
 
 describe('AuthService', () => {
   let repository: InMemoryAuthRepository;
+  let delivery: RecordingDelivery;
   let service: AuthService;
   let verifier: TokenVerifier;
 
   beforeEach(() => {
     repository = new InMemoryAuthRepository();
+    delivery = new RecordingDelivery();
     const jwt = new JwtService({});
-    service = new AuthService(repository as unknown as AuthRepository, jwt, config);
-    verifier = new TokenVerifier(jwt, config);
+    service = new AuthService(repository as unknown as AuthRepository, jwt, config, delivery as unknown as DeliveryService);
+    verifier = new TokenVerifier(jwt, config, repository as unknown as AuthRepository);
   });
 
   it('registers with an argon2id hash of the configured cost and never keeps the password', async () => {
@@ -76,11 +106,12 @@ describe('AuthService', () => {
   it('issues an access token for device 1 that the token verifier accepts', async () => {
     const auth = await service.register({ username: 'alice', password: 'a long password' });
     expect(auth).toMatchObject({ username: 'alice', deviceId: 1, expiresIn: 600 });
-    const device = verifier.verify(auth.accessToken);
+    const device = await verifier.verify(auth.accessToken);
     expect(device).toEqual({
       accountId: auth.accountId,
       username: 'alice',
       deviceId: 1,
+      credentialVersion: 0,
       expiresAt: expect.any(Number),
     });
     expect(device.expiresAt - Date.now() / 1000).toBeGreaterThan(590);
@@ -103,7 +134,7 @@ describe('AuthService', () => {
     const registered = await service.register({ username: 'alice', password: 'a long password' });
     const auth = await service.login({ username: 'alice', password: 'a long password' });
     expect(auth.accountId).toBe(registered.accountId);
-    expect(verifier.verify(auth.accessToken).accountId).toBe(registered.accountId);
+    expect((await verifier.verify(auth.accessToken)).accountId).toBe(registered.accountId);
   });
 
   it('answers a wrong password and an unknown user with the same INVALID_CREDENTIALS', async () => {
@@ -127,26 +158,82 @@ describe('AuthService', () => {
     expect(await codeOf(service.refresh({ refreshToken: auth.refreshToken }))).toBe(ErrorCode.InvalidRefreshToken);
     expect(await codeOf(service.refresh({ refreshToken: 'never-issued' }))).toBe(ErrorCode.InvalidRefreshToken);
   });
+
+  describe('changePassword', () => {
+    const deviceOf = (auth: { accessToken: string }) => verifier.verify(auth.accessToken);
+
+    it('refuses a wrong current password with INVALID_CREDENTIALS and changes nothing', async () => {
+      const auth = await service.register({ username: 'alice', password: 'a long password' });
+      const before = { ...repository.accounts.get('alice')! };
+      const refusal = service.changePassword(await deviceOf(auth), { currentPassword: 'wrong password', newPassword: 'a new password' });
+      expect(await codeOf(refusal)).toBe(ErrorCode.InvalidCredentials);
+      expect(repository.accounts.get('alice')).toEqual(before);
+      expect(delivery.closedAccounts).toEqual([]);
+      await expect(verifier.verify(auth.accessToken)).resolves.toMatchObject({ accountId: auth.accountId });
+    });
+
+    it('ends every earlier token, closes the account\'s sockets with 4403 and answers with a working pair', async () => {
+      const first = await service.register({ username: 'alice', password: 'a long password' });
+      const second = await service.login({ username: 'alice', password: 'a long password' });
+      const changed = await service.changePassword(await deviceOf(first), { currentPassword: 'a long password', newPassword: 'a new password' });
+
+      expect(delivery.closedAccounts).toEqual([[first.accountId, CloseCode.CredentialsChanged, ErrorCode.CredentialsChanged]]);
+      for (const old of [first, second]) {
+        expect(await codeOf(verifier.verify(old.accessToken))).toBe(ErrorCode.CredentialsChanged);
+        expect(await codeOf(service.refresh({ refreshToken: old.refreshToken }))).toBe(ErrorCode.InvalidRefreshToken);
+      }
+      expect(await deviceOf(changed)).toMatchObject({ accountId: first.accountId, deviceId: 1, credentialVersion: 1 });
+      await expect(service.refresh({ refreshToken: changed.refreshToken })).resolves.toMatchObject({ accountId: first.accountId });
+      expect(await codeOf(service.login({ username: 'alice', password: 'a long password' }))).toBe(ErrorCode.InvalidCredentials);
+      await expect(service.login({ username: 'alice', password: 'a new password' })).resolves.toMatchObject({ username: 'alice' });
+    });
+
+    it('refuses a refresh token of an earlier credential version that escaped the deletion', async () => {
+      const auth = await service.register({ username: 'alice', password: 'a long password' });
+      const [hash, stored] = [...repository.refreshTokens.entries()][0]!;
+      await service.changePassword(await deviceOf(auth), { currentPassword: 'a long password', newPassword: 'a new password' });
+      // As if a refresh had raced the change and stored its token just before the deletion.
+      repository.refreshTokens.set(hash, stored);
+      expect(await codeOf(service.refresh({ refreshToken: auth.refreshToken }))).toBe(ErrorCode.InvalidRefreshToken);
+    });
+
+    it('refuses a change made with a token of an earlier version, even with the right password', async () => {
+      const auth = await service.register({ username: 'alice', password: 'a long password' });
+      const staleDevice: AuthenticatedDevice = await deviceOf(auth);
+      await service.changePassword(staleDevice, { currentPassword: 'a long password', newPassword: 'a new password' });
+      const again = service.changePassword(staleDevice, { currentPassword: 'a new password', newPassword: 'a third password' });
+      expect(await codeOf(again)).toBe(ErrorCode.CredentialsChanged);
+      await expect(service.login({ username: 'alice', password: 'a new password' })).resolves.toMatchObject({ username: 'alice' });
+    });
+  });
 });
 
 describe('TokenVerifier', () => {
   const jwt = new JwtService({});
-  const verifier = new TokenVerifier(jwt, config);
-  const claims = { sub: randomUUID(), dev: 1, usr: 'alice' };
+  const repository = new InMemoryAuthRepository();
+  const verifier = new TokenVerifier(jwt, config, repository as unknown as AuthRepository);
+  const account: AccountCredentials = { accountId: randomUUID(), username: 'alice', passwordHash: 'unused', credentialVersion: 3 };
+  repository.accounts.set('alice', account);
+  const claims = { sub: account.accountId, dev: 1, usr: 'alice', cv: 3 };
   const good = { secret: config.jwt.secret, issuer: TOKEN_ISSUER, audience: TOKEN_AUDIENCE, expiresIn: 60 } as const;
-  const codeOfVerify = (token: string) => {
-    try {
-      verifier.verify(token);
-    } catch (error) {
-      return (error as RelayException).code;
-    }
-    return undefined;
-  };
+  const codeOfVerify = (token: string) => codeOf(verifier.verify(token));
   const unsigned = (header: object, payload: object) =>
     `${Buffer.from(JSON.stringify(header)).toString('base64url')}.${Buffer.from(JSON.stringify(payload)).toString('base64url')}.`;
 
-  it('accepts a token it signed', () => {
-    expect(verifier.verify(jwt.sign(claims, { ...good, algorithm: 'HS256' }))).toMatchObject({ username: 'alice', deviceId: 1 });
+  it('accepts a token it signed for the current credential version', async () => {
+    await expect(verifier.verify(jwt.sign(claims, { ...good, algorithm: 'HS256' }))).resolves.toMatchObject({
+      username: 'alice',
+      deviceId: 1,
+      credentialVersion: 3,
+    });
+  });
+
+  it('refuses a token of another credential version as CREDENTIALS_CHANGED', async () => {
+    for (const cv of [2, 4]) expect(await codeOfVerify(jwt.sign({ ...claims, cv }, good))).toBe(ErrorCode.CredentialsChanged);
+  });
+
+  it('refuses a well-signed token of an account that does not exist as INVALID_TOKEN', async () => {
+    expect(await codeOfVerify(jwt.sign({ ...claims, sub: randomUUID() }, good))).toBe(ErrorCode.InvalidToken);
   });
 
   it.each([
@@ -155,15 +242,17 @@ describe('TokenVerifier', () => {
     ['of another issuer', () => jwt.sign(claims, { ...good, issuer: 'someone-else' })],
     ['signed with HS512', () => jwt.sign(claims, { ...good, algorithm: 'HS512' })],
     ['with alg none', () => unsigned({ alg: 'none', typ: 'JWT' }, { ...claims, iss: TOKEN_ISSUER, aud: TOKEN_AUDIENCE, exp: Date.now() / 1000 + 60 })],
-    ['without a device claim', () => jwt.sign({ sub: claims.sub, usr: 'alice' }, good)],
+    ['without a device claim', () => jwt.sign({ sub: claims.sub, usr: 'alice', cv: 3 }, good)],
+    ['without a credential version', () => jwt.sign({ sub: claims.sub, dev: 1, usr: 'alice' }, good)],
+    ['whose subject is not an account id', () => jwt.sign({ ...claims, sub: 'alice' }, good)],
     ['that is not a JWT', () => 'not-a-token'],
-  ])('refuses a token %s as INVALID_TOKEN', (_name, token) => {
-    expect(codeOfVerify(token())).toBe(ErrorCode.InvalidToken);
+  ])('refuses a token %s as INVALID_TOKEN', async (_name, token) => {
+    expect(await codeOfVerify(token())).toBe(ErrorCode.InvalidToken);
   });
 
-  it('refuses an expired token as TOKEN_EXPIRED', () => {
+  it('refuses an expired token as TOKEN_EXPIRED', async () => {
     const { expiresIn: _expiresIn, ...withoutExpiry } = good;
     const expired = jwt.sign({ ...claims, exp: Math.floor(Date.now() / 1000) - 10 }, withoutExpiry);
-    expect(codeOfVerify(expired)).toBe(ErrorCode.TokenExpired);
+    expect(await codeOfVerify(expired)).toBe(ErrorCode.TokenExpired);
   });
 });

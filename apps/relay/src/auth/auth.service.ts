@@ -2,16 +2,27 @@ import { createHash, randomBytes } from 'node:crypto';
 import { Inject, Injectable } from '@nestjs/common';
 import { JwtService } from '@nestjs/jwt';
 import * as argon2 from 'argon2';
-import { ErrorCode, PRIMARY_DEVICE_ID, type AuthResponse, type LoginRequest, type RefreshRequest, type RegisterRequest } from '@chat/protocol';
+import {
+  CloseCode,
+  ErrorCode,
+  PRIMARY_DEVICE_ID,
+  type AuthResponse,
+  type ChangePasswordRequest,
+  type LoginRequest,
+  type RefreshRequest,
+  type RegisterRequest,
+} from '@chat/protocol';
 import { RelayException } from '../common/relay.exception.js';
 import { RELAY_CONFIG, type RelayConfig } from '../config/relay-config.js';
-import { AuthRepository, type DeviceIdentity } from './auth.repository.js';
+import { DeliveryService } from '../gateway/delivery.service.js';
+import { AuthRepository, type AccountCredentials, type DeviceIdentity } from './auth.repository.js';
+import type { AuthenticatedDevice } from './authenticated-device.js';
 import { accessTokenSignOptions, type AccessTokenClaims } from './token-verifier.js';
 
 const REFRESH_TOKEN_BYTES = 32;
 const DAY_MS = 24 * 60 * 60 * 1000;
 
-/** Registration, password login and refresh-token rotation. */
+/** Registration, password login, refresh-token rotation and password changes. */
 @Injectable()
 export class AuthService {
   /** Verified against for unknown usernames, so that a login takes as long whether or not the account exists. */
@@ -21,6 +32,7 @@ export class AuthService {
     private readonly accounts: AuthRepository,
     private readonly jwt: JwtService,
     @Inject(RELAY_CONFIG) private readonly config: RelayConfig,
+    private readonly delivery: DeliveryService,
   ) {}
 
   /** @throws RelayException USERNAME_TAKEN */
@@ -33,25 +45,82 @@ export class AuthService {
   /** @throws RelayException INVALID_CREDENTIALS for an unknown username and for a wrong password alike. */
   async login(request: LoginRequest): Promise<AuthResponse> {
     const account = await this.accounts.findCredentials(request.username);
-    const passwordHash = account?.passwordHash ?? (await this.getDummyHash());
-    const passwordMatches = await argon2.verify(passwordHash, request.password).catch(() => false);
-    if (!account || !passwordMatches) {
+    const matches = await this.passwordMatches(account, request.password);
+    if (!account || !matches) {
       throw new RelayException(ErrorCode.InvalidCredentials, 'Invalid username or password');
     }
-    return this.issueTokens({ accountId: account.accountId, username: account.username, deviceId: PRIMARY_DEVICE_ID });
+    return this.issueTokens({
+      accountId: account.accountId,
+      username: account.username,
+      deviceId: PRIMARY_DEVICE_ID,
+      credentialVersion: account.credentialVersion,
+    });
   }
 
-  /** Redeems a refresh token once and issues a new pair. @throws RelayException INVALID_REFRESH_TOKEN */
+  /**
+   * Redeems a refresh token once and issues a new pair. A token issued
+   * before the account's last password change is refused, also when it
+   * raced that change to this point.
+   *
+   * @throws RelayException INVALID_REFRESH_TOKEN
+   */
   async refresh(request: RefreshRequest): Promise<AuthResponse> {
-    const device = await this.accounts.consumeRefreshToken(hashRefreshToken(request.refreshToken));
-    if (!device || device.expiresAt.getTime() <= Date.now()) {
+    const token = await this.accounts.consumeRefreshToken(hashRefreshToken(request.refreshToken));
+    if (!token || token.expiresAt.getTime() <= Date.now() || token.credentialVersion !== token.currentCredentialVersion) {
       throw new RelayException(ErrorCode.InvalidRefreshToken, 'The refresh token is invalid, used or expired');
     }
-    return this.issueTokens(device);
+    return this.issueTokens(token);
+  }
+
+  /**
+   * Sets a new password after checking the current one. Every access and
+   * refresh token issued before stops working and every open socket of the
+   * account is closed with 4403; the answer carries the device's new pair.
+   *
+   * @throws RelayException INVALID_CREDENTIALS for a wrong current password;
+   *   CREDENTIALS_CHANGED when another change won the race
+   */
+  async changePassword(device: AuthenticatedDevice, request: ChangePasswordRequest): Promise<AuthResponse> {
+    const account = await this.verifiedAccount(device, request.currentPassword);
+    const credentialVersion = await this.accounts.changePassword(
+      account.accountId,
+      account.credentialVersion,
+      await this.hashPassword(request.newPassword),
+    );
+    if (credentialVersion === null) throw credentialsChanged();
+    this.delivery.closeAccount(account.accountId, CloseCode.CredentialsChanged, ErrorCode.CredentialsChanged);
+    return this.issueTokens({ accountId: account.accountId, username: account.username, deviceId: device.deviceId, credentialVersion });
+  }
+
+  /**
+   * The token's account, once `password` is checked against it.
+   * @throws RelayException INVALID_CREDENTIALS, INVALID_TOKEN (the account no longer exists)
+   */
+  private async verifiedAccount(device: AuthenticatedDevice, password: string): Promise<AccountCredentials> {
+    const account = await this.accounts.findCredentialsById(device.accountId);
+    if (!account) throw new RelayException(ErrorCode.InvalidToken, 'The token names an account that does not exist');
+    if (!(await this.passwordMatches(account, password))) {
+      throw new RelayException(ErrorCode.InvalidCredentials, 'The password is wrong');
+    }
+    // The password of the version the token was issued under, not of a later one.
+    if (account.credentialVersion !== device.credentialVersion) throw credentialsChanged();
+    return account;
+  }
+
+  /** Takes as long for an unknown account as for a known one. */
+  private async passwordMatches(account: AccountCredentials | null, password: string): Promise<boolean> {
+    const passwordHash = account?.passwordHash ?? (await this.getDummyHash());
+    const matches = await argon2.verify(passwordHash, password).catch(() => false);
+    return account !== null && matches;
   }
 
   private async issueTokens(device: DeviceIdentity): Promise<AuthResponse> {
-    const claims: Omit<AccessTokenClaims, 'exp'> = { sub: device.accountId, dev: device.deviceId, usr: device.username };
+    const claims: Omit<AccessTokenClaims, 'exp'> = {
+      sub: device.accountId,
+      dev: device.deviceId,
+      usr: device.username,
+      cv: device.credentialVersion,
+    };
     const accessToken = await this.jwt.signAsync(claims, accessTokenSignOptions(this.config));
     const refreshToken = randomBytes(REFRESH_TOKEN_BYTES).toString('base64url');
     const expiresAt = new Date(Date.now() + this.config.refreshTokenTtlDays * DAY_MS);
@@ -75,6 +144,10 @@ export class AuthService {
     this.dummyHash ??= this.hashPassword(randomBytes(16).toString('hex'));
     return this.dummyHash;
   }
+}
+
+function credentialsChanged(): RelayException {
+  return new RelayException(ErrorCode.CredentialsChanged, 'The password changed meanwhile; sign in again');
 }
 
 /** Refresh tokens are stored as their SHA-256 only: a database leak yields no usable token. */

@@ -5,6 +5,8 @@ export interface AuthenticatedDevice {
   accountId: string;
   username: string;
   deviceId: number;
+  /** The account's credential version the token was issued under (claim `cv`). */
+  credentialVersion: number;
   /** Token expiry, seconds since the epoch (the gateway closes the socket then). */
   expiresAt: number;
 }

@@ -3,12 +3,15 @@ import { PassportStrategy } from '@nestjs/passport';
 import { ExtractJwt, Strategy } from 'passport-jwt';
 import { RELAY_CONFIG, type RelayConfig } from '../config/relay-config.js';
 import type { AuthenticatedDevice } from './authenticated-device.js';
-import { accessTokenVerifyOptions, deviceFromClaims } from './token-verifier.js';
+import { accessTokenVerifyOptions, TokenVerifier } from './token-verifier.js';
 
 /** `Authorization: Bearer <jwt>` on HTTP, verified with the options `TokenVerifier` uses. */
 @Injectable()
 export class JwtStrategy extends PassportStrategy(Strategy, 'jwt') {
-  constructor(@Inject(RELAY_CONFIG) config: RelayConfig) {
+  constructor(
+    @Inject(RELAY_CONFIG) config: RelayConfig,
+    private readonly verifier: TokenVerifier,
+  ) {
     const { secret, algorithms, issuer, audience } = accessTokenVerifyOptions(config);
     super({
       jwtFromRequest: ExtractJwt.fromAuthHeaderAsBearerToken(),
@@ -20,7 +23,8 @@ export class JwtStrategy extends PassportStrategy(Strategy, 'jwt') {
     });
   }
 
-  validate(claims: unknown): AuthenticatedDevice {
-    return deviceFromClaims(claims);
+  /** Runs after passport-jwt verified the signature, issuer, audience and expiry. */
+  validate(claims: unknown): Promise<AuthenticatedDevice> {
+    return this.verifier.deviceOf(claims);
   }
 }

@@ -1,8 +1,10 @@
 import { Inject, Injectable } from '@nestjs/common';
 import { JwtService, type JwtSignOptions, type JwtVerifyOptions } from '@nestjs/jwt';
+import { isUUID } from 'class-validator';
 import { DEVICE_ID_MAX, DEVICE_ID_MIN, ErrorCode } from '@chat/protocol';
 import { RelayException } from '../common/relay.exception.js';
 import { RELAY_CONFIG, type RelayConfig } from '../config/relay-config.js';
+import { AuthRepository } from './auth.repository.js';
 import type { AuthenticatedDevice } from './authenticated-device.js';
 
 export const TOKEN_ISSUER = 'chat-relay';
@@ -15,6 +17,8 @@ export interface AccessTokenClaims {
   sub: string;
   dev: number;
   usr: string;
+  /** The account's credential version at issue; a password change makes every earlier token stale. */
+  cv: number;
   exp: number;
 }
 
@@ -35,37 +39,67 @@ export function accessTokenSignOptions(config: RelayConfig): JwtSignOptions {
 
 /** The device a verified token's claims speak for. @throws RelayException INVALID_TOKEN when a claim is missing or malformed. */
 export function deviceFromClaims(claims: unknown): AuthenticatedDevice {
-  const { sub, dev, usr, exp } = (claims ?? {}) as Partial<Record<keyof AccessTokenClaims, unknown>>;
+  const { sub, dev, usr, cv, exp } = (claims ?? {}) as Partial<Record<keyof AccessTokenClaims, unknown>>;
   if (
     typeof sub !== 'string' ||
+    !isUUID(sub) ||
     typeof usr !== 'string' ||
     typeof exp !== 'number' ||
     !Number.isInteger(dev) ||
     (dev as number) < DEVICE_ID_MIN ||
-    (dev as number) > DEVICE_ID_MAX
+    (dev as number) > DEVICE_ID_MAX ||
+    !Number.isInteger(cv) ||
+    (cv as number) < 0
   ) {
     throw new RelayException(ErrorCode.InvalidToken, 'The access token is invalid');
   }
-  return { accountId: sub, username: usr, deviceId: dev as number, expiresAt: exp };
+  return { accountId: sub, username: usr, deviceId: dev as number, credentialVersion: cv as number, expiresAt: exp };
 }
 
-/** The access-token check of the WebSocket handshake; the HTTP guard applies the same options. */
+/**
+ * Every access-token check: the WebSocket handshake calls `verify`, the HTTP
+ * strategy (which has verified the signature with the same options) calls
+ * `deviceOf`. Both end in `assertCurrent`, one primary-key look-up of the
+ * account, so that a password change or an account deletion ends every
+ * token issued before it on every relay instance at once, with no cache.
+ */
 @Injectable()
 export class TokenVerifier {
   constructor(
     private readonly jwt: JwtService,
     @Inject(RELAY_CONFIG) private readonly config: RelayConfig,
+    private readonly accounts: AuthRepository,
   ) {}
 
-  /** @throws RelayException TOKEN_EXPIRED, or INVALID_TOKEN for anything else wrong with it. */
-  verify(token: string): AuthenticatedDevice {
+  /** @throws RelayException TOKEN_EXPIRED, CREDENTIALS_CHANGED, or INVALID_TOKEN for anything else wrong with it. */
+  async verify(token: string): Promise<AuthenticatedDevice> {
     let claims: unknown;
     try {
       claims = this.jwt.verify(token, accessTokenVerifyOptions(this.config));
     } catch (error) {
       throw tokenException(error);
     }
-    return deviceFromClaims(claims);
+    return this.deviceOf(claims);
+  }
+
+  /** The device of claims whose signature is verified. @throws RelayException CREDENTIALS_CHANGED, INVALID_TOKEN */
+  async deviceOf(claims: unknown): Promise<AuthenticatedDevice> {
+    const device = deviceFromClaims(claims);
+    await this.assertCurrent(device);
+    return device;
+  }
+
+  /**
+   * @throws RelayException CREDENTIALS_CHANGED when the account's password
+   *   changed since the token was issued; INVALID_TOKEN when the account no
+   *   longer exists (deleted)
+   */
+  async assertCurrent(device: AuthenticatedDevice): Promise<void> {
+    const credentialVersion = await this.accounts.findCredentialVersion(device.accountId);
+    if (credentialVersion === null) throw new RelayException(ErrorCode.InvalidToken, 'The token names an account that does not exist');
+    if (credentialVersion !== device.credentialVersion) {
+      throw new RelayException(ErrorCode.CredentialsChanged, 'The password changed since this token was issued; sign in again');
+    }
   }
 }
 

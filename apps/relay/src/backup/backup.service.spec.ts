@@ -5,8 +5,8 @@ import { RelayException } from '../common/relay.exception.js';
 import type { BackupRepository, StoredBackup } from './backup.repository.js';
 import { BackupService } from './backup.service.js';
 
-const alice: AuthenticatedDevice = { accountId: 'acc-alice', username: 'alice', deviceId: 1, expiresAt: 0 };
-const bob: AuthenticatedDevice = { accountId: 'acc-bob', username: 'bob', deviceId: 1, expiresAt: 0 };
+const alice: AuthenticatedDevice = { accountId: 'acc-alice', username: 'alice', deviceId: 1, credentialVersion: 0, expiresAt: 0 };
+const bob: AuthenticatedDevice = { accountId: 'acc-bob', username: 'bob', deviceId: 1, credentialVersion: 0, expiresAt: 0 };
 
 /** Backups by account id, as the table holds them; `accounts` are the ones that exist. */
 class InMemoryBackupRepository implements Pick<BackupRepository, keyof BackupRepository> {

@@ -60,7 +60,7 @@ export class ChatGateway implements OnGatewayInit, OnGatewayConnection, OnGatewa
   constructor(
     private readonly messages: MessagesService,
     private readonly delivery: DeliveryService,
-    tokenVerifier: TokenVerifier,
+    private readonly tokenVerifier: TokenVerifier,
     @Inject(RELAY_CONFIG) private readonly config: RelayConfig,
   ) {
     this.handshake = new HandshakeAuthenticator(tokenVerifier);
@@ -150,9 +150,13 @@ export class ChatGateway implements OnGatewayInit, OnGatewayConnection, OnGatewa
    */
   private async sendQueueThenGoLive(socket: WebSocket, session: SocketSession): Promise<void> {
     try {
-      const connection = new DeviceConnection(await session.deviceRowId, socket, session.sequence);
+      const connection = new DeviceConnection(await session.deviceRowId, session.device.accountId, socket, session.sequence);
       if (session.closed || !this.delivery.attach(connection)) return;
       session.connection = connection;
+      if (!(await this.credentialsStillCurrent(session))) {
+        connection.close(CloseCode.CredentialsChanged, ErrorCode.CredentialsChanged);
+        return;
+      }
       for await (const envelope of this.messages.queued(connection.deviceRowId)) {
         if (!connection.isOpen) return;
         connection.sendQueued(envelope);
@@ -164,6 +168,22 @@ export class ChatGateway implements OnGatewayInit, OnGatewayConnection, OnGatewa
         this.logger.error('Sending the stored queue failed', error instanceof Error ? error.stack : String(error));
       }
       socket.close(CloseCode.InternalError, exception.code);
+    }
+  }
+
+  /**
+   * Checked once more after `attach`: a password change or deletion that
+   * committed after the handshake's check closed the account's attached
+   * sockets, and this one attached after that, so it reads the change here.
+   */
+  private async credentialsStillCurrent(session: SocketSession): Promise<boolean> {
+    try {
+      await this.tokenVerifier.assertCurrent(session.device);
+      return true;
+    } catch (error) {
+      const code = toRelayException(error).code;
+      if (code === ErrorCode.CredentialsChanged || code === ErrorCode.InvalidToken) return false;
+      throw error;
     }
   }
 

@@ -1,5 +1,5 @@
 import { describe, expect, it } from '@jest/globals';
-import { CloseCode, EnvelopeType, ServerFrameType, type Envelope, type ServerFrame } from '@chat/protocol';
+import { CloseCode, EnvelopeType, ErrorCode, ServerFrameType, type Envelope, type ServerFrame } from '@chat/protocol';
 import { DeliveryService } from './delivery.service.js';
 import { DeviceConnection, type FrameSocket } from './device-connection.js';
 
@@ -32,7 +32,7 @@ describe('DeviceConnection across the queue/live boundary', () => {
   it('holds live envelopes back until queue-empty and drops those the queue already carried', () => {
     const socket = new FakeSocket();
     const delivery = new DeliveryService();
-    const connection = new DeviceConnection('row-1', socket, 1);
+    const connection = new DeviceConnection('row-1', 'acc-1', socket, 1);
     delivery.attach(connection);
 
     connection.sendQueued(envelope('a'));
@@ -49,7 +49,7 @@ describe('DeviceConnection across the queue/live boundary', () => {
     const socket = new FakeSocket();
     const delivery = new DeliveryService();
     delivery.notify('row-1', envelope('a'));
-    const connection = new DeviceConnection('row-1', socket, 1);
+    const connection = new DeviceConnection('row-1', 'acc-1', socket, 1);
     delivery.attach(connection);
     connection.finishQueue();
     socket.readyState = 3;
@@ -63,21 +63,21 @@ describe('DeliveryService connection registry', () => {
     const delivery = new DeliveryService();
     const older = new FakeSocket();
     const newer = new FakeSocket();
-    expect(delivery.attach(new DeviceConnection('row-1', newer, 2))).toBe(true);
-    expect(delivery.attach(new DeviceConnection('row-1', older, 1))).toBe(false);
+    expect(delivery.attach(new DeviceConnection('row-1', 'acc-1', newer, 2))).toBe(true);
+    expect(delivery.attach(new DeviceConnection('row-1', 'acc-1', older, 1))).toBe(false);
     expect(older.closedWith).toEqual([CloseCode.ConnectionReplaced, 'CONNECTION_REPLACED']);
     expect(newer.closedWith).toBeUndefined();
 
     const newest = new FakeSocket();
-    delivery.attach(new DeviceConnection('row-1', newest, 3));
+    delivery.attach(new DeviceConnection('row-1', 'acc-1', newest, 3));
     expect(newer.closedWith?.[0]).toBe(CloseCode.ConnectionReplaced);
   });
 
   it('keeps the newer connection registered when the replaced one detaches', () => {
     const delivery = new DeliveryService();
-    const first = new DeviceConnection('row-1', new FakeSocket(), 1);
+    const first = new DeviceConnection('row-1', 'acc-1', new FakeSocket(), 1);
     const secondSocket = new FakeSocket();
-    const second = new DeviceConnection('row-1', secondSocket, 2);
+    const second = new DeviceConnection('row-1', 'acc-1', secondSocket, 2);
     delivery.attach(first);
     delivery.attach(second);
     second.finishQueue();
@@ -86,5 +86,17 @@ describe('DeliveryService connection registry', () => {
     expect(secondSocket.sentIds).toEqual(['queue-empty', 'x']);
     delivery.detach(second);
     expect(delivery.isConnected('row-1')).toBe(false);
+  });
+
+  it("closes every socket of an account with the given code and leaves other accounts' sockets open", () => {
+    const delivery = new DeliveryService();
+    const [phone, laptop, stranger] = [new FakeSocket(), new FakeSocket(), new FakeSocket()];
+    delivery.attach(new DeviceConnection('row-1', 'acc-1', phone, 1));
+    delivery.attach(new DeviceConnection('row-2', 'acc-1', laptop, 2));
+    delivery.attach(new DeviceConnection('row-3', 'acc-2', stranger, 3));
+    delivery.closeAccount('acc-1', CloseCode.CredentialsChanged, ErrorCode.CredentialsChanged);
+    expect(phone.closedWith).toEqual([CloseCode.CredentialsChanged, 'CREDENTIALS_CHANGED']);
+    expect(laptop.closedWith).toEqual([CloseCode.CredentialsChanged, 'CREDENTIALS_CHANGED']);
+    expect(stranger.closedWith).toBeUndefined();
   });
 });

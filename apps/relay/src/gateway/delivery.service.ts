@@ -1,5 +1,5 @@
 import { Injectable, Logger } from '@nestjs/common';
-import { CloseCode, type Envelope } from '@chat/protocol';
+import { CloseCode, type Envelope, type ErrorCode } from '@chat/protocol';
 import type { DeviceConnection } from './device-connection.js';
 
 /**
@@ -48,5 +48,18 @@ export class DeliveryService {
 
   isConnected(deviceRowId: string): boolean {
     return this.connections.has(deviceRowId);
+  }
+
+  /**
+   * Closes every socket of the account in this process (after a password
+   * change or the account's deletion). A socket whose handshake was verified
+   * before the change but that attaches after this call is closed by the
+   * gateway, which checks its credentials again once attached.
+   */
+  closeAccount(accountId: string, code: CloseCode, reason: ErrorCode): void {
+    // A scan, not an index: this runs once per password change or deletion.
+    for (const connection of this.connections.values()) {
+      if (connection.accountId === accountId) connection.close(code, reason);
+    }
   }
 }

@@ -22,6 +22,8 @@ export class DeviceConnection {
 
   constructor(
     readonly deviceRowId: string,
+    /** The account the device belongs to, so that all of an account's sockets can be closed at once. */
+    readonly accountId: string,
     readonly socket: FrameSocket,
     /** Order in which the handshakes completed: of two sockets of one device, the higher one is kept. */
     readonly sequence: number,

@@ -1,4 +1,5 @@
 import type { IncomingMessage } from 'node:http';
+import { Logger } from '@nestjs/common';
 import { ErrorCode, type ErrorBody } from '@chat/protocol';
 import type { AuthenticatedDevice } from '../auth/authenticated-device.js';
 import type { TokenVerifier } from '../auth/token-verifier.js';
@@ -17,30 +18,36 @@ export type VerifyClient = (info: { req: IncomingMessage }, callback: VerifyClie
 
 /**
  * Authenticates a WebSocket upgrade before the socket exists: the bearer
- * token is verified as on HTTP, and a refusal is an HTTP response with the
- * status and `ErrorBody` of its code (401 for every token problem). The
+ * token is verified as on HTTP (credential version included), and a refusal
+ * is an HTTP response with the status and `ErrorBody` of its code (401 for
+ * every token problem). The
  * device of an accepted upgrade is kept for `handshakeDeviceOf`.
  */
 export class HandshakeAuthenticator {
+  private readonly logger = new Logger('WebSocket');
   private readonly devices = new WeakMap<IncomingMessage, AuthenticatedDevice>();
 
   constructor(private readonly verifier: TokenVerifier) {}
 
   readonly verifyClient: VerifyClient = (info, callback) => {
-    let device: AuthenticatedDevice;
-    try {
-      device = this.verifier.verify(bearerToken(info.req.headers.authorization));
-    } catch (error) {
-      const exception = toRelayException(error);
-      const body: ErrorBody = exception.toBody();
-      callback(false, HTTP_STATUS_OF[exception.code], JSON.stringify(body), {
-        'Content-Type': 'application/json; charset=utf-8',
-      });
-      return;
-    }
-    this.devices.set(info.req, device);
-    callback(true);
+    this.verify(info.req).then(
+      (device) => {
+        this.devices.set(info.req, device);
+        callback(true);
+      },
+      (error: unknown) => {
+        const exception = toRelayException(error);
+        const body: ErrorBody = exception.toBody();
+        callback(false, HTTP_STATUS_OF[exception.code], JSON.stringify(body), {
+          'Content-Type': 'application/json; charset=utf-8',
+        });
+      },
+    );
   };
+
+  private async verify(request: IncomingMessage): Promise<AuthenticatedDevice> {
+    return this.verifier.verify(bearerToken(request.headers.authorization));
+  }
 
   /** The device the upgrade request authenticated as; undefined if it never passed `verifyClient`. */
   deviceOf(request: IncomingMessage): AuthenticatedDevice | undefined {

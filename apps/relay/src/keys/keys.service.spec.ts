@@ -15,7 +15,7 @@ import type {
 import { KeysService } from './keys.service.js';
 
 const b64 = (bytes: Uint8Array) => Buffer.from(bytes).toString('base64');
-const device: AuthenticatedDevice = { accountId: 'acc-1', username: 'alice', deviceId: 1, expiresAt: 0 };
+const device: AuthenticatedDevice = { accountId: 'acc-1', username: 'alice', deviceId: 1, credentialVersion: 0, expiresAt: 0 };
 
 /** An in-memory stand-in for the one device the specs talk about. */
 class InMemoryKeysRepository implements Pick<KeysRepository, keyof KeysRepository> {

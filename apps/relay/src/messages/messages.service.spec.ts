@@ -6,7 +6,7 @@ import type { DeliveryService } from '../gateway/delivery.service.js';
 import type { MessagesRepository, NewMessage, Recipient } from './messages.repository.js';
 import { MessagesService } from './messages.service.js';
 
-const alice: AuthenticatedDevice = { accountId: 'acc-alice', username: 'alice', deviceId: 1, expiresAt: 0 };
+const alice: AuthenticatedDevice = { accountId: 'acc-alice', username: 'alice', deviceId: 1, credentialVersion: 0, expiresAt: 0 };
 const bobRecipient: Recipient = {
   accountId: 'acc-bob',
   devices: [
@@ -89,7 +89,7 @@ describe('MessagesService.send', () => {
 
   it("addresses only the sender's other devices when it sends to its own account", async () => {
     const { service, log } = setUp(bobRecipient);
-    const bobOnDevice1: AuthenticatedDevice = { accountId: 'acc-bob', username: 'bob', deviceId: 1, expiresAt: 0 };
+    const bobOnDevice1: AuthenticatedDevice = { accountId: 'acc-bob', username: 'bob', deviceId: 1, credentialVersion: 0, expiresAt: 0 };
     expect((await refusal(service.send(bobOnDevice1, request(1, 2)))).details).toEqual(['extra: 1']);
     await service.send(bobOnDevice1, request(2));
     expect(log).toEqual(['insert 1', 'notify row-bob-2']);
