@@ -77,6 +77,36 @@ describe('migrations', () => {
     ]);
   });
 
+  it('gives messages queued before account deletion existed their sender username, and an empty one when the sender is gone', async () => {
+    const deletion = '20261128100000_account_deletion';
+    const earlier = MIGRATIONS.filter((name) => name < deletion);
+    const partial = await mkdtemp(join(tmpdir(), 'relay-migrations-'));
+    try {
+      for (const name of earlier) await cp(join(MIGRATIONS_DIR, name), join(partial, name), { recursive: true });
+      await applyMigrations(db.url, { migrationsDir: partial });
+      const [account] = await db.query<{ id: string }>(
+        `INSERT INTO accounts (id, username, password_hash) VALUES (gen_random_uuid(), 'old_sender', 'x') RETURNING id`,
+      );
+      const [device] = await db.query<{ id: string }>(
+        `INSERT INTO devices (id, account_id, device_id) VALUES (gen_random_uuid(), $1::uuid, 1) RETURNING id`,
+        [account!.id],
+      );
+      await db.query(
+        `INSERT INTO messages (id, recipient_device_row_id, sender_account_id, sender_device_id, type, ciphertext)
+         VALUES ('00000000-0000-4000-8000-000000000001', $1::uuid, $2::uuid, 1, 'signal', '\\x01'),
+                ('00000000-0000-4000-8000-000000000002', $1::uuid, gen_random_uuid(), 1, 'signal', '\\x02')`,
+        [device!.id, account!.id],
+      );
+    } finally {
+      await rm(partial, { recursive: true, force: true });
+    }
+    expect(await applyMigrations(db.url, { migrationsDir })).toEqual(MIGRATIONS.filter((name) => name >= deletion));
+    expect(await db.query('SELECT id, sender_username FROM messages ORDER BY id')).toEqual([
+      { id: '00000000-0000-4000-8000-000000000001', sender_username: 'old_sender' },
+      { id: '00000000-0000-4000-8000-000000000002', sender_username: '' },
+    ]);
+  });
+
   it('refuses to run when an applied migration was edited afterwards', async () => {
     await applyMigrations(db.url, { migrationsDir });
     await appendFile(join(migrationsDir, INIT, 'migration.sql'), '\n-- edited\n');

@@ -1,7 +1,9 @@
 import { Module } from '@nestjs/common';
 import { JwtModule } from '@nestjs/jwt';
 import { PassportModule } from '@nestjs/passport';
+import { Clock } from '../common/clock.js';
 import { DeliveryModule } from '../gateway/delivery.module.js';
+import { AccountController } from './account.controller.js';
 import { AuthController } from './auth.controller.js';
 import { AuthRepository } from './auth.repository.js';
 import { AuthService } from './auth.service.js';
@@ -12,8 +14,8 @@ import { TokenVerifier } from './token-verifier.js';
 @Module({
   // Secrets and algorithms are passed per call from RelayConfig (token-verifier.ts), not registered here.
   imports: [PassportModule, JwtModule.register({}), DeliveryModule],
-  controllers: [AuthController],
-  providers: [AuthService, AuthRepository, JwtStrategy, JwtAuthGuard, TokenVerifier],
+  controllers: [AuthController, AccountController],
+  providers: [AuthService, AuthRepository, JwtStrategy, JwtAuthGuard, TokenVerifier, Clock],
   exports: [TokenVerifier, JwtAuthGuard],
 })
 export class AuthModule {}

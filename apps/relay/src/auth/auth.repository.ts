@@ -29,24 +29,44 @@ export interface ConsumedRefreshToken extends DeviceIdentity {
 /** Sentinel thrown inside a transaction to roll it back. */
 class Rollback extends Error {}
 
-/** Accounts, their first device and refresh tokens. The only place auth touches Prisma. */
+/** Accounts, their first device, refresh tokens and retired usernames. The only place auth touches Prisma. */
 @Injectable()
 export class AuthRepository {
   constructor(private readonly prisma: PrismaService) {}
 
   /**
-   * Creates the account and its device 1 in one statement.
+   * Creates the account and its device 1. A username that an account deleted
+   * after `retiredAfter` gave up is still taken; an older retirement is
+   * forgotten.
+   *
+   * The account row is inserted before the retired name is read: an insert
+   * that meets a concurrent deletion of the same name waits on the unique
+   * index until that deletion commits, and the deletion records the retired
+   * name in the same transaction, so the read that follows sees it. A name
+   * cannot be taken over between its deletion and its retirement.
+   *
    * @throws RelayException USERNAME_TAKEN, decided by the unique index, so also under concurrent registers.
    */
-  async createAccount(username: string, passwordHash: string): Promise<DeviceIdentity> {
+  async createAccount(username: string, passwordHash: string, retiredAfter: Date): Promise<DeviceIdentity> {
     try {
-      const account = await this.prisma.account.create({
-        data: { username, passwordHash, devices: { create: { deviceId: PRIMARY_DEVICE_ID } } },
-        select: { id: true, username: true, credentialVersion: true },
+      return await this.prisma.$transaction(async (tx) => {
+        const account = await tx.account.create({
+          data: { username, passwordHash, devices: { create: { deviceId: PRIMARY_DEVICE_ID } } },
+          select: { id: true, username: true, credentialVersion: true },
+        });
+        const retired = await tx.retiredUsername.findUnique({ where: { username }, select: { deletedAt: true } });
+        if (retired && retired.deletedAt > retiredAfter) throw new Rollback();
+        if (retired) await tx.retiredUsername.delete({ where: { username } });
+        return {
+          accountId: account.id,
+          username: account.username,
+          deviceId: PRIMARY_DEVICE_ID,
+          credentialVersion: account.credentialVersion,
+        };
       });
-      return { accountId: account.id, username: account.username, deviceId: PRIMARY_DEVICE_ID, credentialVersion: account.credentialVersion };
     } catch (error) {
-      if (error instanceof Prisma.PrismaClientKnownRequestError && error.code === 'P2002') {
+      if (error instanceof Rollback || (error instanceof Prisma.PrismaClientKnownRequestError && error.code === 'P2002')) {
+        // One answer for both: a name in its cooling-off period reads as taken, not as deleted.
         throw new RelayException(ErrorCode.UsernameTaken, 'The username is taken');
       }
       throw error;
@@ -138,6 +158,31 @@ export class AuthRepository {
       });
     } catch (error) {
       if (error instanceof Rollback) return null;
+      throw error;
+    }
+  }
+
+  /**
+   * Deletes the account, if its credential version is still `verifiedVersion`,
+   * and retires its username as of `deletedAt`, in one transaction. Devices,
+   * prekeys, queued messages to its devices, refresh tokens and the backup go
+   * with it (ON DELETE CASCADE). Returns false, changing nothing, when the
+   * version moved on meanwhile.
+   */
+  async deleteAccount(accountId: string, verifiedVersion: number, username: string, deletedAt: Date): Promise<boolean> {
+    try {
+      await this.prisma.$transaction(async (tx) => {
+        await tx.retiredUsername.upsert({
+          where: { username },
+          create: { username, deletedAt },
+          update: { deletedAt },
+        });
+        const { count } = await tx.account.deleteMany({ where: { id: accountId, credentialVersion: verifiedVersion } });
+        if (count !== 1) throw new Rollback();
+      });
+      return true;
+    } catch (error) {
+      if (error instanceof Rollback) return false;
       throw error;
     }
   }

@@ -2,6 +2,7 @@ import { createHash, randomUUID } from 'node:crypto';
 import { beforeEach, describe, expect, it } from '@jest/globals';
 import { JwtService } from '@nestjs/jwt';
 import { CloseCode, ErrorCode } from '@chat/protocol';
+import { Clock } from '../common/clock.js';
 import { RelayException } from '../common/relay.exception.js';
 import { loadConfig } from '../config/relay-config.js';
 import type { DeliveryService } from '../gateway/delivery.service.js';
@@ -14,9 +15,15 @@ import { TOKEN_AUDIENCE, TOKEN_ISSUER, TokenVerifier } from './token-verifier.js
 class InMemoryAuthRepository implements Pick<AuthRepository, keyof AuthRepository> {
   readonly accounts = new Map<string, AccountCredentials>();
   readonly refreshTokens = new Map<string, DeviceIdentity & { expiresAt: Date }>();
+  /** Username to when its account was deleted. */
+  readonly retiredUsernames = new Map<string, Date>();
 
-  async createAccount(username: string, passwordHash: string): Promise<DeviceIdentity> {
-    if (this.accounts.has(username)) throw new RelayException(ErrorCode.UsernameTaken, 'taken');
+  async createAccount(username: string, passwordHash: string, retiredAfter: Date): Promise<DeviceIdentity> {
+    const retiredAt = this.retiredUsernames.get(username);
+    if (this.accounts.has(username) || (retiredAt && retiredAt > retiredAfter)) {
+      throw new RelayException(ErrorCode.UsernameTaken, 'taken');
+    }
+    this.retiredUsernames.delete(username);
     const account = { accountId: randomUUID(), username, passwordHash, credentialVersion: 0 };
     this.accounts.set(username, account);
     return { accountId: account.accountId, username, deviceId: 1, credentialVersion: 0 };
@@ -54,7 +61,29 @@ class InMemoryAuthRepository implements Pick<AuthRepository, keyof AuthRepositor
     for (const [key, token] of this.refreshTokens) if (token.accountId === accountId) this.refreshTokens.delete(key);
     return account.credentialVersion;
   }
+
+  async deleteAccount(accountId: string, verifiedVersion: number, username: string, deletedAt: Date): Promise<boolean> {
+    const account = await this.findCredentialsById(accountId);
+    if (!account || account.credentialVersion !== verifiedVersion) return false;
+    this.accounts.delete(account.username);
+    for (const [key, token] of this.refreshTokens) if (token.accountId === accountId) this.refreshTokens.delete(key);
+    this.retiredUsernames.set(username, deletedAt);
+    return true;
+  }
 }
+
+/** A clock the test moves by hand. */
+class ManualClock extends Clock {
+  current = new Date('2026-12-01T12:00:00Z');
+  override now(): Date {
+    return new Date(this.current);
+  }
+  advance(ms: number): void {
+    this.current = new Date(this.current.getTime() + ms);
+  }
+}
+
+const DAY_MS = 24 * 60 * 60 * 1000;
 
 /** Records what the service asked delivery to close. */
 class RecordingDelivery {
@@ -84,14 +113,18 @@ async function codeOf(promise: Promise<unknown>): Promise<ErrorCode | undefined>
 describe('AuthService', () => {
   let repository: InMemoryAuthRepository;
   let delivery: RecordingDelivery;
+  let clock: ManualClock;
   let service: AuthService;
   let verifier: TokenVerifier;
+  const jwt = new JwtService({});
+  const serviceWith = (relayConfig: typeof config) =>
+    new AuthService(repository as unknown as AuthRepository, jwt, relayConfig, delivery as unknown as DeliveryService, clock);
 
   beforeEach(() => {
     repository = new InMemoryAuthRepository();
     delivery = new RecordingDelivery();
-    const jwt = new JwtService({});
-    service = new AuthService(repository as unknown as AuthRepository, jwt, config, delivery as unknown as DeliveryService);
+    clock = new ManualClock();
+    service = serviceWith(config);
     verifier = new TokenVerifier(jwt, config, repository as unknown as AuthRepository);
   });
 
@@ -204,6 +237,47 @@ describe('AuthService', () => {
       const again = service.changePassword(staleDevice, { currentPassword: 'a new password', newPassword: 'a third password' });
       expect(await codeOf(again)).toBe(ErrorCode.CredentialsChanged);
       await expect(service.login({ username: 'alice', password: 'a new password' })).resolves.toMatchObject({ username: 'alice' });
+    });
+  });
+
+  describe('deleteAccount', () => {
+    it('refuses a wrong password with INVALID_CREDENTIALS and keeps the account', async () => {
+      const auth = await service.register({ username: 'alice', password: 'a long password' });
+      const refusal = service.deleteAccount(await verifier.verify(auth.accessToken), { password: 'wrong password' });
+      expect(await codeOf(refusal)).toBe(ErrorCode.InvalidCredentials);
+      expect(repository.accounts.has('alice')).toBe(true);
+      expect(delivery.closedAccounts).toEqual([]);
+    });
+
+    it("removes the account, ends its tokens, closes its sockets with 4403 and retires its username", async () => {
+      const auth = await service.register({ username: 'alice', password: 'a long password' });
+      await service.deleteAccount(await verifier.verify(auth.accessToken), { password: 'a long password' });
+      expect(repository.accounts.has('alice')).toBe(false);
+      expect(delivery.closedAccounts).toEqual([[auth.accountId, CloseCode.CredentialsChanged, ErrorCode.CredentialsChanged]]);
+      expect(await codeOf(verifier.verify(auth.accessToken))).toBe(ErrorCode.InvalidToken);
+      expect(await codeOf(service.refresh({ refreshToken: auth.refreshToken }))).toBe(ErrorCode.InvalidRefreshToken);
+      expect(await codeOf(service.login({ username: 'alice', password: 'a long password' }))).toBe(ErrorCode.InvalidCredentials);
+      expect(repository.retiredUsernames.get('alice')).toEqual(clock.now());
+    });
+
+    it('keeps the username taken for the cooling-off period and frees it when the period is over', async () => {
+      const auth = await service.register({ username: 'alice', password: 'a long password' });
+      await service.deleteAccount(await verifier.verify(auth.accessToken), { password: 'a long password' });
+
+      clock.advance(config.usernameCoolingOffDays * DAY_MS - 1);
+      expect(await codeOf(service.register({ username: 'alice', password: 'another password' }))).toBe(ErrorCode.UsernameTaken);
+      clock.advance(1);
+      const again = await service.register({ username: 'alice', password: 'another password' });
+      expect(again.accountId).not.toBe(auth.accountId);
+      expect(repository.retiredUsernames.has('alice')).toBe(false);
+    });
+
+    it('frees the username at once with a cooling-off period of 0 days', async () => {
+      service = serviceWith({ ...config, usernameCoolingOffDays: 0 });
+      const auth = await service.register({ username: 'alice', password: 'a long password' });
+      await service.deleteAccount(await verifier.verify(auth.accessToken), { password: 'a long password' });
+      clock.advance(1);
+      await expect(service.register({ username: 'alice', password: 'another password' })).resolves.toMatchObject({ username: 'alice' });
     });
   });
 });

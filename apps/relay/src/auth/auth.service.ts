@@ -8,10 +8,12 @@ import {
   PRIMARY_DEVICE_ID,
   type AuthResponse,
   type ChangePasswordRequest,
+  type DeleteAccountRequest,
   type LoginRequest,
   type RefreshRequest,
   type RegisterRequest,
 } from '@chat/protocol';
+import { Clock } from '../common/clock.js';
 import { RelayException } from '../common/relay.exception.js';
 import { RELAY_CONFIG, type RelayConfig } from '../config/relay-config.js';
 import { DeliveryService } from '../gateway/delivery.service.js';
@@ -22,7 +24,7 @@ import { accessTokenSignOptions, type AccessTokenClaims } from './token-verifier
 const REFRESH_TOKEN_BYTES = 32;
 const DAY_MS = 24 * 60 * 60 * 1000;
 
-/** Registration, password login, refresh-token rotation and password changes. */
+/** Registration, password login, refresh-token rotation, password changes and account deletion. */
 @Injectable()
 export class AuthService {
   /** Verified against for unknown usernames, so that a login takes as long whether or not the account exists. */
@@ -33,12 +35,17 @@ export class AuthService {
     private readonly jwt: JwtService,
     @Inject(RELAY_CONFIG) private readonly config: RelayConfig,
     private readonly delivery: DeliveryService,
+    private readonly clock: Clock,
   ) {}
 
-  /** @throws RelayException USERNAME_TAKEN */
+  /**
+   * @throws RelayException USERNAME_TAKEN, also for the username of an
+   *   account deleted less than the cooling-off period ago
+   */
   async register(request: RegisterRequest): Promise<AuthResponse> {
     const passwordHash = await this.hashPassword(request.password);
-    const device = await this.accounts.createAccount(request.username, passwordHash);
+    const coolingOffMs = this.config.usernameCoolingOffDays * DAY_MS;
+    const device = await this.accounts.createAccount(request.username, passwordHash, new Date(this.clock.now().getTime() - coolingOffMs));
     return this.issueTokens(device);
   }
 
@@ -90,6 +97,24 @@ export class AuthService {
     if (credentialVersion === null) throw credentialsChanged();
     this.delivery.closeAccount(account.accountId, CloseCode.CredentialsChanged, ErrorCode.CredentialsChanged);
     return this.issueTokens({ accountId: account.accountId, username: account.username, deviceId: device.deviceId, credentialVersion });
+  }
+
+  /**
+   * Deletes the token's account once its password is checked: its devices,
+   * prekeys, queued messages, refresh tokens and backup go, its sockets are
+   * closed with 4403, its tokens stop working, and its username stays taken
+   * for the cooling-off period. Messages it sent that are still queued for
+   * others stay deliverable under its username.
+   *
+   * @throws RelayException INVALID_CREDENTIALS for a wrong password;
+   *   CREDENTIALS_CHANGED when the password changed meanwhile
+   */
+  async deleteAccount(device: AuthenticatedDevice, request: DeleteAccountRequest): Promise<void> {
+    const account = await this.verifiedAccount(device, request.password);
+    if (!(await this.accounts.deleteAccount(account.accountId, account.credentialVersion, account.username, this.clock.now()))) {
+      throw credentialsChanged();
+    }
+    this.delivery.closeAccount(account.accountId, CloseCode.CredentialsChanged, ErrorCode.CredentialsChanged);
   }
 
   /**

@@ -2,6 +2,7 @@ import { mkdtemp, readFile, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from '@jest/globals';
+import { USERNAME_COOLING_OFF_DAYS } from '@chat/protocol';
 import { ConfigError, loadConfig, readOrCreateDevelopmentSecret } from './relay-config.js';
 
 const SECRET = 'a'.repeat(32);
@@ -19,6 +20,7 @@ describe('loadConfig', () => {
       refreshTokenTtlDays: 30,
       argon2: { memoryKib: 19456, timeCost: 2, parallelism: 1 },
       heartbeatIntervalMs: 30000,
+      usernameCoolingOffDays: USERNAME_COOLING_OFF_DAYS,
     });
   });
 
@@ -28,9 +30,11 @@ describe('loadConfig', () => {
       PORT: '9000',
       DATABASE_URL: 'postgresql://relay@db.internal:5432/relay',
       ARGON2_MEMORY_KIB: '1024',
+      USERNAME_COOLING_OFF_DAYS: '0',
     });
     expect(config.port).toBe(9000);
     expect(config.argon2.memoryKib).toBe(1024);
+    expect(config.usernameCoolingOffDays).toBe(0);
     expect(config.database).toEqual({ mode: 'postgres', url: 'postgresql://relay@db.internal:5432/relay' });
   });
 
@@ -44,6 +48,8 @@ describe('loadConfig', () => {
     ['ARGON2_PARALLELISM', '1.5'],
     ['HEARTBEAT_INTERVAL_MS', '-1'],
     ['LOG_LEVEL', 'loud'],
+    ['USERNAME_COOLING_OFF_DAYS', '-1'],
+    ['USERNAME_COOLING_OFF_DAYS', '1.5'],
   ])('refuses %s=%s with a message naming the variable', (name, value) => {
     const load = () => loadConfig({ JWT_SECRET: SECRET, [name]: value }, { developmentSecret: noSecretFile });
     expect(load).toThrow(ConfigError);

@@ -19,6 +19,7 @@ export interface RelayConfig {
   readonly refreshTokenTtlDays: number;
   readonly argon2: { readonly memoryKib: number; readonly timeCost: number; readonly parallelism: number };
   readonly heartbeatIntervalMs: number;
+  readonly usernameCoolingOffDays: number;
 }
 
 /** Injection token of the `RelayConfig`. */
@@ -86,6 +87,7 @@ export function loadConfig(env: Env, options: LoadConfigOptions = {}): RelayConf
       parallelism: parsed.ARGON2_PARALLELISM,
     },
     heartbeatIntervalMs: parsed.HEARTBEAT_INTERVAL_MS,
+    usernameCoolingOffDays: parsed.USERNAME_COOLING_OFF_DAYS,
   });
 }
 

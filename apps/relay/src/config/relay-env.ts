@@ -1,6 +1,7 @@
 import 'reflect-metadata';
 import { Type } from 'class-transformer';
 import { IsIn, IsInt, IsOptional, IsString, Matches, Max, Min, MinLength } from 'class-validator';
+import { USERNAME_COOLING_OFF_DAYS } from '@chat/protocol';
 
 export const NODE_ENVIRONMENTS = ['development', 'production', 'test'] as const;
 export type NodeEnvironment = (typeof NODE_ENVIRONMENTS)[number];
@@ -88,4 +89,12 @@ export class RelayEnv {
   @IsOptional()
   @IsIn(LOG_LEVELS)
   LOG_LEVEL: RelayLogLevel = 'log';
+
+  /** Days a deleted account's username stays unavailable; 0 frees it at once. */
+  @IsOptional()
+  @Type(() => Number)
+  @IsInt()
+  @Min(0)
+  @Max(36500)
+  USERNAME_COOLING_OFF_DAYS = USERNAME_COOLING_OFF_DAYS;
 }

@@ -1,5 +1,6 @@
 import { Injectable } from '@nestjs/common';
 import type { EnvelopeType } from '@chat/protocol';
+import { Prisma } from '../prisma/generated/client.js';
 import { PrismaService } from '../prisma/prisma.service.js';
 import { deviceCanReceive } from '../prisma/receiving-device.sql.js';
 
@@ -19,6 +20,8 @@ export interface NewMessage {
   id: string;
   recipientDeviceRowId: string;
   senderAccountId: string;
+  /** Kept with the message so that it stays deliverable, with its source, if the sender's account is deleted. */
+  senderUsername: string;
   senderDeviceId: number;
   type: EnvelopeType;
   ciphertext: Uint8Array<ArrayBuffer>;
@@ -29,8 +32,8 @@ export interface StoredMessage {
   id: string;
   /** Queue position; delivery order. */
   seq: bigint;
-  /** The sender's username; null if the sender's account was deleted since. */
-  source: string | null;
+  /** The sender's username when it sent. */
+  source: string;
   sourceDevice: number;
   type: EnvelopeType;
   ciphertext: Uint8Array;
@@ -40,7 +43,7 @@ export interface StoredMessage {
 interface StoredMessageRow {
   id: string;
   seq: bigint;
-  source: string | null;
+  source: string;
   source_device: number | null;
   type: EnvelopeType;
   ciphertext: Uint8Array;
@@ -78,9 +81,19 @@ export class MessagesRepository {
     };
   }
 
-  /** One multi-row INSERT, so the messages of one send are stored all or none. */
-  async insertMessages(messages: NewMessage[]): Promise<void> {
-    await this.prisma.message.createMany({ data: messages });
+  /**
+   * One multi-row INSERT, so the messages of one send are stored all or none.
+   * Returns false, storing nothing, when a recipient device was deleted (with
+   * its account) after it was looked up.
+   */
+  async insertMessages(messages: NewMessage[]): Promise<boolean> {
+    try {
+      await this.prisma.message.createMany({ data: messages });
+      return true;
+    } catch (error) {
+      if (error instanceof Prisma.PrismaClientKnownRequestError && error.code === 'P2003') return false;
+      throw error;
+    }
   }
 
   async findDeviceRowId(accountId: string, deviceId: number): Promise<string | null> {
@@ -94,9 +107,9 @@ export class MessagesRepository {
   /** The device's queue after `afterSeq`, oldest first. */
   async findQueued(deviceRowId: string, afterSeq: bigint, limit: number): Promise<StoredMessage[]> {
     const rows = await this.prisma.$queryRaw<StoredMessageRow[]>`
-      SELECT m.id, m.seq, s.username AS source, m.sender_device_id AS source_device,
+      SELECT m.id, m.seq, m.sender_username AS source, m.sender_device_id AS source_device,
              m.type, m.ciphertext, m.server_timestamp
-        FROM messages m LEFT JOIN accounts s ON s.id = m.sender_account_id
+        FROM messages m
        WHERE m.recipient_device_row_id = ${deviceRowId}::uuid AND m.seq > ${afterSeq}
        ORDER BY m.seq
        LIMIT ${limit}`;

@@ -24,6 +24,7 @@ function setUp(recipient: Recipient | null = bobRecipient) {
     insertMessages: async (messages: NewMessage[]) => {
       stored.push(...messages);
       log.push(`insert ${messages.length}`);
+      return true;
     },
   } as unknown as MessagesRepository;
   const notified: Array<[string, Envelope]> = [];
@@ -56,7 +57,7 @@ describe('MessagesService.send', () => {
       ['row-bob-2', 'to 2'],
       ['row-bob-1', 'to 1'],
     ]);
-    expect(stored.every((m) => m.senderAccountId === 'acc-alice' && m.senderDeviceId === 1)).toBe(true);
+    expect(stored.every((m) => m.senderAccountId === 'acc-alice' && m.senderUsername === 'alice' && m.senderDeviceId === 1)).toBe(true);
     expect(new Set(stored.map((m) => m.id)).size).toBe(2);
     expect(notified[0]?.[1]).toEqual({
       id: stored[0]?.id,
@@ -95,9 +96,16 @@ describe('MessagesService.send', () => {
     expect(log).toEqual(['insert 1', 'notify row-bob-2']);
   });
 
+  it('refuses with UNKNOWN_RECIPIENT, notifying no one, when the recipient device is deleted before the insert', async () => {
+    const { service, log } = setUp();
+    (service as unknown as { messages: { insertMessages: () => Promise<boolean> } }).messages.insertMessages = async () => false;
+    expect((await refusal(service.send(alice, request(1, 2)))).code).toBe(ErrorCode.UnknownRecipient);
+    expect(log).toEqual([]);
+  });
+
   it('does not notify anyone when the insert fails', async () => {
     const { service, log } = setUp();
-    (service as unknown as { messages: { insertMessages: () => Promise<void> } }).messages.insertMessages = async () => {
+    (service as unknown as { messages: { insertMessages: () => Promise<boolean> } }).messages.insertMessages = async () => {
       throw new Error('database down');
     };
     await expect(service.send(alice, request(1, 2))).rejects.toThrow('database down');

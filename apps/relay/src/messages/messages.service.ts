@@ -13,13 +13,17 @@ import { RelayException } from '../common/relay.exception.js';
 import { DeliveryService } from '../gateway/delivery.service.js';
 import { MessagesRepository, type NewMessage, type StoredMessage } from './messages.repository.js';
 
+function unknownRecipient(): RelayException {
+  return new RelayException(ErrorCode.UnknownRecipient, 'No such user, or it has no device with keys');
+}
+
 /** Envelopes read per query while a connecting device's queue is sent. */
 const QUEUE_PAGE_SIZE = 100;
 
 export function envelopeOf(message: StoredMessage): Envelope {
   return {
     id: message.id,
-    source: message.source ?? '',
+    source: message.source,
     sourceDevice: message.sourceDevice,
     type: message.type,
     ciphertext: Buffer.from(message.ciphertext).toString('base64'),
@@ -50,9 +54,7 @@ export class MessagesService {
     const devices = recipient?.devices.filter(
       (device) => !(recipient.accountId === sender.accountId && device.deviceId === sender.deviceId),
     );
-    if (!recipient || !devices || devices.length === 0) {
-      throw new RelayException(ErrorCode.UnknownRecipient, 'No such user, or it has no device with keys');
-    }
+    if (!recipient || !devices || devices.length === 0) throw unknownRecipient();
 
     const addressed = request.messages.map((message) => message.deviceId);
     const repeated = addressed.filter((deviceId, index) => addressed.indexOf(deviceId) !== index);
@@ -76,12 +78,13 @@ export class MessagesService {
       id: randomUUID(),
       recipientDeviceRowId: rowIdOf.get(message.deviceId) as string,
       senderAccountId: sender.accountId,
+      senderUsername: sender.username,
       senderDeviceId: sender.deviceId,
       type: message.type,
       ciphertext: new Uint8Array(Buffer.from(message.ciphertext, 'base64')),
       serverTimestamp,
     }));
-    await this.messages.insertMessages(stored);
+    if (!(await this.messages.insertMessages(stored))) throw unknownRecipient();
 
     for (const message of stored) {
       this.delivery.notify(message.recipientDeviceRowId, {
