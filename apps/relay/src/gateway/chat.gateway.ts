@@ -17,6 +17,7 @@ import type { AuthenticatedDevice } from '../auth/authenticated-device.js';
 import { TokenVerifier } from '../auth/token-verifier.js';
 import { toRelayException } from '../common/http-exception.filter.js';
 import { RELAY_CONFIG, type RelayConfig } from '../config/relay-config.js';
+import { KeysService } from '../keys/keys.service.js';
 import { MessagesService } from '../messages/messages.service.js';
 import { errorFrame, parseClientFrame, requestIdOf, validateFrame } from './client-frames.js';
 import { DeliveryService } from './delivery.service.js';
@@ -40,7 +41,8 @@ const MAX_TIMER_DELAY_MS = 2 ** 31 - 1;
 
 /**
  * `/v1/ws`: one authenticated socket per device, carrying its stored queue,
- * then live messages, and its `send`/`ack` frames.
+ * then `keys-low` if the device should top up its one-time prekeys, then
+ * live messages and notices, and its `send`/`ack` frames.
  *
  * The handshake is authenticated by ws's `verifyClient`, installed on the
  * server in `afterInit`, so an unauthenticated upgrade never becomes a
@@ -59,6 +61,7 @@ export class ChatGateway implements OnGatewayInit, OnGatewayConnection, OnGatewa
 
   constructor(
     private readonly messages: MessagesService,
+    private readonly keys: KeysService,
     private readonly delivery: DeliveryService,
     private readonly tokenVerifier: TokenVerifier,
     @Inject(RELAY_CONFIG) private readonly config: RelayConfig,
@@ -161,7 +164,9 @@ export class ChatGateway implements OnGatewayInit, OnGatewayConnection, OnGatewa
         if (!connection.isOpen) return;
         connection.sendQueued(envelope);
       }
-      connection.finishQueue();
+      // Read before queue-empty and sent right behind it, so that a client
+      // that has read the frame after queue-empty knows whether it got one.
+      connection.finishQueue((await this.keys.keysLowNotice(connection.deviceRowId)) ?? undefined);
     } catch (error) {
       const exception = toRelayException(error);
       if (exception.code === ErrorCode.Internal) {

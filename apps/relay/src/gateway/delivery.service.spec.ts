@@ -58,6 +58,48 @@ describe('DeviceConnection across the queue/live boundary', () => {
   });
 });
 
+describe('device notices', () => {
+  const keysLow = { type: ServerFrameType.KeysLow, preKeys: 3, kyberPreKeys: 25, threshold: 20 } as const;
+
+  it('holds a notice back until queue-empty, in order with live messages, then pushes at once', () => {
+    const socket = new FakeSocket();
+    const delivery = new DeliveryService();
+    const connection = new DeviceConnection('row-1', 'acc-1', socket, 1);
+    delivery.attach(connection);
+    delivery.notify('row-1', envelope('a'));
+    delivery.notice('row-1', keysLow);
+    connection.finishQueue();
+    delivery.notice('row-1', keysLow);
+    expect(socket.sentIds).toEqual(['queue-empty', 'a', 'keys-low', 'keys-low']);
+    expect(socket.frames[2]).toEqual(keysLow);
+  });
+
+  it('sends the connect notice right after queue-empty and drops held notices of its kind', () => {
+    const socket = new FakeSocket();
+    const delivery = new DeliveryService();
+    const connection = new DeviceConnection('row-1', 'acc-1', socket, 1);
+    delivery.attach(connection);
+    delivery.notice('row-1', { ...keysLow, preKeys: 4 });
+    delivery.notify('row-1', envelope('a'));
+    connection.finishQueue(keysLow);
+    expect(socket.frames).toEqual([
+      { type: ServerFrameType.QueueEmpty },
+      keysLow,
+      { type: ServerFrameType.Message, envelope: envelope('a') },
+    ]);
+  });
+
+  it('drops a notice for a device that is not connected here', () => {
+    const socket = new FakeSocket();
+    const delivery = new DeliveryService();
+    const connection = new DeviceConnection('row-1', 'acc-1', socket, 1);
+    delivery.attach(connection);
+    connection.finishQueue();
+    delivery.notice('row-2', keysLow);
+    expect(socket.sentIds).toEqual(['queue-empty']);
+  });
+});
+
 describe('DeliveryService connection registry', () => {
   it('closes the older connection of a device with 4409, whichever attaches first', () => {
     const delivery = new DeliveryService();

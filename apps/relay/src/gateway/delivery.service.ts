@@ -1,12 +1,13 @@
 import { Injectable, Logger } from '@nestjs/common';
 import { CloseCode, type Envelope, type ErrorCode } from '@chat/protocol';
-import type { DeviceConnection } from './device-connection.js';
+import type { DeviceConnection, DeviceNotice } from './device-connection.js';
 
 /**
- * Hands stored envelopes to their recipient's live connection. Services
- * publish here and never touch sockets. This implementation keeps the
- * connections of this process; with several relay instances a shared bus
- * replaces `notify` while `attach`/`detach` stay local.
+ * Hands stored envelopes and device notices to the device's live connection,
+ * and closes an account's connections. Services publish here and never touch
+ * sockets. This implementation keeps the connections of this process; with
+ * several relay instances a shared bus replaces `notify`, `notice` and
+ * `closeAccount` while `attach`/`detach` stay local.
  */
 @Injectable()
 export class DeliveryService {
@@ -19,6 +20,20 @@ export class DeliveryService {
       this.connections.get(deviceRowId)?.deliverLive(envelope);
     } catch (error) {
       this.logger.error(`Live delivery to a device failed; the message stays queued`, (error as Error).stack);
+    }
+  }
+
+  /**
+   * Pushes a notice (such as `keys-low`) to the device if it is connected
+   * here; after `queue-empty` if its queue is still being sent. Nothing is
+   * kept for a device that is not connected: a notice is a hint that the
+   * relay repeats when the device connects, if it still applies.
+   */
+  notice(deviceRowId: string, notice: DeviceNotice): void {
+    try {
+      this.connections.get(deviceRowId)?.deliverNotice(notice);
+    } catch (error) {
+      this.logger.error(`Pushing a ${notice.type} notice to a device failed`, (error as Error).stack);
     }
   }
 

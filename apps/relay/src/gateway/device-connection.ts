@@ -1,4 +1,7 @@
-import { ServerFrameType, type Envelope, type ServerFrame } from '@chat/protocol';
+import { ServerFrameType, type Envelope, type KeysLowFrame, type MessageFrame, type ServerFrame } from '@chat/protocol';
+
+/** A frame the relay pushes to a device of its own accord that is not an envelope. */
+export type DeviceNotice = KeysLowFrame;
 
 /** The part of a `ws` WebSocket a device connection uses; a fake in unit specs. */
 export interface FrameSocket {
@@ -11,13 +14,14 @@ const OPEN = 1;
 
 /**
  * One device's live socket. Until the stored queue has been sent it holds
- * back live envelopes, then sends those the queue did not already carry: a
- * message stored while the queue is read reaches the device exactly once,
- * whichever of the two paths saw it.
+ * back live envelopes and notices, then sends them in order, less the
+ * envelopes the queue already carried: a message stored while the queue is
+ * read reaches the device exactly once, whichever of the two paths saw it,
+ * and every notice comes after `queue-empty`.
  */
 export class DeviceConnection {
   private draining = true;
-  private readonly heldBack: Envelope[] = [];
+  private readonly heldBack: Array<MessageFrame | DeviceNotice> = [];
   private readonly sentFromQueue = new Set<string>();
 
   constructor(
@@ -45,18 +49,32 @@ export class DeviceConnection {
 
   /** A message stored after this connection was registered. */
   deliverLive(envelope: Envelope): void {
-    if (this.draining) this.heldBack.push(envelope);
-    else this.send({ type: ServerFrameType.Message, envelope });
+    this.sendOrHold({ type: ServerFrameType.Message, envelope });
   }
 
-  /** Ends the queue: `queue-empty`, then the held-back live messages not sent already. */
-  finishQueue(): void {
+  deliverNotice(notice: DeviceNotice): void {
+    this.sendOrHold(notice);
+  }
+
+  /**
+   * Ends the queue: `queue-empty`, then `connectNotice` if any, then the
+   * held-back frames, less messages already sent and less held notices of
+   * the kind `connectNotice` supersedes with fresher content.
+   */
+  finishQueue(connectNotice?: DeviceNotice): void {
     this.send({ type: ServerFrameType.QueueEmpty });
+    if (connectNotice) this.send(connectNotice);
     this.draining = false;
-    for (const envelope of this.heldBack.splice(0)) {
-      if (!this.sentFromQueue.has(envelope.id)) this.send({ type: ServerFrameType.Message, envelope });
+    for (const frame of this.heldBack.splice(0)) {
+      if (frame.type === ServerFrameType.Message ? this.sentFromQueue.has(frame.envelope.id) : frame.type === connectNotice?.type) continue;
+      this.send(frame);
     }
     this.sentFromQueue.clear();
+  }
+
+  private sendOrHold(frame: MessageFrame | DeviceNotice): void {
+    if (this.draining) this.heldBack.push(frame);
+    else this.send(frame);
   }
 
   close(code: number, reason: string): void {

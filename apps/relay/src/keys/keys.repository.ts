@@ -117,9 +117,11 @@ export class KeysRepository {
    * other than the account's or a one-time key id already stored, nothing.
    * With `replaceOneTimePreKeys` the device's stored one-time keys are
    * deleted first, inside the same transaction, so no bundle is ever handed
-   * out with a key of the old set once the new one is stored.
+   * out with a key of the old set once the new one is stored. An upload that
+   * leaves both one-time counts at `lowThreshold` or more ends the device's
+   * low period (see `markKeysLow`).
    */
-  async storeKeys(accountId: string, deviceRowId: string, upload: KeyUpload): Promise<StoreKeysOutcome> {
+  async storeKeys(accountId: string, deviceRowId: string, upload: KeyUpload, lowThreshold: number): Promise<StoreKeysOutcome> {
     try {
       await this.prisma.$transaction(async (tx) => {
         // Conditional, so that two devices racing to set different identity keys cannot both win.
@@ -168,6 +170,11 @@ export class KeysRepository {
           });
           if (count !== upload.kyberPreKeys.length) throw new UploadRejected('duplicate-key-id');
         }
+        await tx.$executeRaw`
+          UPDATE devices d SET keys_low_notified_at = NULL
+           WHERE d.id = ${deviceRowId}::uuid AND d.keys_low_notified_at IS NOT NULL
+             AND (SELECT count(*) FROM one_time_prekeys k WHERE k.device_row_id = d.id) >= ${lowThreshold}::int
+             AND (SELECT count(*) FROM kyber_prekeys k WHERE k.device_row_id = d.id) >= ${lowThreshold}::int`;
       });
       return 'stored';
     } catch (error) {
@@ -184,6 +191,42 @@ export class KeysRepository {
        WHERE d.account_id = ${accountId}::uuid AND d.device_id = ${deviceId}`;
     const row = rows[0];
     return { preKeys: row?.pre_keys ?? 0, kyberPreKeys: row?.kyber_pre_keys ?? 0 };
+  }
+
+  /**
+   * The one-time key counts of a device that can receive (null for one that
+   * cannot, such as a device that has not uploaded its keys).
+   */
+  async countReceivingDeviceKeys(deviceRowId: string): Promise<OneTimeKeyCounts | null> {
+    const rows = await this.prisma.$queryRaw<{ pre_keys: number; kyber_pre_keys: number }[]>`
+      SELECT (SELECT count(*)::int FROM one_time_prekeys k WHERE k.device_row_id = d.id) AS pre_keys,
+             (SELECT count(*)::int FROM kyber_prekeys k WHERE k.device_row_id = d.id) AS kyber_pre_keys
+        FROM devices d JOIN accounts a ON a.id = d.account_id
+       WHERE d.id = ${deviceRowId}::uuid
+         AND ${deviceCanReceive}`;
+    const row = rows[0];
+    return row ? { preKeys: row.pre_keys, kyberPreKeys: row.kyber_pre_keys } : null;
+  }
+
+  /**
+   * Starts the device's low period if a one-time count is below `threshold`
+   * and none is running, returning the counts; null when nothing started.
+   * One statement, and run after the claim that lowered the count has
+   * committed: of concurrent claims, each sees the count its own delete left
+   * or lower, so one of them starts the period (the crossing is never
+   * missed), and the row lock with the `IS NULL` test lets only one start it
+   * (the device is told once).
+   */
+  async markKeysLow(deviceRowId: string, threshold: number): Promise<OneTimeKeyCounts | null> {
+    const rows = await this.prisma.$queryRaw<{ pre_keys: number; kyber_pre_keys: number }[]>`
+      UPDATE devices d SET keys_low_notified_at = CURRENT_TIMESTAMP
+       WHERE d.id = ${deviceRowId}::uuid AND d.keys_low_notified_at IS NULL
+         AND ((SELECT count(*) FROM one_time_prekeys k WHERE k.device_row_id = d.id) < ${threshold}::int
+           OR (SELECT count(*) FROM kyber_prekeys k WHERE k.device_row_id = d.id) < ${threshold}::int)
+      RETURNING (SELECT count(*)::int FROM one_time_prekeys k WHERE k.device_row_id = d.id) AS pre_keys,
+                (SELECT count(*)::int FROM kyber_prekeys k WHERE k.device_row_id = d.id) AS kyber_pre_keys`;
+    const row = rows[0];
+    return row ? { preKeys: row.pre_keys, kyberPreKeys: row.kyber_pre_keys } : null;
   }
 
   /** The account's identity key and its devices that can be reached (null if none). */

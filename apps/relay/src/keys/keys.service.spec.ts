@@ -1,13 +1,16 @@
 import { describe, expect, it } from '@jest/globals';
 import { IdentityKeyPair, KEMKeyPair, PrivateKey } from '@signalapp/libsignal-client';
-import { ErrorCode, type UploadKeysRequest } from '@chat/protocol';
+import { ErrorCode, PREKEY_LOW_THRESHOLD, ServerFrameType, type UploadKeysRequest } from '@chat/protocol';
 import type { AuthenticatedDevice } from '../auth/authenticated-device.js';
 import { RelayException } from '../common/relay.exception.js';
+import type { DeliveryService } from '../gateway/delivery.service.js';
+import type { DeviceNotice } from '../gateway/device-connection.js';
 import type {
   AccountKeys,
   DeviceKeyState,
   KeysRepository,
   KeyUpload,
+  OneTimeKeyCounts,
   OneTimePreKeyRecord,
   SignedPreKeyRecord,
   StoreKeysOutcome,
@@ -44,7 +47,30 @@ class InMemoryKeysRepository implements Pick<KeysRepository, keyof KeysRepositor
   async claimOneTimeKyberPreKey() {
     return this.kyberPreKeys.shift() ?? null;
   }
+  /** What `markKeysLow` answers next; the once-per-crossing rule itself is the database's (keys-low e2e spec). */
+  markKeysLowAnswer: OneTimeKeyCounts | null | Error = null;
+  readonly markKeysLowCalls: string[] = [];
+  async markKeysLow(deviceRowId: string) {
+    this.markKeysLowCalls.push(deviceRowId);
+    if (this.markKeysLowAnswer instanceof Error) throw this.markKeysLowAnswer;
+    return this.markKeysLowAnswer;
+  }
+  receivingDeviceCounts: OneTimeKeyCounts | null = null;
+  async countReceivingDeviceKeys() {
+    return this.receivingDeviceCounts;
+  }
 }
+
+/** Records the notices the service pushes. */
+class RecordingDelivery {
+  readonly notices: Array<[string, DeviceNotice]> = [];
+  notice(deviceRowId: string, notice: DeviceNotice): void {
+    this.notices.push([deviceRowId, notice]);
+  }
+}
+
+const serviceWith = (repository: InMemoryKeysRepository, delivery = new RecordingDelivery()) =>
+  new KeysService(repository as unknown as KeysRepository, delivery as unknown as DeliveryService);
 
 function validUpload(identity = IdentityKeyPair.generate()): UploadKeysRequest {
   const signed = PrivateKey.generate().getPublicKey().serialize();
@@ -72,7 +98,7 @@ describe('KeysService.upload', () => {
   it('stores a verified upload as bytes', async () => {
     const repository = new InMemoryKeysRepository();
     const request = validUpload();
-    await new KeysService(repository as unknown as KeysRepository).upload(device, request);
+    await serviceWith(repository).upload(device, request);
     expect(repository.uploads).toHaveLength(1);
     expect(b64(repository.uploads[0]!.identityKey)).toBe(request.identityKey);
     expect(repository.uploads[0]!.kyberPreKeys.map((key) => key.keyId)).toEqual([10, 11]);
@@ -81,7 +107,7 @@ describe('KeysService.upload', () => {
 
   it('passes replaceOneTimePreKeys on to the repository', async () => {
     const repository = new InMemoryKeysRepository();
-    await new KeysService(repository as unknown as KeysRepository).upload(device, { ...validUpload(), replaceOneTimePreKeys: true });
+    await serviceWith(repository).upload(device, { ...validUpload(), replaceOneTimePreKeys: true });
     expect(repository.uploads[0]!.replaceOneTimePreKeys).toBe(true);
   });
 
@@ -93,7 +119,7 @@ describe('KeysService.upload', () => {
     const repository = new InMemoryKeysRepository();
     const request = validUpload();
     forge(request);
-    const error = await new KeysService(repository as unknown as KeysRepository).upload(device, request).catch((e: RelayException) => e);
+    const error = await serviceWith(repository).upload(device, request).catch((e: RelayException) => e);
     expect(error).toMatchObject({ code: ErrorCode.InvalidSignature, details: [field] });
     expect(repository.uploads).toEqual([]);
   });
@@ -101,13 +127,13 @@ describe('KeysService.upload', () => {
   it('refuses keys signed by another identity key', async () => {
     const request = validUpload();
     request.identityKey = b64(IdentityKeyPair.generate().publicKey.serialize());
-    expect(await codeOf(new KeysService(new InMemoryKeysRepository() as unknown as KeysRepository).upload(device, request))).toBe(
+    expect(await codeOf(serviceWith(new InMemoryKeysRepository()).upload(device, request))).toBe(
       ErrorCode.InvalidSignature,
     );
   });
 
   it('refuses an EC key where a Kyber key belongs, and bytes of no key type, with INVALID_KEY', async () => {
-    const service = new KeysService(new InMemoryKeysRepository() as unknown as KeysRepository);
+    const service = serviceWith(new InMemoryKeysRepository());
     const request = validUpload();
     request.preKeys![0]!.publicKey = b64(new Uint8Array(33).fill(9));
     expect(await codeOf(service.upload(device, request))).toBe(ErrorCode.InvalidKey);
@@ -116,7 +142,7 @@ describe('KeysService.upload', () => {
   it('refuses an identity key other than the stored one, before storing', async () => {
     const repository = new InMemoryKeysRepository();
     repository.state = { ...repository.state, identityKey: IdentityKeyPair.generate().publicKey.serialize() };
-    expect(await codeOf(new KeysService(repository as unknown as KeysRepository).upload(device, validUpload()))).toBe(
+    expect(await codeOf(serviceWith(repository).upload(device, validUpload()))).toBe(
       ErrorCode.IdentityKeyMismatch,
     );
     expect(repository.uploads).toEqual([]);
@@ -124,7 +150,7 @@ describe('KeysService.upload', () => {
 
   it('requires the signed and last-resort prekeys until they are stored', async () => {
     const repository = new InMemoryKeysRepository();
-    const service = new KeysService(repository as unknown as KeysRepository);
+    const service = serviceWith(repository);
     const { signedPreKey: _s, ...withoutSigned } = validUpload();
     expect(await codeOf(service.upload(device, withoutSigned))).toBe(ErrorCode.KeysIncomplete);
     repository.state = { ...repository.state, hasSignedPreKey: true, hasKyberLastResort: true };
@@ -133,7 +159,7 @@ describe('KeysService.upload', () => {
   });
 
   it('refuses ids repeated within one upload, the last-resort Kyber id included', async () => {
-    const service = new KeysService(new InMemoryKeysRepository() as unknown as KeysRepository);
+    const service = serviceWith(new InMemoryKeysRepository());
     const request = validUpload();
     request.kyberPreKeys![0]!.keyId = request.kyberLastResortPreKey!.keyId;
     expect(await codeOf(service.upload(device, request))).toBe(ErrorCode.DuplicateKeyId);
@@ -146,7 +172,7 @@ describe('KeysService.upload', () => {
     ] as const) {
       const repository = new InMemoryKeysRepository();
       repository.storeKeys = async () => outcome;
-      expect(await codeOf(new KeysService(repository as unknown as KeysRepository).upload(device, validUpload()))).toBe(code);
+      expect(await codeOf(serviceWith(repository).upload(device, validUpload()))).toBe(code);
     }
   });
 });
@@ -166,7 +192,7 @@ describe('KeysService.claimBundle', () => {
         kyberLastResortPreKey: lastResort,
       })),
     };
-    return new KeysService(repository as unknown as KeysRepository);
+    return serviceWith(repository);
   };
 
   it('claims one one-time key of each kind per device and falls back to the last-resort Kyber key', async () => {
@@ -188,7 +214,68 @@ describe('KeysService.claimBundle', () => {
   });
 
   it('answers UNKNOWN_RECIPIENT when there is no such account', async () => {
-    const service = new KeysService(new InMemoryKeysRepository() as unknown as KeysRepository);
+    const service = serviceWith(new InMemoryKeysRepository());
     expect(await codeOf(service.claimBundle(device, 'nobody'))).toBe(ErrorCode.UnknownRecipient);
+  });
+});
+
+describe('KeysService keys-low notices', () => {
+  const bobDevice = {
+    deviceRowId: 'row-bob',
+    deviceId: 1,
+    registrationId: 41,
+    signedPreKey: { keyId: 3, publicKey: new Uint8Array([5, 3]), signature: new Uint8Array([7]) },
+    kyberLastResortPreKey: { keyId: 1, publicKey: new Uint8Array([8, 8]), signature: new Uint8Array([6]) },
+  };
+  const setUp = () => {
+    const repository = new InMemoryKeysRepository();
+    repository.account = { accountId: 'acc-bob', username: 'bob', identityKey: new Uint8Array([5, 1]), devices: [bobDevice] };
+    const delivery = new RecordingDelivery();
+    return { repository, delivery, service: serviceWith(repository, delivery) };
+  };
+
+  it('pushes keys-low with the counts to the device whose claim started a low period', async () => {
+    const { repository, delivery, service } = setUp();
+    repository.preKeys = [{ keyId: 20, publicKey: new Uint8Array([5, 20]) }];
+    repository.markKeysLowAnswer = { preKeys: 0, kyberPreKeys: 7 };
+    await service.claimBundle(device, 'bob');
+    expect(repository.markKeysLowCalls).toEqual(['row-bob']);
+    expect(delivery.notices).toEqual([
+      ['row-bob', { type: ServerFrameType.KeysLow, preKeys: 0, kyberPreKeys: 7, threshold: PREKEY_LOW_THRESHOLD }],
+    ]);
+  });
+
+  it('pushes nothing when no low period started, and does not look when no one-time key was claimed', async () => {
+    const { repository, delivery, service } = setUp();
+    repository.kyberPreKeys = [{ keyId: 30, publicKey: new Uint8Array([8, 30]), signature: new Uint8Array([1]) }];
+    await service.claimBundle(device, 'bob');
+    expect(repository.markKeysLowCalls).toEqual(['row-bob']);
+    await service.claimBundle(device, 'bob'); // only the last-resort key is left
+    expect(repository.markKeysLowCalls).toEqual(['row-bob']);
+    expect(delivery.notices).toEqual([]);
+  });
+
+  it('still hands out the claimed bundle when the low check fails', async () => {
+    const { repository, delivery, service } = setUp();
+    repository.preKeys = [{ keyId: 20, publicKey: new Uint8Array([5, 20]) }];
+    repository.markKeysLowAnswer = new Error('database hiccup');
+    const bundle = await service.claimBundle(device, 'bob');
+    expect(bundle.devices[0]?.preKey?.keyId).toBe(20);
+    expect(delivery.notices).toEqual([]);
+  });
+
+  it('gives a connecting device keys-low when either count is below the threshold, and nothing otherwise', async () => {
+    const { repository, service } = setUp();
+    repository.receivingDeviceCounts = { preKeys: PREKEY_LOW_THRESHOLD, kyberPreKeys: PREKEY_LOW_THRESHOLD - 1 };
+    expect(await service.keysLowNotice('row-bob')).toEqual({
+      type: ServerFrameType.KeysLow,
+      preKeys: PREKEY_LOW_THRESHOLD,
+      kyberPreKeys: PREKEY_LOW_THRESHOLD - 1,
+      threshold: PREKEY_LOW_THRESHOLD,
+    });
+    repository.receivingDeviceCounts = { preKeys: PREKEY_LOW_THRESHOLD, kyberPreKeys: PREKEY_LOW_THRESHOLD };
+    expect(await service.keysLowNotice('row-bob')).toBeNull();
+    repository.receivingDeviceCounts = null; // a device without keys has nothing to top up
+    expect(await service.keysLowNotice('row-bob')).toBeNull();
   });
 });

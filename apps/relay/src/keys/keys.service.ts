@@ -1,10 +1,12 @@
-import { Injectable } from '@nestjs/common';
+import { Injectable, Logger } from '@nestjs/common';
 import { KEMPublicKey, PublicKey } from '@signalapp/libsignal-client';
 import {
   canonicalUsername,
   ErrorCode,
   PREKEY_LOW_THRESHOLD,
+  ServerFrameType,
   type DeviceBundle,
+  type KeysLowFrame,
   type KyberPreKeyDto,
   type PreKeyBundleResponse,
   type PreKeyCountResponse,
@@ -13,9 +15,11 @@ import {
 } from '@chat/protocol';
 import type { AuthenticatedDevice } from '../auth/authenticated-device.js';
 import { RelayException } from '../common/relay.exception.js';
+import { DeliveryService } from '../gateway/delivery.service.js';
 import {
   KeysRepository,
   type KeyedDevice,
+  type OneTimeKeyCounts,
   type KeyUpload,
   type OneTimePreKeyRecord,
   type SignedPreKeyRecord,
@@ -32,7 +36,12 @@ const base64Of = (bytes: Uint8Array): string => Buffer.from(bytes).toString('bas
  */
 @Injectable()
 export class KeysService {
-  constructor(private readonly keys: KeysRepository) {}
+  private readonly logger = new Logger(KeysService.name);
+
+  constructor(
+    private readonly keys: KeysRepository,
+    private readonly delivery: DeliveryService,
+  ) {}
 
   /**
    * @throws RelayException INVALID_KEY, INVALID_SIGNATURE, DUPLICATE_KEY_ID,
@@ -54,20 +63,25 @@ export class KeysService {
       throw new RelayException(ErrorCode.KeysIncomplete, 'The first upload must carry these keys', missing);
     }
 
-    const outcome = await this.keys.storeKeys(device.accountId, state.deviceRowId, upload);
+    const outcome = await this.keys.storeKeys(device.accountId, state.deviceRowId, upload, PREKEY_LOW_THRESHOLD);
     if (outcome === 'identity-key-mismatch') throw identityKeyMismatch();
     if (outcome === 'duplicate-key-id') {
       throw new RelayException(ErrorCode.DuplicateKeyId, 'A one-time prekey id of this upload is already stored');
     }
   }
 
+  /**
+   * The `keys-low` frame a connecting device gets after `queue-empty`, or
+   * null when it holds enough one-time prekeys (or has no keys to top up).
+   */
+  async keysLowNotice(deviceRowId: string): Promise<KeysLowFrame | null> {
+    const counts = await this.keys.countReceivingDeviceKeys(deviceRowId);
+    return counts && isLow(counts) ? keysLowFrame(counts) : null;
+  }
+
   async count(device: AuthenticatedDevice): Promise<PreKeyCountResponse> {
     const counts = await this.keys.countOneTimeKeys(device.accountId, device.deviceId);
-    return {
-      ...counts,
-      threshold: PREKEY_LOW_THRESHOLD,
-      refill: counts.preKeys < PREKEY_LOW_THRESHOLD || counts.kyberPreKeys < PREKEY_LOW_THRESHOLD,
-    };
+    return { ...counts, threshold: PREKEY_LOW_THRESHOLD, refill: isLow(counts) };
   }
 
   /**
@@ -75,7 +89,9 @@ export class KeysService {
    * claimed one-time EC prekey (or none) and a one-time Kyber prekey, or the
    * Kyber last-resort prekey when the one-time ones are used up (PQXDH
    * section 3.3). A requester fetching its own account gets its other
-   * devices only, as a device never opens a session with itself.
+   * devices only, as a device never opens a session with itself. A device
+   * whose claim takes a one-time count below `PREKEY_LOW_THRESHOLD` is sent
+   * `keys-low`, once per crossing (see `KeysRepository.markKeysLow`).
    *
    * @throws RelayException UNKNOWN_RECIPIENT when there is no such account or no device to reach
    */
@@ -94,8 +110,9 @@ export class KeysService {
 
   private async claimDeviceBundle(device: KeyedDevice): Promise<DeviceBundle> {
     const preKey = await this.keys.claimOneTimePreKey(device.deviceRowId);
-    const kyberPreKey =
-      (await this.keys.claimOneTimeKyberPreKey(device.deviceRowId)) ?? device.kyberLastResortPreKey;
+    const oneTimeKyberPreKey = await this.keys.claimOneTimeKyberPreKey(device.deviceRowId);
+    const kyberPreKey = oneTimeKyberPreKey ?? device.kyberLastResortPreKey;
+    if (preKey || oneTimeKyberPreKey) await this.noticeIfKeysLow(device.deviceRowId);
     return {
       deviceId: device.deviceId,
       registrationId: device.registrationId,
@@ -104,6 +121,24 @@ export class KeysService {
       kyberPreKey: signedKeyDto(kyberPreKey),
     };
   }
+
+  /** Best effort: the keys are claimed already, so a failure here must not fail the fetch. */
+  private async noticeIfKeysLow(deviceRowId: string): Promise<void> {
+    try {
+      const counts = await this.keys.markKeysLow(deviceRowId, PREKEY_LOW_THRESHOLD);
+      if (counts) this.delivery.notice(deviceRowId, keysLowFrame(counts));
+    } catch (error) {
+      this.logger.error('Checking whether a device ran low on one-time prekeys failed', (error as Error).stack);
+    }
+  }
+}
+
+function isLow(counts: OneTimeKeyCounts): boolean {
+  return counts.preKeys < PREKEY_LOW_THRESHOLD || counts.kyberPreKeys < PREKEY_LOW_THRESHOLD;
+}
+
+function keysLowFrame(counts: OneTimeKeyCounts): KeysLowFrame {
+  return { type: ServerFrameType.KeysLow, preKeys: counts.preKeys, kyberPreKeys: counts.kyberPreKeys, threshold: PREKEY_LOW_THRESHOLD };
 }
 
 function identityKeyMismatch(): RelayException {
