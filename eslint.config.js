@@ -34,7 +34,7 @@ export default [
   },
   {
     // A test that asserts a value exists and then reads it says so with `!`.
-    files: ['**/*.spec.ts', '**/test/**/*.ts', '**/testing/**/*.ts'],
+    files: ['**/*.spec.ts', '**/test/**/*.ts', '**/testing/**/*.ts', '**/test-support/**/*.ts'],
     rules: { '@typescript-eslint/no-non-null-assertion': 'off' },
   },
   {

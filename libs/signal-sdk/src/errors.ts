@@ -25,11 +25,28 @@ export enum SecureChatErrorCode {
   /** A peer's prekey bundle was invalid (bad signature, bad key); no session was formed. */
   InvalidPreKeyBundle = 'INVALID_PREKEY_BUNDLE',
   /**
-   * The peer's identity key changed and is not trusted for sending; or a
-   * session reset request came with a changed identity key, and nothing was
-   * resent to it (the request is acked).
+   * A session reset request came with another identity key than the peer had
+   * (or one the app has not accepted), and nothing was resent to it (the
+   * request is acked).
    */
   UntrustedIdentity = 'UNTRUSTED_IDENTITY',
+  /**
+   * The peer's identity key changed and the app has not accepted the new one,
+   * so nothing is sent to it (`identityPolicy: 'block'`, the default). The
+   * `identityChanged` event told the app; `acceptIdentity` or
+   * `verifySafetyNumber` lifts it.
+   */
+  IdentityChanged = 'IDENTITY_CHANGED',
+  /** No identity key is known for the peer yet: send it a message or receive one first. */
+  UnknownIdentity = 'UNKNOWN_IDENTITY',
+  /** The scanned safety number is not this pair's (another key, or not a safety number); nothing was marked verified. */
+  SafetyNumberMismatch = 'SAFETY_NUMBER_MISMATCH',
+  /**
+   * The account's password was changed elsewhere, or the account was deleted
+   * (close 4403, `CREDENTIALS_CHANGED`): every token of this install stopped
+   * working. The client disconnected and does not reconnect; sign in again.
+   */
+  CredentialsChanged = 'CREDENTIALS_CHANGED',
   /** libsignal could not encrypt. */
   EncryptionFailed = 'ENCRYPTION_FAILED',
   /** An incoming message did not decrypt; it was dropped (acked) after this was reported. */
@@ -107,6 +124,8 @@ export interface SecureChatErrorOptions {
   status?: number;
   /** The relay's per-field validation messages, if any. */
   details?: string[];
+  /** For the relay's `RATE_LIMITED`: seconds until a retry can succeed. */
+  retryAfter?: number;
   /** For errors about an incoming message. */
   incoming?: IncomingMessageContext;
 }
@@ -121,6 +140,8 @@ export class SecureChatError extends Error {
   readonly relayCode?: ErrorCode;
   readonly status?: number;
   readonly details?: string[];
+  /** For the relay's `RATE_LIMITED`: seconds until a retry can succeed. */
+  readonly retryAfter?: number;
   readonly incoming?: IncomingMessageContext;
 
   constructor(code: SecureChatErrorCode, message: string, options: SecureChatErrorOptions = {}) {
@@ -129,6 +150,7 @@ export class SecureChatError extends Error {
     this.relayCode = options.relayCode;
     this.status = options.status;
     this.details = options.details;
+    this.retryAfter = options.retryAfter;
     this.incoming = options.incoming;
   }
 

@@ -1,189 +1,14 @@
 import { randomUUID } from 'node:crypto';
-import type {
-  AuthResponse,
-  ClientFrame,
-  Envelope,
-  PreKeyBundleResponse,
-  SendMessageRequest,
-  ServerFrame,
-  UploadKeysRequest,
-} from '@chat/protocol';
-import { ErrorCode, EnvelopeType, PREKEY_LOW_THRESHOLD, ServerFrameType } from '@chat/protocol';
+import type { Envelope } from '@chat/protocol';
+import { EnvelopeType } from '@chat/protocol';
 import { ProtocolAddress, SessionRecord } from '@signalapp/libsignal-client';
 import { SecureChatError, SecureChatErrorCode } from './errors.js';
 import { ChatEvent, ConnectionState, SessionResetReason, type IncomingMessage, type SessionReset } from './events.js';
 import { SecureChatClient, type SecureChatClientOptions } from './secure-chat-client.js';
 import { MemorySessionStore, createMemoryStores } from './stores/memory-stores.js';
 import { SESSION_REPAIR_WINDOW_MS, type SecureChatStores } from './stores/stores.js';
-import type { Credentials, RelaySocket, RelaySocketListener, RelayTransport } from './transport/relay-transport.js';
+import { FakeRelay } from './test-support/fake-relay.js';
 import { waitForEvent, waitForMessage } from './testing/wait-for.js';
-
-/**
- * An in-process stand-in for the relay's transport: it keeps uploaded public
- * keys, hands out one-time keys once, stores messages until acked and pushes
- * them to a connected socket. The real relay is covered by the e2e specs.
- */
-function transportOf(relay: FakeRelay): RelayTransport {
-  return relay._transportBody(relay);
-}
-
-class FakeRelay {
-  readonly uploads: Array<{ username: string; keys: UploadKeysRequest }> = [];
-  readonly acked: string[] = [];
-  /** Every envelope stored, in order. */
-  readonly stored: Array<{ from: string; to: string; envelope: Envelope }> = [];
-  /** Changes each envelope before it is stored (a relay or network that damages ciphertext). */
-  tamper: ((envelope: Envelope) => Envelope) | undefined;
-  /** Bundle fetches to refuse as a network failure before answering again. */
-  bundleFailures = 0;
-  readonly backups = new Map<string, { blob: string; updatedAt: number }>();
-  readonly accounts = new Map<
-    string,
-    { password: string; keys?: UploadKeysRequest; queue: Envelope[]; socket?: RelaySocketListener }
-  >();
-
-  transport(): RelayTransport {
-    return transportOf(this);
-  }
-
-  /** @internal used by transportOf */
-  _transportBody(relay: FakeRelay): RelayTransport {
-    const auth = (username: string): AuthResponse => ({
-      accountId: username,
-      username,
-      deviceId: 1,
-      accessToken: `token:${username}`,
-      expiresIn: 900,
-      refreshToken: `refresh:${username}`,
-    });
-    const who = (token: string) => token.slice('token:'.length);
-    const reject = (relayCode: ErrorCode) =>
-      Promise.reject(new SecureChatError(SecureChatErrorCode.RelayRejected, relayCode, { relayCode }));
-    return {
-      async register({ username, password }: Credentials) {
-        relay.accounts.set(username, { password, queue: [] });
-        return auth(username);
-      },
-      async login({ username, password }: Credentials) {
-        if (relay.accounts.get(username)?.password !== password) return reject(ErrorCode.InvalidCredentials);
-        return auth(username);
-      },
-      async refresh(refreshToken: string) {
-        if (!refreshToken.startsWith('refresh:')) return reject(ErrorCode.InvalidToken);
-        return auth(refreshToken.slice('refresh:'.length));
-      },
-      async uploadKeys(token: string, keys: UploadKeysRequest) {
-        relay.uploads.push({ username: who(token), keys: structuredClone(keys) });
-        const account = relay.accounts.get(who(token))!;
-        const previous = account.keys;
-        account.keys = {
-          ...keys,
-          signedPreKey: keys.signedPreKey ?? previous?.signedPreKey,
-          kyberLastResortPreKey: keys.kyberLastResortPreKey ?? previous?.kyberLastResortPreKey,
-          preKeys: [...(previous?.preKeys ?? []), ...(keys.preKeys ?? [])],
-          kyberPreKeys: [...(previous?.kyberPreKeys ?? []), ...(keys.kyberPreKeys ?? [])],
-        };
-      },
-      async getPreKeyCount(token: string) {
-        const keys = relay.accounts.get(who(token))?.keys;
-        const preKeys = keys?.preKeys?.length ?? 0;
-        const kyberPreKeys = keys?.kyberPreKeys?.length ?? 0;
-        const threshold = PREKEY_LOW_THRESHOLD;
-        return { preKeys, kyberPreKeys, threshold, refill: preKeys < threshold || kyberPreKeys < threshold };
-      },
-      async getPreKeyBundle(_token: string, username: string): Promise<PreKeyBundleResponse> {
-        if (relay.bundleFailures > 0) {
-          relay.bundleFailures--;
-          throw new SecureChatError(SecureChatErrorCode.Network, 'relay unreachable');
-        }
-        const keys = relay.accounts.get(username)?.keys;
-        if (!keys) return reject(ErrorCode.UnknownRecipient);
-        return {
-          username,
-          identityKey: keys.identityKey,
-          devices: [
-            {
-              deviceId: 1,
-              registrationId: keys.registrationId,
-              signedPreKey: keys.signedPreKey!,
-              preKey: keys.preKeys?.shift() ?? null,
-              kyberPreKey: keys.kyberPreKeys?.shift() ?? keys.kyberLastResortPreKey!,
-            },
-          ],
-        };
-      },
-      async sendMessage(token: string, message: SendMessageRequest) {
-        return { serverTimestamp: relay.store(who(token), message) };
-      },
-      async ackMessage(token: string, id: string) {
-        relay.ack(who(token), id);
-      },
-      async putBackup(token: string, backup: { blob: string }) {
-        relay.backups.set(who(token), { blob: backup.blob, updatedAt: Date.now() });
-      },
-      async getBackup(token: string) {
-        return relay.backups.get(who(token)) ?? reject(ErrorCode.BackupNotFound);
-      },
-      async deleteBackup(token: string) {
-        relay.backups.delete(who(token));
-      },
-      async openSocket(token: string, listener: RelaySocketListener): Promise<RelaySocket> {
-        const account = relay.accounts.get(who(token))!;
-        account.socket = listener;
-        let open = true;
-        queueMicrotask(() => {
-          for (const envelope of account.queue) listener.onFrame({ type: ServerFrameType.Message, envelope });
-          listener.onFrame({ type: ServerFrameType.QueueEmpty });
-        });
-        return {
-          get isOpen() {
-            return open;
-          },
-          send(frame: ClientFrame) {
-            if (frame.type === 'ack') relay.ack(who(token), frame.id);
-            else {
-              const serverTimestamp = relay.store(who(token), frame.message);
-              listener.onFrame({ type: ServerFrameType.Sent, requestId: frame.requestId, serverTimestamp });
-            }
-          },
-          close() {
-            open = false;
-            account.socket = undefined;
-            listener.onClose(1000, '');
-          },
-        };
-      },
-    };
-  }
-
-  /** Puts an envelope in `to`'s queue and pushes it if connected. */
-  deliver(to: string, envelope: Envelope): void {
-    const account = this.accounts.get(to)!;
-    account.queue.push(envelope);
-    account.socket?.onFrame({ type: ServerFrameType.Message, envelope } satisfies ServerFrame);
-  }
-
-  private store(from: string, message: SendMessageRequest): number {
-    const serverTimestamp = Date.now();
-    for (const m of message.messages) {
-      let envelope: Envelope = { id: randomUUID(), source: from, sourceDevice: 1, type: m.type, ciphertext: m.ciphertext, serverTimestamp };
-      if (this.tamper) envelope = this.tamper(envelope);
-      this.stored.push({ from, to: message.to, envelope });
-      this.deliver(message.to, envelope);
-    }
-    return serverTimestamp;
-  }
-
-  private ack(username: string, id: string): void {
-    this.acked.push(id);
-    const account = this.accounts.get(username)!;
-    account.queue = account.queue.filter((e) => e.id !== id);
-  }
-
-  queueOf(username: string): Envelope[] {
-    return this.accounts.get(username)?.queue ?? [];
-  }
-}
 
 const settle = () => new Promise((resolve) => setTimeout(resolve, 20));
 
@@ -382,7 +207,7 @@ describe('SecureChatClient on stores that outlive it', () => {
     const bobStores = createMemoryStores();
     const bob = SecureChatClient.create({ relayUrl: 'http://127.0.0.1:1', transport: relay.transport(), stores: bobStores });
     await bob.register('bob', 'correct horse battery');
-    await expect(bobStores.metadata.getRefreshToken()).resolves.toBe('refresh:bob');
+    await expect(bobStores.metadata.getRefreshToken()).resolves.toBe('refresh:bob:0');
     await bob.connect();
     const first = waitForMessage(bob);
     await alice.send('bob', 'before the restart');

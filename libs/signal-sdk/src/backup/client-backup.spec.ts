@@ -40,6 +40,8 @@ class BackupRelay {
       },
       login: async ({ username, password }: Credentials) => (password === this.password ? auth(username) : refuse(ErrorCode.InvalidCredentials)),
       refresh: unused,
+      changePassword: unused,
+      deleteAccount: unused,
       uploadKeys: async (_token: string, keys: UploadKeysRequest) => {
         if (this.failNextUpload) {
           this.failNextUpload = false;

@@ -2,7 +2,9 @@ import WebSocket from 'ws';
 import type {
   AuthResponse,
   BackupResponse,
+  ChangePasswordRequest,
   ClientFrame,
+  DeleteAccountRequest,
   ErrorBody,
   PreKeyBundleResponse,
   PreKeyCountResponse,
@@ -50,12 +52,19 @@ function isErrorBody(value: unknown): value is ErrorBody {
   return typeof value === 'object' && value !== null && typeof (value as ErrorBody).code === 'string';
 }
 
-function relayRejection(status: number, body: unknown): SecureChatError {
+/** Seconds, from the body's `retryAfter` or else a `Retry-After` header in seconds; undefined when neither is a whole number >= 0. */
+function retryAfterOf(body: ErrorBody, header: string | null | undefined): number | undefined {
+  const seconds = typeof body.retryAfter === 'number' ? body.retryAfter : header != null && /^\d+$/.test(header) ? Number(header) : undefined;
+  return seconds !== undefined && Number.isSafeInteger(seconds) && seconds >= 0 ? seconds : undefined;
+}
+
+function relayRejection(status: number, body: unknown, retryAfterHeader?: string | null): SecureChatError {
   if (isErrorBody(body)) {
     return new SecureChatError(SecureChatErrorCode.RelayRejected, `relay refused (${status} ${body.code})`, {
       relayCode: body.code as ErrorCode,
       status,
       details: Array.isArray(body.details) ? body.details.filter((d) => typeof d === 'string') : undefined,
+      retryAfter: retryAfterOf(body, retryAfterHeader),
     });
   }
   return new SecureChatError(SecureChatErrorCode.Network, `relay answered ${status} without an error body`, { status });
@@ -79,6 +88,14 @@ export class HttpRelayTransport implements RelayTransport {
 
   refresh(refreshToken: string): Promise<AuthResponse> {
     return this.request('POST', '/auth/refresh', { body: { refreshToken } });
+  }
+
+  changePassword(accessToken: string, request: ChangePasswordRequest): Promise<AuthResponse> {
+    return this.request('POST', '/auth/password', { accessToken, body: request });
+  }
+
+  async deleteAccount(accessToken: string, request: DeleteAccountRequest): Promise<void> {
+    await this.request('DELETE', '/account', { accessToken, body: request });
   }
 
   async uploadKeys(accessToken: string, keys: UploadKeysRequest): Promise<void> {
@@ -131,7 +148,8 @@ export class HttpRelayTransport implements RelayTransport {
           } catch {
             body = undefined;
           }
-          reject(relayRejection(response.statusCode ?? 0, body));
+          const retryAfter = response.headers['retry-after'];
+          reject(relayRejection(response.statusCode ?? 0, body, typeof retryAfter === 'string' ? retryAfter : undefined));
         });
         socket.terminate();
       });
@@ -181,7 +199,7 @@ export class HttpRelayTransport implements RelayTransport {
     } catch (cause) {
       if (response.ok) throw new SecureChatError(SecureChatErrorCode.Network, 'relay answered with invalid JSON', { cause });
     }
-    if (!response.ok) throw relayRejection(response.status, body);
+    if (!response.ok) throw relayRejection(response.status, body, response.headers.get('retry-after'));
     return body as T;
   }
 }

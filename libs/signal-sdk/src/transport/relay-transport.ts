@@ -1,7 +1,9 @@
 import type {
   AuthResponse,
   BackupResponse,
+  ChangePasswordRequest,
   ClientFrame,
+  DeleteAccountRequest,
   PreKeyBundleResponse,
   PreKeyCountResponse,
   SendMessageRequest,
@@ -34,12 +36,15 @@ export interface RelaySocket {
  * Everything the client asks of the relay. The default implementation speaks
  * HTTP and WebSocket (`HttpRelayTransport`); tests may pass a fake.
  * Every method rejects with a `SecureChatError`: `RelayRejected` carrying the
- * relay's `ErrorCode`, or `Network`.
+ * relay's `ErrorCode` (and `retryAfter` for `RATE_LIMITED`), or `Network`.
  */
 export interface RelayTransport {
   register(credentials: Credentials): Promise<AuthResponse>;
   login(credentials: Credentials): Promise<AuthResponse>;
   refresh(refreshToken: string): Promise<AuthResponse>;
+  /** Answers with the device's new tokens; every earlier token of the account stops working. */
+  changePassword(accessToken: string, request: ChangePasswordRequest): Promise<AuthResponse>;
+  deleteAccount(accessToken: string, request: DeleteAccountRequest): Promise<void>;
   uploadKeys(accessToken: string, keys: UploadKeysRequest): Promise<void>;
   getPreKeyCount(accessToken: string): Promise<PreKeyCountResponse>;
   getPreKeyBundle(accessToken: string, username: string): Promise<PreKeyBundleResponse>;
