@@ -1,5 +1,6 @@
 import { EventEmitter } from 'node:events';
 import type { SecureChatError } from './errors.js';
+import type { IdentityChanged, IdentityStatus } from './identity/identity-trust.js';
 import type { DeviceId, MessageId } from './ids.js';
 
 /** Events of `SecureChatClient` (matrix-js-sdk `CryptoEvent` style: enum and handler map side by side). */
@@ -19,6 +20,13 @@ export enum ChatEvent {
    * then resends what it sent since the point the peer asked for.
    */
   SessionReset = 'sessionReset',
+  /**
+   * A peer's identity key changed: seen in a prekey bundle or in a message
+   * (emitted before that message). Under `identityPolicy: 'block'` nothing is
+   * sent to the peer until the app calls `acceptIdentity` or the user
+   * verifies the safety number.
+   */
+  IdentityChanged = 'identityChanged',
 }
 
 /** Why a session was reset. */
@@ -66,6 +74,13 @@ export interface IncomingMessage {
   /** The body as text when it was sent as text. */
   readonly text?: string;
   /**
+   * How the sender's identity key stood when this message was decrypted:
+   * `changed` when it came under a key that replaced the one this install
+   * had and the change is not accepted (or the message itself brought the
+   * change), `verified` when the user verified that key, else `trusted`.
+   */
+  readonly identity: IdentityStatus;
+  /**
    * Tells the relay to delete the message. With `autoAck` (the default) the
    * client does this itself once every `message` listener has returned.
    * Idempotent.
@@ -81,6 +96,7 @@ export interface ChatEventHandlerMap {
   [ChatEvent.QueueEmpty]: () => void;
   [ChatEvent.Error]: (error: SecureChatError) => void;
   [ChatEvent.SessionReset]: (reset: SessionReset) => void;
+  [ChatEvent.IdentityChanged]: (change: IdentityChanged) => void;
 }
 
 type Listener = (...args: never[]) => unknown;

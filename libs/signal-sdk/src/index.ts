@@ -2,10 +2,18 @@
 // not named here is internal and may change without notice.
 export {
   SecureChatClient,
+  type PeerIdentity,
   type SecureChatClientOptions,
   type SecureChatLogger,
   type SentMessage,
 } from './secure-chat-client.js';
+export { IdentityStatus, type IdentityChanged, type IdentityPolicy } from './identity/identity-trust.js';
+export { SAFETY_NUMBER_ITERATIONS, SAFETY_NUMBER_VERSION, type SafetyNumber } from './identity/safety-number.js';
+export {
+  DEFAULT_KEY_GRACE_PERIOD_MS,
+  DEFAULT_KEY_MAINTENANCE_INTERVAL_MS,
+  DEFAULT_KEY_ROTATION_INTERVAL_MS,
+} from './keys/key-maintenance.js';
 export {
   ChatEvent,
   ConnectionState,
@@ -31,12 +39,16 @@ export {
   SecureChatIdentityKeyStore,
   SecureChatKyberPreKeyStore,
   SecureChatMetadataStore,
+  SecureChatSignedPreKeyStore,
   type AccountRecord,
   type LocalIdentity,
+  type PeerIdentityRecord,
   type PendingMessage,
   type ReceivedMessageRecord,
   type SecureChatStores,
   type SentMessageRecord,
+  type SignedKeyIds,
+  type SignedKeysState,
   type TrustedIdentity,
 } from './stores/stores.js';
 export { amendStores } from './stores/memory-stores.js';
@@ -50,4 +62,5 @@ export {
   type BackupKdfParams,
 } from './backup/backup-format.js';
 export type { BackOffOptions } from './transport/back-off.js';
+export { DEFAULT_RETRY_AFTER_SECONDS } from './transport/retry-after.js';
 export type { Credentials, RelaySocket, RelaySocketListener, RelayTransport } from './transport/relay-transport.js';

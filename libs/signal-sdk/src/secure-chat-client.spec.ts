@@ -516,7 +516,7 @@ describe('session repair', () => {
     await bob.client.connect();
     await until(() => bob.seen.errors.length === 1 && drained());
     expect(bob.seen.errors[0]?.code).toBe(SecureChatErrorCode.DecryptionFailed);
-    expect((bob.seen.errors[0]?.cause as SecureChatError).code).toBe(SecureChatErrorCode.UntrustedIdentity);
+    expect((bob.seen.errors[0]?.cause as SecureChatError).code).toBe(SecureChatErrorCode.IdentityChanged);
     expect(bob.seen.resets).toEqual([]);
     expect(relay.stored.length).toBe(storedBefore);
   });

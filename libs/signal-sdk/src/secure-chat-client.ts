@@ -1,6 +1,6 @@
 import { createHash, randomUUID } from 'node:crypto';
 import PQueue from 'p-queue';
-import { ProtocolAddress } from '@signalapp/libsignal-client';
+import { ProtocolAddress, PublicKey } from '@signalapp/libsignal-client';
 import type { AuthResponse, BackupResponse, Envelope, PreKeyBundleResponse, SendMessageRequest, ServerFrame } from '@chat/protocol';
 import {
   ClientFrameType,
@@ -11,6 +11,7 @@ import {
   ErrorCode,
   MAX_PREKEYS_PER_UPLOAD,
   PASSWORD_MAX_LENGTH,
+  PASSWORD_MIN_LENGTH,
   ServerFrameType,
   USERNAME_PATTERN,
   canonicalUsername,
@@ -28,6 +29,17 @@ import {
   type IncomingMessage,
   type SessionReset,
 } from './events.js';
+import {
+  IDENTITY_POLICIES,
+  IdentityStatus,
+  IdentityTrust,
+  identityChangedError,
+  identityStatusOf,
+  type IdentityChanged,
+  type IdentityPolicy,
+  type LocalParty,
+} from './identity/identity-trust.js';
+import type { SafetyNumber } from './identity/safety-number.js';
 import { asDeviceId, asMessageId, type DeviceId } from './ids.js';
 import { amendStores } from './stores/memory-stores.js';
 import { SESSION_REPAIR_WINDOW_MS, type AccountRecord, type LocalIdentity, type SecureChatStores } from './stores/stores.js';
@@ -44,10 +56,17 @@ import {
 } from './session/content.js';
 import { DecryptFailure, DecryptFailureKind, PeerSessions } from './session/peer-sessions.js';
 import { DEFAULT_SESSION_RESET_INTERVAL_MS, ResetDecision, SessionRepairLimiter } from './session/session-repair.js';
-import { generateKeyUpload, generateLocalIdentity } from './session/prekeys.js';
+import {
+  DEFAULT_KEY_GRACE_PERIOD_MS,
+  DEFAULT_KEY_MAINTENANCE_INTERVAL_MS,
+  DEFAULT_KEY_ROTATION_INTERVAL_MS,
+  KeyMaintenance,
+} from './keys/key-maintenance.js';
+import { generateLocalIdentity } from './keys/prekeys.js';
 import { BackOff, type BackOffOptions } from './transport/back-off.js';
 import { HttpRelayTransport, relayUrlsOf } from './transport/http-relay-transport.js';
 import type { RelaySocket, RelayTransport } from './transport/relay-transport.js';
+import { RetryAfterMemory } from './transport/retry-after.js';
 
 /** Receives the client's diagnostics. Messages never contain plaintext, keys, passwords or tokens. */
 export interface SecureChatLogger {
@@ -69,10 +88,35 @@ export interface SecureChatClientOptions {
   transport?: RelayTransport;
   /** Reconnect delays. */
   backOff?: BackOffOptions;
-  /** One-time EC and one-time Kyber prekeys per upload (default and maximum 100). */
+  /**
+   * One-time EC and one-time Kyber prekeys in the first upload, and at least
+   * this many of a kind in a top-up (default and maximum 100). A top-up
+   * always brings the relay's count up to its threshold.
+   */
   oneTimePreKeyBatch?: number;
-  /** The login tops one-time prekeys up when the relay holds fewer than this (default 20). */
-  preKeyRefillThreshold?: number;
+  /**
+   * How often the signed EC prekey and the Kyber last-resort prekey are
+   * replaced (default `DEFAULT_KEY_ROTATION_INTERVAL_MS`, 2 days, as Signal's
+   * clients). Checked at sign-in, on connect and every
+   * `keyMaintenanceIntervalMs` while connected, against `now`.
+   */
+  keyRotationIntervalMs?: number;
+  /**
+   * How long a replaced signed prekey or Kyber last-resort prekey is kept so
+   * that PreKey messages built on it still decrypt (default
+   * `DEFAULT_KEY_GRACE_PERIOD_MS`, 30 days, Signal's archive age), counted
+   * from its replacement.
+   */
+  keyGracePeriodMs?: number;
+  /** How often a connected client checks whether keys are due for rotation or deletion (default 1 hour). */
+  keyMaintenanceIntervalMs?: number;
+  /**
+   * What happens when a peer's identity key changes (default `'block'`):
+   * `'block'` sends nothing to the new key until `acceptIdentity` or
+   * `verifySafetyNumber`; `'warn'` trusts it at once. `identityChanged` is
+   * emitted either way.
+   */
+  identityPolicy?: IdentityPolicy;
   /** How long a `send` over the WebSocket waits for `sent` (default 30 s). */
   sendTimeoutMs?: number;
   /** The clock, ms since the epoch; injectable for tests. */
@@ -90,6 +134,14 @@ export interface SecureChatClientOptions {
    * (default 60 s). Lower it only in tests.
    */
   sessionResetIntervalMs?: number;
+}
+
+/** A peer's identity key as this install knows it. */
+export interface PeerIdentity {
+  username: string;
+  /** The key last seen for the peer (libsignal `PublicKey.serialize()`, 33 bytes). */
+  identityKey: Uint8Array;
+  status: IdentityStatus;
 }
 
 /** What `send` returns. */
@@ -125,10 +177,16 @@ type OpenedMessage = (
   | { malformed: ContentFormatError }
   | { resendOfDelivered: true }
   | { resetFromNewIdentity: true }
-) & { fresh: boolean };
+) & {
+  fresh: boolean;
+  /** The sender's key changed in this decryption. */
+  identityChange: IdentityChanged | null;
+  /** How the sender's key stands for this message. */
+  identity: IdentityStatus;
+};
 
 /** What became of an envelope: a message for the app, nothing more to do (ack it), or unreadable (report, then ack). */
-type ReceivedEnvelope = { message: MessageContent } | { handled: true } | { dropped: SecureChatError };
+type ReceivedEnvelope = { message: MessageContent; identity: IdentityStatus } | { handled: true } | { dropped: SecureChatError };
 
 /** Refresh this long before the access token expires (at most a fifth of its lifetime). */
 const REFRESH_MARGIN_MS = 60_000;
@@ -158,8 +216,10 @@ export class SecureChatClient extends TypedEventEmitter<ChatEvent, ChatEventHand
   private readonly sessions: PeerSessions;
   private readonly autoAck: boolean;
   private readonly backOff: BackOff;
-  private readonly oneTimePreKeyBatch: number;
-  private readonly preKeyRefillThreshold: number;
+  private readonly keys: KeyMaintenance;
+  private readonly trust: IdentityTrust;
+  /** The relay's RATE_LIMITED answers to bundle fetches, per username. */
+  private readonly bundleFetchLimits: RetryAfterMemory;
   private readonly sendTimeoutMs: number;
   private readonly now: () => number;
   private readonly logger: SecureChatLogger;
@@ -174,6 +234,14 @@ export class SecureChatClient extends TypedEventEmitter<ChatEvent, ChatEventHand
   private auth: AuthSession | null = null;
   private refreshing: Promise<void> | undefined;
   private refreshTimer: NodeJS.Timeout | undefined;
+  /**
+   * A password change or account deletion of this client awaiting the
+   * relay's answer: the relay closes every socket of the account (4403) for
+   * it, this one's too, which is then no reason to stop.
+   */
+  private credentialChange: { done: Promise<unknown>; reconnect: boolean } | undefined;
+  /** Set by `deleteAccount`: the account is gone, the client is of no further use. */
+  private accountDeleted = false;
 
   private state = ConnectionState.Disconnected;
   private wantConnected = false;
@@ -196,8 +264,6 @@ export class SecureChatClient extends TypedEventEmitter<ChatEvent, ChatEventHand
     this.transport = options.transport ?? new HttpRelayTransport(options.relayUrl);
     this.autoAck = options.autoAck ?? true;
     this.backOff = new BackOff(options.backOff);
-    this.oneTimePreKeyBatch = options.oneTimePreKeyBatch ?? MAX_PREKEYS_PER_UPLOAD;
-    this.preKeyRefillThreshold = options.preKeyRefillThreshold ?? 20;
     this.sendTimeoutMs = options.sendTimeoutMs ?? 30_000;
     this.now = options.now ?? Date.now;
     this.logger = options.logger ?? {};
@@ -208,9 +274,32 @@ export class SecureChatClient extends TypedEventEmitter<ChatEvent, ChatEventHand
       throw new SecureChatError(SecureChatErrorCode.InvalidOptions, 'sessionResetIntervalMs must be a positive integer');
     }
     this.repair = new SessionRepairLimiter(this.sessionResetIntervalMs, this.now);
-    if (!Number.isInteger(this.oneTimePreKeyBatch) || this.oneTimePreKeyBatch < 1 || this.oneTimePreKeyBatch > MAX_PREKEYS_PER_UPLOAD) {
+    const oneTimePreKeyBatch = options.oneTimePreKeyBatch ?? MAX_PREKEYS_PER_UPLOAD;
+    if (!Number.isInteger(oneTimePreKeyBatch) || oneTimePreKeyBatch < 1 || oneTimePreKeyBatch > MAX_PREKEYS_PER_UPLOAD) {
       throw new SecureChatError(SecureChatErrorCode.InvalidOptions, `oneTimePreKeyBatch must be 1..${MAX_PREKEYS_PER_UPLOAD}`);
     }
+    const keyOptions = {
+      oneTimePreKeyBatch,
+      rotationIntervalMs: positiveInteger(options.keyRotationIntervalMs ?? DEFAULT_KEY_ROTATION_INTERVAL_MS, 'keyRotationIntervalMs'),
+      gracePeriodMs: positiveInteger(options.keyGracePeriodMs ?? DEFAULT_KEY_GRACE_PERIOD_MS, 'keyGracePeriodMs'),
+      maintenanceIntervalMs: positiveInteger(options.keyMaintenanceIntervalMs ?? DEFAULT_KEY_MAINTENANCE_INTERVAL_MS, 'keyMaintenanceIntervalMs'),
+      now: this.now,
+    };
+    this.keys = new KeyMaintenance(
+      this.stores,
+      {
+        uploadKeys: (keys) => this.authorized((token) => this.transport.uploadKeys(token, keys)),
+        getPreKeyCount: () => this.authorized((token) => this.transport.getPreKeyCount(token)),
+      },
+      keyOptions,
+      (fn) => this.transaction(fn),
+    );
+    const identityPolicy = options.identityPolicy ?? 'block';
+    if (!IDENTITY_POLICIES.includes(identityPolicy)) {
+      throw new SecureChatError(SecureChatErrorCode.InvalidOptions, `identityPolicy must be one of ${IDENTITY_POLICIES.join(', ')}`);
+    }
+    this.trust = new IdentityTrust(identityPolicy);
+    this.bundleFetchLimits = new RetryAfterMemory(this.now);
     if (!isSupportedKdf(this.backupKdf)) {
       throw new SecureChatError(SecureChatErrorCode.InvalidOptions, 'backupKdf is outside BACKUP_KDF_LIMITS');
     }
@@ -245,43 +334,49 @@ export class SecureChatClient extends TypedEventEmitter<ChatEvent, ChatEventHand
    * @throws {SecureChatError} `RelayRejected` (e.g. `USERNAME_TAKEN`, `VALIDATION_FAILED`), `Network`.
    */
   async register(username: string, password: string): Promise<void> {
-    const identity = await this.ensureLocalIdentity();
+    this.assertNotDeleted();
+    await this.ensureLocalIdentity();
     await this.keepAuth(await this.transport.register({ username, password: checkPassword(password) }));
     await this.saveAccount();
-    await this.uploadKeys(identity, true);
+    await this.keys.uploadInitialKeys();
   }
 
   /**
-   * Signs in an install whose stores already hold its identity, and uploads
-   * keys when the relay holds none for this device (or tops up one-time keys
-   * that run low).
+   * Signs in an install whose stores already hold its identity, replaces its
+   * signed keys when they are due (or were never confirmed by the relay),
+   * deletes replaced ones past their grace period, and tops up one-time keys
+   * when the relay says they run low.
    * @throws {SecureChatError} `NoLocalIdentity`, `InvalidState` (the stores belong to another account),
    *   `RelayRejected` (e.g. `INVALID_CREDENTIALS`, `IDENTITY_KEY_MISMATCH`), `Network`.
    */
   async login(username: string, password: string): Promise<void> {
-    const identity = await this.stores.identity.getLocalIdentity();
-    if (!identity) throw new SecureChatError(SecureChatErrorCode.NoLocalIdentity, 'the stores hold no identity key; register first');
+    this.assertNotDeleted();
+    if (!(await this.stores.identity.getLocalIdentity())) {
+      throw new SecureChatError(SecureChatErrorCode.NoLocalIdentity, 'the stores hold no identity key; register first');
+    }
     const stored = await this.stores.metadata.getAccount();
     if (stored && stored.username !== canonicalUsername(username)) {
       throw new SecureChatError(SecureChatErrorCode.InvalidState, 'the stores belong to another account');
     }
     await this.keepAuth(await this.transport.login({ username, password: checkPassword(password) }));
     await this.saveAccount();
-    await this.topUpKeys(identity);
+    await this.maintainKeys();
   }
 
   /**
    * Signs in again with the refresh token the stores kept, without the
    * password: for an install restarted from persistent stores, whose
-   * sessions then continue. Like `login`, uploads keys when the relay holds
-   * none for this device and tops up one-time prekeys that run low.
+   * sessions then continue. Like `login`, rotates signed keys when due and
+   * tops up one-time prekeys that run low.
    * @throws {SecureChatError} `NoLocalIdentity`; `InvalidState` when the stores hold no account or no
    *   refresh token (use `login`), or the relay answered for another account; `SessionExpired` when
    *   the relay refused the token (expired, already used or revoked: use `login`); `Network`.
    */
   async resume(): Promise<void> {
-    const identity = await this.stores.identity.getLocalIdentity();
-    if (!identity) throw new SecureChatError(SecureChatErrorCode.NoLocalIdentity, 'the stores hold no identity key; register first');
+    this.assertNotDeleted();
+    if (!(await this.stores.identity.getLocalIdentity())) {
+      throw new SecureChatError(SecureChatErrorCode.NoLocalIdentity, 'the stores hold no identity key; register first');
+    }
     const account = await this.stores.metadata.getAccount();
     const refreshToken = await this.stores.metadata.getRefreshToken();
     if (!account || !refreshToken) {
@@ -299,7 +394,7 @@ export class SecureChatClient extends TypedEventEmitter<ChatEvent, ChatEventHand
       throw new SecureChatError(SecureChatErrorCode.InvalidState, 'the relay resumed another account than the stores hold');
     }
     await this.keepAuth(response);
-    await this.topUpKeys(identity);
+    await this.maintainKeys();
   }
 
   /**
@@ -307,7 +402,7 @@ export class SecureChatClient extends TypedEventEmitter<ChatEvent, ChatEventHand
    * connection is re-opened with back-off until `close()`, except when another
    * connection of this device replaced it (close 4409).
    * @throws {SecureChatError} `InvalidState` before `register`/`login`; `RelayRejected`, `Network`,
-   *   `SessionExpired` when the first attempt fails (the client then stays disconnected).
+   *   `SessionExpired`, `CredentialsChanged` when the first attempt fails (the client then stays disconnected).
    */
   async connect(): Promise<void> {
     this.requireAuth();
@@ -326,9 +421,13 @@ export class SecureChatClient extends TypedEventEmitter<ChatEvent, ChatEventHand
   /**
    * Encrypts `body` for every device of `username` and hands it to the relay:
    * over the WebSocket when connected, else over HTTP. Without a session, the
-   * recipient's prekey bundle is fetched first (PQXDH).
-   * @throws {SecureChatError} `InvalidArgument`, `InvalidState`, `RelayRejected` (e.g. `UNKNOWN_RECIPIENT`),
-   *   `InvalidPreKeyBundle`, `UntrustedIdentity`, `EncryptionFailed`, `Network`, `ConnectionLost`, `Timeout`.
+   * recipient's prekey bundle is fetched first (PQXDH); a bundle whose
+   * identity key differs from the one this install knows is an identity
+   * change (`identityChanged`), and under `identityPolicy: 'block'` nothing
+   * is sent to the new key until the app accepts it.
+   * @throws {SecureChatError} `InvalidArgument`, `InvalidState`, `RelayRejected` (e.g. `UNKNOWN_RECIPIENT`,
+   *   or `RATE_LIMITED` with `retryAfter` for the bundle fetch), `InvalidPreKeyBundle`, `IdentityChanged`,
+   *   `EncryptionFailed`, `Network`, `ConnectionLost`, `Timeout`, `CredentialsChanged`.
    */
   async send(username: string, body: string | Uint8Array): Promise<SentMessage> {
     this.requireAuth();
@@ -346,6 +445,7 @@ export class SecureChatClient extends TypedEventEmitter<ChatEvent, ChatEventHand
     const plaintext = encodeContent({ kind: isText ? ContentKind.Text : ContentKind.Bytes, timestamp, body: bytes });
 
     return this.sessions.withPeer(to, async () => {
+      await this.trust.assertSendable(this.stores, to);
       let devices = await this.devicesWithSession(to);
       if (devices.length === 0) devices = await this.openSessions(to);
       let serverTimestamp: number;
@@ -362,11 +462,12 @@ export class SecureChatClient extends TypedEventEmitter<ChatEvent, ChatEventHand
     });
   }
 
-  /** Closes the connection and stops reconnecting and refreshing. Unacked messages stay on the relay. */
+  /** Closes the connection and stops reconnecting, refreshing and key maintenance. Unacked messages stay on the relay. */
   async close(): Promise<void> {
     this.wantConnected = false;
     clearTimeout(this.reconnectTimer);
     clearTimeout(this.refreshTimer);
+    this.keys.stop();
     this.socketGeneration++;
     const socket = this.socket;
     this.socket = null;
@@ -412,6 +513,7 @@ export class SecureChatClient extends TypedEventEmitter<ChatEvent, ChatEventHand
    *   or account), `Network`.
    */
   async restoreFromBackup(username: string, password: string, recoverySecret: string): Promise<void> {
+    this.assertNotDeleted();
     const secret = parseRecoverySecret(recoverySecret);
     const auth = await this.transport.login({ username, password: checkPassword(password) });
     let backup: BackupResponse;
@@ -429,7 +531,7 @@ export class SecureChatClient extends TypedEventEmitter<ChatEvent, ChatEventHand
     const account = { username: auth.username, deviceId: asDeviceId(auth.deviceId) };
     await this.transaction((stores) => restoreAccountState(stores, contents, account));
     await this.keepAuth(auth);
-    await this.uploadKeys(contents.identity, true, true);
+    await this.keys.uploadInitialKeys({ replaceOneTimePreKeys: true });
   }
 
   /**
@@ -439,6 +541,136 @@ export class SecureChatClient extends TypedEventEmitter<ChatEvent, ChatEventHand
   async deleteBackup(): Promise<void> {
     this.requireAuth();
     await this.authorized((token) => this.transport.deleteBackup(token));
+  }
+
+  // --- identity trust --------------------------------------------------------
+
+  /**
+   * The identity key this install knows for `username` (the last seen) and
+   * how it stands, or null when none was seen yet.
+   * @throws {SecureChatError} `InvalidArgument` for a malformed username.
+   */
+  async peerIdentity(username: string): Promise<PeerIdentity | null> {
+    const peer = checkUsername(username);
+    const known = await this.trust.describe(this.stores, peer);
+    return known && { username: peer, ...known };
+  }
+
+  /**
+   * Trusts the peer's current identity key for sending (after an
+   * `identityChanged`, when the user chose to go on without verifying).
+   * Pass the `newKey` the app showed, so that a key that changed again since
+   * is not accepted unseen. Verification of an earlier key is not carried over.
+   * @throws {SecureChatError} `InvalidArgument`; `UnknownIdentity` when no key is known for the peer;
+   *   `IdentityChanged` when `identityKey` is given and is not the current key.
+   */
+  async acceptIdentity(username: string, identityKey?: Uint8Array): Promise<void> {
+    const peer = checkUsername(username);
+    await this.sessions.withPeer(peer, () => this.transaction((stores) => this.trust.accept(stores, peer, identityKey)));
+  }
+
+  /**
+   * The safety number of this account and `username`, from this install's
+   * identity key and the peer's current one (libsignal `Fingerprint`, 5200
+   * iterations, version 2, each identifier the canonical username as UTF-8;
+   * docs/protocol.md, "Safety numbers"). Both sides get the same
+   * `displayable` digits; each shows its `scannable` form as a QR code for
+   * the other to pass to `verifySafetyNumber`.
+   * @throws {SecureChatError} `InvalidArgument`; `InvalidState` when the stores hold no account;
+   *   `NoLocalIdentity`; `UnknownIdentity` when no key is known for the peer yet.
+   */
+  async safetyNumber(username: string): Promise<SafetyNumber> {
+    const peer = checkUsername(username);
+    return this.trust.safetyNumber(this.stores, await this.localParty(), peer);
+  }
+
+  /**
+   * Checks a safety number scanned from the peer's screen against the keys
+   * this install holds (libsignal `ScannableFingerprint.compare`) and, if they
+   * match, marks the peer's current key verified (and trusted). A later change
+   * of that key makes it unverified again and is reported with `wasVerified`.
+   * @throws {SecureChatError} `SafetyNumberMismatch` (nothing changes then), `InvalidArgument`,
+   *   `InvalidState`, `NoLocalIdentity`, `UnknownIdentity`.
+   */
+  async verifySafetyNumber(username: string, scanned: Uint8Array): Promise<void> {
+    const peer = checkUsername(username);
+    if (!(scanned instanceof Uint8Array)) throw new SecureChatError(SecureChatErrorCode.InvalidArgument, 'scanned must be a Uint8Array');
+    const local = await this.localParty();
+    await this.sessions.withPeer(peer, () => this.transaction((stores) => this.trust.verify(stores, local, peer, scanned)));
+  }
+
+  private async localParty(): Promise<LocalParty> {
+    const username = this.account?.username ?? (await this.stores.metadata.getAccount())?.username;
+    if (!username) throw new SecureChatError(SecureChatErrorCode.InvalidState, 'the stores hold no account; register or log in first');
+    const identity = await this.stores.identity.getLocalIdentity();
+    if (!identity) throw new SecureChatError(SecureChatErrorCode.NoLocalIdentity, 'the stores hold no identity key');
+    return { username, identityKey: identity.identityKeyPair.publicKey };
+  }
+
+  // --- account ----------------------------------------------------------------
+
+  /**
+   * Changes the account's password. The relay then refuses every earlier
+   * access and refresh token of the account (other installs get
+   * `CredentialsChanged`) and closes its sockets; this client keeps going
+   * with the new tokens it got back (saved in the stores for `resume`) and
+   * reconnects if it was connected.
+   * @throws {SecureChatError} `InvalidState` before sign-in, `InvalidArgument` (a new password of
+   *   8..256 characters), `RelayRejected` (`INVALID_CREDENTIALS`: the current password is wrong),
+   *   `CredentialsChanged` (changed elsewhere meanwhile), `Network`.
+   */
+  async changePassword(currentPassword: string, newPassword: string): Promise<void> {
+    this.requireAuth();
+    checkPassword(currentPassword);
+    if (checkPassword(newPassword).length < PASSWORD_MIN_LENGTH) {
+      throw new SecureChatError(SecureChatErrorCode.InvalidArgument, `the new password must be ${PASSWORD_MIN_LENGTH}..${PASSWORD_MAX_LENGTH} characters`);
+    }
+    const done = this.authorized((token) => this.transport.changePassword(token, { currentPassword, newPassword })).then((response) =>
+      this.keepAuth(response),
+    );
+    this.credentialChange = { done, reconnect: true };
+    try {
+      await done;
+      // The relay closed this socket too (4403); if that has not reached us yet, replace it now.
+      const old = this.socket;
+      if (this.wantConnected && old) {
+        this.socketGeneration++;
+        this.socket = null;
+        old.close(CloseCode.Normal, 'password changed');
+        this.failPendingSends();
+        this.keys.stop();
+        this.scheduleReconnect(0, false);
+      }
+    } finally {
+      this.credentialChange = undefined;
+    }
+  }
+
+  /**
+   * Deletes the account at the relay (its devices, keys, queued messages and
+   * backup; the username stays unavailable for a cooling-off period), then
+   * closes this client for good: every later call fails with `InvalidState`.
+   * The stored refresh token is cleared; the stores still hold this
+   * install's identity key and sessions, now of no use: the app should
+   * discard them (close `SqliteStores` and delete its file).
+   * @throws {SecureChatError} `InvalidState` before sign-in, `InvalidArgument`, `RelayRejected`
+   *   (`INVALID_CREDENTIALS`: wrong password; nothing was deleted), `CredentialsChanged`, `Network`.
+   */
+  async deleteAccount(password: string): Promise<void> {
+    this.requireAuth();
+    checkPassword(password);
+    const done = this.authorized((token) => this.transport.deleteAccount(token, { password }));
+    this.credentialChange = { done, reconnect: false };
+    try {
+      await done;
+    } finally {
+      this.credentialChange = undefined;
+    }
+    this.accountDeleted = true;
+    await this.close();
+    this.auth = null;
+    this.account = null;
+    await this.stores.metadata.saveRefreshToken(null);
   }
 
   // --- keys and account -----------------------------------------------------
@@ -455,28 +687,18 @@ export class SecureChatClient extends TypedEventEmitter<ChatEvent, ChatEventHand
     if (this.account) await this.stores.metadata.saveAccount(this.account);
   }
 
-  /** `replaceOneTimePreKeys`: the relay drops the device's one-time keys first (after a restore they cannot be answered). */
-  private async uploadKeys(identity: LocalIdentity, withSignedKeys: boolean, replaceOneTimePreKeys = false): Promise<void> {
-    const upload = await this.transaction((stores) =>
-      generateKeyUpload(stores, identity, {
-        withSignedKeys,
-        oneTimePreKeys: this.oneTimePreKeyBatch,
-        oneTimeKyberPreKeys: this.oneTimePreKeyBatch,
-        now: this.now(),
-      }),
-    );
-    if (replaceOneTimePreKeys) upload.replaceOneTimePreKeys = true;
-    await this.authorized((token) => this.transport.uploadKeys(token, upload));
+  /**
+   * Signed keys first: a device whose first upload never reached the relay
+   * must send its signed pair before one-time keys are accepted.
+   */
+  private async maintainKeys(): Promise<void> {
+    await this.keys.rotateAndPrune();
+    await this.keys.topUp();
   }
 
-  /** Uploads keys when the relay holds none for this device, or one-time prekeys when they run low. */
-  private async topUpKeys(identity: LocalIdentity): Promise<void> {
-    const count = await this.authorized((token) => this.transport.getPreKeyCount(token));
-    if (count.preKeys === 0 && count.kyberPreKeys === 0) {
-      await this.uploadKeys(identity, true);
-    } else if (count.preKeys < this.preKeyRefillThreshold || count.kyberPreKeys < this.preKeyRefillThreshold) {
-      await this.uploadKeys(identity, false);
-    }
+  /** `maintainKeys` in the background; failures are reported as `error` events. */
+  private maintainKeysInBackground(): void {
+    this.maintainKeys().catch((error: unknown) => this.report(error));
   }
 
   /**
@@ -521,7 +743,12 @@ export class SecureChatClient extends TypedEventEmitter<ChatEvent, ChatEventHand
     await this.stores.metadata.saveRefreshToken(response.refreshToken);
   }
 
+  private assertNotDeleted(): void {
+    if (this.accountDeleted) throw new SecureChatError(SecureChatErrorCode.InvalidState, 'the account was deleted; this client is closed');
+  }
+
   private requireAuth(): AuthSession {
+    this.assertNotDeleted();
     if (!this.auth) throw new SecureChatError(SecureChatErrorCode.InvalidState, 'register or log in first');
     return this.auth;
   }
@@ -554,14 +781,58 @@ export class SecureChatClient extends TypedEventEmitter<ChatEvent, ChatEventHand
     return this.requireAuth().accessToken;
   }
 
-  /** Runs `request` with the access token, refreshing once if the relay says it expired. */
+  /**
+   * Runs `request` with the access token, refreshing once if the relay says
+   * it expired.
+   * @throws {SecureChatError} `CredentialsChanged` when the relay says the token predates a password
+   *   change or the account's deletion (the client then stops, see `stopForChangedCredentials`).
+   */
   private async authorized<T>(request: (accessToken: string) => Promise<T>): Promise<T> {
     try {
-      return await request(await this.accessToken());
+      try {
+        return await request(await this.accessToken());
+      } catch (error) {
+        if (!SecureChatError.isRelay(error, ErrorCode.TokenExpired)) throw error;
+        await this.refresh();
+        return await request(this.requireAuth().accessToken);
+      }
     } catch (error) {
-      if (!SecureChatError.isRelay(error, ErrorCode.TokenExpired)) throw error;
-      await this.refresh();
-      return request(this.requireAuth().accessToken);
+      if (!SecureChatError.isRelay(error, ErrorCode.CredentialsChanged) || this.credentialChange) throw error;
+      this.stopForChangedCredentials(false);
+      throw new SecureChatError(SecureChatErrorCode.CredentialsChanged, 'the password was changed elsewhere or the account deleted; sign in again', {
+        cause: error,
+        relayCode: ErrorCode.CredentialsChanged,
+      });
+    }
+  }
+
+  /**
+   * The account's password changed elsewhere, or the account was deleted:
+   * every token of this install is dead. Stops connecting and refreshing,
+   * forgets the tokens (the stored refresh token too) and, if `emit`, tells
+   * the app with a `CredentialsChanged` error event. `login` starts again.
+   */
+  private stopForChangedCredentials(emit = true): void {
+    const wasActive = this.auth !== null;
+    this.wantConnected = false;
+    this.auth = null;
+    clearTimeout(this.refreshTimer);
+    clearTimeout(this.reconnectTimer);
+    this.keys.stop();
+    const socket = this.socket;
+    this.socket = null;
+    this.socketGeneration++;
+    socket?.close(CloseCode.Normal, 'credentials changed');
+    this.failPendingSends();
+    this.setState(ConnectionState.Disconnected);
+    this.stores.metadata.saveRefreshToken(null).catch((error: unknown) => this.report(error));
+    if (emit && wasActive) {
+      this.emit(
+        ChatEvent.Error,
+        new SecureChatError(SecureChatErrorCode.CredentialsChanged, 'the password was changed elsewhere or the account deleted; sign in again', {
+          relayCode: ErrorCode.CredentialsChanged,
+        }),
+      );
     }
   }
 
@@ -584,14 +855,8 @@ export class SecureChatClient extends TypedEventEmitter<ChatEvent, ChatEventHand
         if (generation === this.socketGeneration) this.onSocketClosed(code, reason);
       },
     };
-    let socket: RelaySocket;
-    try {
-      socket = await this.transport.openSocket(await this.accessToken(), listener);
-    } catch (error) {
-      if (!SecureChatError.isRelay(error, ErrorCode.TokenExpired)) throw error;
-      await this.refresh();
-      socket = await this.transport.openSocket(this.requireAuth().accessToken, listener);
-    }
+    // The upgrade is authorized like an HTTP request: refreshed once, and a dead credential stops the client.
+    const socket: RelaySocket = await this.authorized((token) => this.transport.openSocket(token, listener));
     if (!this.wantConnected || generation !== this.socketGeneration) {
       socket.close(CloseCode.Normal, 'client closed');
       return;
@@ -600,14 +865,33 @@ export class SecureChatClient extends TypedEventEmitter<ChatEvent, ChatEventHand
     this.backOff.reset();
     this.setState(ConnectionState.Connected);
     void this.pruneMessageLogsIfDue();
+    this.keys.start((error) => this.report(error));
+    this.maintainKeysInBackground();
   }
 
   private onSocketClosed(code: number, reason: string): void {
     this.socket = null;
     this.failPendingSends();
+    this.keys.stop();
     this.logger.debug?.(`connection closed (${code} ${reason})`);
     if (!this.wantConnected) {
       this.setState(ConnectionState.Disconnected);
+      return;
+    }
+    if (code === CloseCode.CredentialsChanged) {
+      const change = this.credentialChange;
+      if (!change) {
+        this.stopForChangedCredentials();
+        return;
+      }
+      // Our own password change or deletion closed it: go on once the relay has answered.
+      this.setState(ConnectionState.Reconnecting);
+      change.done.then(
+        () => {
+          if (change.reconnect && this.wantConnected && !this.socket) this.scheduleReconnect(0, false);
+        },
+        () => this.stopForChangedCredentials(),
+      );
       return;
     }
     if (code === CloseCode.ConnectionReplaced) {
@@ -638,6 +922,10 @@ export class SecureChatClient extends TypedEventEmitter<ChatEvent, ChatEventHand
       await this.openSocket();
     } catch (error) {
       if (!this.wantConnected) return;
+      if (SecureChatError.isRelay(error, ErrorCode.CredentialsChanged) || SecureChatError.is(error, SecureChatErrorCode.CredentialsChanged)) {
+        this.stopForChangedCredentials();
+        return;
+      }
       if (SecureChatError.is(error, SecureChatErrorCode.SessionExpired) || isAuthRefusal(error)) {
         this.wantConnected = false;
         this.setState(ConnectionState.Disconnected);
@@ -677,6 +965,9 @@ export class SecureChatClient extends TypedEventEmitter<ChatEvent, ChatEventHand
         pending.resolve(frame.serverTimestamp);
         return;
       }
+      case ServerFrameType.KeysLow:
+        this.keys.topUp().catch((error: unknown) => this.report(error));
+        return;
       case ServerFrameType.Error: {
         const error = new SecureChatError(
           frame.requestId ? SecureChatErrorCode.RelayRejected : SecureChatErrorCode.RelayError,
@@ -709,11 +1000,34 @@ export class SecureChatClient extends TypedEventEmitter<ChatEvent, ChatEventHand
     return withSession;
   }
 
+  /**
+   * Fetches `username`'s bundle and records the identity key it names (see
+   * `IdentityTrust.recordBundleKey`), reporting a change.
+   * @throws {SecureChatError} `RelayRejected` (`RATE_LIMITED` with `retryAfter`: until then the
+   *   relay is not asked again for this user); `InvalidPreKeyBundle`; `IdentityChanged` when the key
+   *   changed and is not accepted (after the change is recorded and reported).
+   */
   private async fetchBundle(username: string): Promise<PreKeyBundleResponse> {
-    const bundle = await this.authorized((token) => this.transport.getPreKeyBundle(token, username));
+    this.bundleFetchLimits.assertReady(username);
+    let bundle: PreKeyBundleResponse;
+    try {
+      bundle = await this.authorized((token) => this.transport.getPreKeyBundle(token, username));
+    } catch (error) {
+      this.bundleFetchLimits.remember(username, error);
+      throw error;
+    }
     if (canonicalUsername(bundle.username) !== username) {
       throw new SecureChatError(SecureChatErrorCode.InvalidPreKeyBundle, 'the relay answered with a bundle of another user');
     }
+    let identityKey: PublicKey;
+    try {
+      identityKey = PublicKey.deserialize(new Uint8Array(Buffer.from(bundle.identityKey, 'base64')));
+    } catch (cause) {
+      throw new SecureChatError(SecureChatErrorCode.InvalidPreKeyBundle, `the identity key in the bundle of ${username} is invalid`, { cause });
+    }
+    const { change, sendable } = await this.transaction((stores) => this.trust.recordBundleKey(stores, username, identityKey));
+    if (change) this.emitIdentityChanged(change);
+    if (!sendable) throw identityChangedError(username);
     return bundle;
   }
 
@@ -859,7 +1173,7 @@ export class SecureChatClient extends TypedEventEmitter<ChatEvent, ChatEventHand
       return;
     }
     this.inFlight.add(context.messageId);
-    await this.deliver(this.incomingMessage(envelope, context, received.message));
+    await this.deliver(this.incomingMessage(envelope, context, received.message, received.identity));
   }
 
   /** Everything about one envelope that needs the sender's serial queue. */
@@ -872,6 +1186,7 @@ export class SecureChatClient extends TypedEventEmitter<ChatEvent, ChatEventHand
       if (!(cause instanceof DecryptFailure)) throw cause;
       return this.onUndecryptable(envelope, context, cause);
     }
+    if (opened.identityChange) this.emitIdentityChanged(opened.identityChange);
     if (opened.fresh) this.repair.heardFrom(context.sender, senderDevice);
     if ('malformed' in opened) {
       return {
@@ -884,6 +1199,7 @@ export class SecureChatClient extends TypedEventEmitter<ChatEvent, ChatEventHand
     if ('resetFromNewIdentity' in opened) {
       // Receiving always accepts a new identity key (Signal's policy), but resending past
       // messages to it would hand them to whoever holds it: a relay could claim to be the peer.
+      // Whatever the identity policy: even a key trusted at once under 'warn' gets no resend.
       return {
         dropped: new SecureChatError(
           SecureChatErrorCode.UntrustedIdentity,
@@ -900,7 +1216,7 @@ export class SecureChatClient extends TypedEventEmitter<ChatEvent, ChatEventHand
       await this.answerResetRequest(context, sessionResetSince(opened.content.body));
       return { handled: true };
     }
-    return { message: opened.content };
+    return { message: opened.content, identity: opened.identity };
   }
 
   /**
@@ -909,36 +1225,41 @@ export class SecureChatClient extends TypedEventEmitter<ChatEvent, ChatEventHand
    * step, the one-time prekeys it consumes, the peer's identity and device,
    * the received-message log entry and the pending copy, so a crash leaves
    * all of them or none: never a consumed prekey without its session, nor a
-   * ratchet step without the message.
+   * ratchet step without the message. An identity change the decryption
+   * brought (libsignal saves the key it decrypted under, for any message
+   * type) is handled in it too.
    * @throws {DecryptFailure} when libsignal refuses the message.
    */
   private open(envelope: Envelope, context: IncomingMessageContext): Promise<OpenedMessage> {
     const senderDevice = asDeviceId(context.senderDevice);
     return this.transaction(async (stores) => {
+      const identityNow = async () => {
+        const record = await stores.identity.getPeerIdentity(context.sender);
+        return record ? identityStatusOf(record) : IdentityStatus.Trusted;
+      };
       const pending = await stores.metadata.getPendingMessage(context.messageId);
       if (pending && pending.sender === context.sender && pending.senderDevice === senderDevice) {
-        return { ...openContent(pending.content), fresh: false };
+        return { ...openContent(pending.content), fresh: false, identityChange: null, identity: await identityNow() };
       }
 
       const ciphertext = new Uint8Array(Buffer.from(envelope.ciphertext, 'base64'));
-      const address = ProtocolAddress.new(context.sender, senderDevice);
-      // Only a PreKey message can bring a new identity key.
-      const identityBefore = envelope.type === EnvelopeType.PreKey ? await stores.identity.getIdentity(address) : null;
+      const before = await stores.identity.getPeerIdentity(context.sender);
       const plaintext = await this.sessions.decrypt(context.sender, senderDevice, envelope.type, ciphertext, stores);
       await rememberPeerDevice(stores, context.sender, senderDevice);
+      const identityChange = await this.trust.noticeDecrypted(stores, context.sender, senderDevice, before);
+      const identity = identityChange ? IdentityStatus.Changed : await identityNow();
       const opened = openContent(plaintext);
-      if (!('content' in opened)) return { ...opened, fresh: true };
-      if (opened.content.kind === ContentKind.SessionResetRequest && identityBefore) {
-        const identityAfter = await stores.identity.getIdentity(address);
-        if (!identityAfter?.equals(identityBefore)) return { resetFromNewIdentity: true, fresh: true };
+      if (!('content' in opened)) return { ...opened, fresh: true, identityChange, identity };
+      if (opened.content.kind === ContentKind.SessionResetRequest && identity === IdentityStatus.Changed) {
+        return { resetFromNewIdentity: true, fresh: true, identityChange, identity };
       }
       if (isUserContent(opened.content.kind)) {
         const received = { sender: context.sender, senderDevice, timestamp: opened.content.timestamp, contentDigest: sha256(plaintext) };
-        if (await stores.metadata.hasReceivedMessage(received)) return { resendOfDelivered: true, fresh: true };
+        if (await stores.metadata.hasReceivedMessage(received)) return { resendOfDelivered: true, fresh: true, identityChange, identity };
         await stores.metadata.saveReceivedMessage({ ...received, receivedAt: this.now() });
       }
       await stores.metadata.savePendingMessage(context.messageId, { sender: context.sender, senderDevice, content: plaintext });
-      return { ...opened, fresh: true };
+      return { ...opened, fresh: true, identityChange, identity };
     });
   }
 
@@ -979,7 +1300,7 @@ export class SecureChatClient extends TypedEventEmitter<ChatEvent, ChatEventHand
       if (
         SecureChatError.isRelay(cause, ErrorCode.UnknownRecipient) ||
         SecureChatError.is(cause, SecureChatErrorCode.InvalidPreKeyBundle) ||
-        SecureChatError.is(cause, SecureChatErrorCode.UntrustedIdentity)
+        SecureChatError.is(cause, SecureChatErrorCode.IdentityChanged)
       ) {
         return dropped('the sender cannot be asked to start over; dropped', cause);
       }
@@ -1056,6 +1377,15 @@ export class SecureChatClient extends TypedEventEmitter<ChatEvent, ChatEventHand
     }
   }
 
+  private emitIdentityChanged(change: IdentityChanged): void {
+    this.logger.warn?.(`the identity key of ${change.username} changed (${change.status})`);
+    try {
+      this.emit(ChatEvent.IdentityChanged, change);
+    } catch (cause) {
+      this.emit(ChatEvent.Error, new SecureChatError(SecureChatErrorCode.ListenerFailed, 'an identityChanged listener threw', { cause }));
+    }
+  }
+
   private async deliver(message: IncomingMessage): Promise<void> {
     const listeners = this.listeners(ChatEvent.Message);
     if (listeners.length === 0) {
@@ -1080,7 +1410,7 @@ export class SecureChatClient extends TypedEventEmitter<ChatEvent, ChatEventHand
     if (this.autoAck) await message.ack().catch((error: unknown) => this.report(error));
   }
 
-  private incomingMessage(envelope: Envelope, context: IncomingMessageContext, content: MessageContent): IncomingMessage {
+  private incomingMessage(envelope: Envelope, context: IncomingMessageContext, content: MessageContent, identity: IdentityStatus): IncomingMessage {
     let acked: Promise<void> | undefined;
     const body = content.body.slice();
     return {
@@ -1091,6 +1421,7 @@ export class SecureChatClient extends TypedEventEmitter<ChatEvent, ChatEventHand
       serverTimestamp: envelope.serverTimestamp,
       body,
       ...(content.kind === ContentKind.Text ? { text: decodeText(content.body) } : {}),
+      identity,
       ack: () => {
         acked ??= this.ack(context.messageId).catch((error: unknown) => {
           acked = undefined;
@@ -1152,6 +1483,17 @@ function openContent(plaintext: Uint8Array): { content: MessageContent } | { mal
 async function rememberPeerDevice(stores: SecureChatStores, username: string, deviceId: DeviceId): Promise<void> {
   const devices = await stores.metadata.getPeerDevices(username);
   if (!devices.includes(deviceId)) await stores.metadata.savePeerDevices(username, [...devices, deviceId]);
+}
+
+function positiveInteger(value: number, name: string): number {
+  if (!Number.isSafeInteger(value) || value < 1) throw new SecureChatError(SecureChatErrorCode.InvalidOptions, `${name} must be a positive integer`);
+  return value;
+}
+
+function checkUsername(username: string): string {
+  const canonical = typeof username === 'string' ? canonicalUsername(username) : '';
+  if (!USERNAME_PATTERN.test(canonical)) throw new SecureChatError(SecureChatErrorCode.InvalidArgument, 'not a valid username');
+  return canonical;
 }
 
 function checkPassword(password: string): string {

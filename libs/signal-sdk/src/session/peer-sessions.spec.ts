@@ -6,7 +6,7 @@ import { createMemoryStores } from '../stores/memory-stores.js';
 import type { SecureChatStores } from '../stores/stores.js';
 import { ContentKind, MAX_BODY_BYTES, encodeContent } from './content.js';
 import { DecryptFailure, DecryptFailureKind, PeerSessions, type DeviceCiphertext } from './peer-sessions.js';
-import { generateKeyUpload, generateLocalIdentity } from './prekeys.js';
+import { generateKeyUpload, generateLocalIdentity } from '../keys/prekeys.js';
 
 const DEVICE = asDeviceId(1);
 const utf8 = (s: string) => new TextEncoder().encode(s);
@@ -24,7 +24,6 @@ async function party(name: string, oneTime = 3): Promise<Party> {
   const identity = generateLocalIdentity();
   await stores.identity.saveLocalIdentity(identity);
   const upload = await generateKeyUpload(stores, identity, {
-    withSignedKeys: true,
     oneTimePreKeys: oneTime,
     oneTimeKyberPreKeys: oneTime,
     now: Date.now(),

@@ -93,7 +93,7 @@ export class PeerSessions {
   /**
    * Opens a session (PQXDH initiator side) with each device of the bundle
    * that has none yet, and returns every device of the bundle.
-   * @throws {SecureChatError} `InvalidPreKeyBundle` or `UntrustedIdentity`; a store's failure.
+   * @throws {SecureChatError} `InvalidPreKeyBundle` or `IdentityChanged` (the identity store does not trust the key); a store's failure.
    */
   async processBundle(bundle: PreKeyBundleResponse, stores: SecureChatStores = this.stores): Promise<DeviceId[]> {
     const devices: DeviceId[] = [];
@@ -111,7 +111,7 @@ export class PeerSessions {
    * (PQXDH initiator side). libsignal keeps the replaced state in the record
    * as an archived state, so messages still in flight on it decrypt.
    * @throws {SecureChatError} `InvalidPreKeyBundle` (also when the bundle lacks the device) or
-   *   `UntrustedIdentity`; a store's failure.
+   *   `IdentityChanged`; a store's failure.
    */
   async replaceSession(bundle: PreKeyBundleResponse, deviceId: DeviceId, stores: SecureChatStores = this.stores): Promise<void> {
     const device = bundle.devices.find((d) => d.deviceId === deviceId);
@@ -144,7 +144,7 @@ export class PeerSessions {
       await processPreKeyBundle(preKeyBundle, ProtocolAddress.new(bundle.username, deviceId), this.localAddress(), stores.session, stores.identity);
     } catch (cause) {
       if (isLibSignalError(cause) && cause.is(LibSignalErrorCode.UntrustedIdentity)) {
-        throw new SecureChatError(SecureChatErrorCode.UntrustedIdentity, `identity key of ${bundle.username} changed`, { cause });
+        throw new SecureChatError(SecureChatErrorCode.IdentityChanged, `identity key of ${bundle.username} changed`, { cause });
       }
       throw new SecureChatError(
         SecureChatErrorCode.InvalidPreKeyBundle,
@@ -154,7 +154,7 @@ export class PeerSessions {
     }
   }
 
-  /** @throws {SecureChatError} `UntrustedIdentity` or `EncryptionFailed`; a store's failure. */
+  /** @throws {SecureChatError} `IdentityChanged` (the session's key is not trusted for sending) or `EncryptionFailed`; a store's failure. */
   async encrypt(
     username: string,
     deviceId: DeviceId,
@@ -168,7 +168,7 @@ export class PeerSessions {
         return { deviceId, type, ciphertext: message.serialize() };
       } catch (cause) {
         if (isLibSignalError(cause) && cause.is(LibSignalErrorCode.UntrustedIdentity)) {
-          throw new SecureChatError(SecureChatErrorCode.UntrustedIdentity, `identity key of ${username} changed`, { cause });
+          throw new SecureChatError(SecureChatErrorCode.IdentityChanged, `identity key of ${username} changed`, { cause });
         }
         throw new SecureChatError(SecureChatErrorCode.EncryptionFailed, `encryption for ${username} failed`, { cause });
       }
