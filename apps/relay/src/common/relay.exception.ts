@@ -18,7 +18,12 @@ export class RelayException extends Error {
   }
 
   toBody(): ErrorBody {
-    return this.details ? { code: this.code, message: this.message, details: this.details } : { code: this.code, message: this.message };
+    return {
+      code: this.code,
+      message: this.message,
+      ...(this.details !== undefined && { details: this.details }),
+      ...(this.retryAfter !== undefined && { retryAfter: this.retryAfter }),
+    };
   }
 }
 

@@ -2,7 +2,13 @@ import { mkdtemp, readFile, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from '@jest/globals';
-import { USERNAME_COOLING_OFF_DAYS } from '@chat/protocol';
+import {
+  BUNDLE_FETCH_PAIR_WINDOW_SECONDS,
+  BUNDLE_FETCH_REQUESTER_WINDOW_SECONDS,
+  BUNDLE_FETCHES_PER_PAIR,
+  BUNDLE_FETCHES_PER_REQUESTER,
+  USERNAME_COOLING_OFF_DAYS,
+} from '@chat/protocol';
 import { ConfigError, loadConfig, readOrCreateDevelopmentSecret } from './relay-config.js';
 
 const SECRET = 'a'.repeat(32);
@@ -21,7 +27,13 @@ describe('loadConfig', () => {
       argon2: { memoryKib: 19456, timeCost: 2, parallelism: 1 },
       heartbeatIntervalMs: 30000,
       usernameCoolingOffDays: USERNAME_COOLING_OFF_DAYS,
+      bundleFetchLimits: {
+        perPair: { points: BUNDLE_FETCHES_PER_PAIR, windowSeconds: BUNDLE_FETCH_PAIR_WINDOW_SECONDS },
+        perRequester: { points: BUNDLE_FETCHES_PER_REQUESTER, windowSeconds: BUNDLE_FETCH_REQUESTER_WINDOW_SECONDS },
+      },
     });
+    // 6 per hour per pair, 100 per hour per requester.
+    expect([BUNDLE_FETCHES_PER_PAIR, BUNDLE_FETCH_PAIR_WINDOW_SECONDS, BUNDLE_FETCHES_PER_REQUESTER, BUNDLE_FETCH_REQUESTER_WINDOW_SECONDS]).toEqual([6, 3600, 100, 3600]);
   });
 
   it('parses numbers and the database URL', () => {
@@ -31,7 +43,12 @@ describe('loadConfig', () => {
       DATABASE_URL: 'postgresql://relay@db.internal:5432/relay',
       ARGON2_MEMORY_KIB: '1024',
       USERNAME_COOLING_OFF_DAYS: '0',
+      BUNDLE_FETCHES_PER_PAIR: '2',
+      BUNDLE_FETCH_PAIR_WINDOW_SECONDS: '60',
+      BUNDLE_FETCHES_PER_REQUESTER: '30',
+      BUNDLE_FETCH_REQUESTER_WINDOW_SECONDS: '600',
     });
+    expect(config.bundleFetchLimits).toEqual({ perPair: { points: 2, windowSeconds: 60 }, perRequester: { points: 30, windowSeconds: 600 } });
     expect(config.port).toBe(9000);
     expect(config.argon2.memoryKib).toBe(1024);
     expect(config.usernameCoolingOffDays).toBe(0);
@@ -49,6 +66,10 @@ describe('loadConfig', () => {
     ['HEARTBEAT_INTERVAL_MS', '-1'],
     ['LOG_LEVEL', 'loud'],
     ['USERNAME_COOLING_OFF_DAYS', '-1'],
+    ['BUNDLE_FETCHES_PER_PAIR', '0'],
+    ['BUNDLE_FETCH_PAIR_WINDOW_SECONDS', 'hourly'],
+    ['BUNDLE_FETCHES_PER_REQUESTER', '2.5'],
+    ['BUNDLE_FETCH_REQUESTER_WINDOW_SECONDS', '0'],
     ['USERNAME_COOLING_OFF_DAYS', '1.5'],
   ])('refuses %s=%s with a message naming the variable', (name, value) => {
     const load = () => loadConfig({ JWT_SECRET: SECRET, [name]: value }, { developmentSecret: noSecretFile });

@@ -20,6 +20,13 @@ export interface RelayConfig {
   readonly argon2: { readonly memoryKib: number; readonly timeCost: number; readonly parallelism: number };
   readonly heartbeatIntervalMs: number;
   readonly usernameCoolingOffDays: number;
+  readonly bundleFetchLimits: { readonly perPair: RateLimit; readonly perRequester: RateLimit };
+}
+
+/** At most `points` requests per fixed window of `windowSeconds`. */
+export interface RateLimit {
+  readonly points: number;
+  readonly windowSeconds: number;
 }
 
 /** Injection token of the `RelayConfig`. */
@@ -88,6 +95,10 @@ export function loadConfig(env: Env, options: LoadConfigOptions = {}): RelayConf
     },
     heartbeatIntervalMs: parsed.HEARTBEAT_INTERVAL_MS,
     usernameCoolingOffDays: parsed.USERNAME_COOLING_OFF_DAYS,
+    bundleFetchLimits: {
+      perPair: { points: parsed.BUNDLE_FETCHES_PER_PAIR, windowSeconds: parsed.BUNDLE_FETCH_PAIR_WINDOW_SECONDS },
+      perRequester: { points: parsed.BUNDLE_FETCHES_PER_REQUESTER, windowSeconds: parsed.BUNDLE_FETCH_REQUESTER_WINDOW_SECONDS },
+    },
   });
 }
 

@@ -1,7 +1,13 @@
 import 'reflect-metadata';
 import { Type } from 'class-transformer';
 import { IsIn, IsInt, IsOptional, IsString, Matches, Max, Min, MinLength } from 'class-validator';
-import { USERNAME_COOLING_OFF_DAYS } from '@chat/protocol';
+import {
+  BUNDLE_FETCH_PAIR_WINDOW_SECONDS,
+  BUNDLE_FETCH_REQUESTER_WINDOW_SECONDS,
+  BUNDLE_FETCHES_PER_PAIR,
+  BUNDLE_FETCHES_PER_REQUESTER,
+  USERNAME_COOLING_OFF_DAYS,
+} from '@chat/protocol';
 
 export const NODE_ENVIRONMENTS = ['development', 'production', 'test'] as const;
 export type NodeEnvironment = (typeof NODE_ENVIRONMENTS)[number];
@@ -89,6 +95,32 @@ export class RelayEnv {
   @IsOptional()
   @IsIn(LOG_LEVELS)
   LOG_LEVEL: RelayLogLevel = 'log';
+
+  // Bundle fetches (GET /v1/keys/:username) allowed per window: per pair of
+  // requesting and target account, and per requesting account over all targets.
+  @IsOptional()
+  @Type(() => Number)
+  @IsInt()
+  @Min(1)
+  BUNDLE_FETCHES_PER_PAIR = BUNDLE_FETCHES_PER_PAIR;
+
+  @IsOptional()
+  @Type(() => Number)
+  @IsInt()
+  @Min(1)
+  BUNDLE_FETCH_PAIR_WINDOW_SECONDS = BUNDLE_FETCH_PAIR_WINDOW_SECONDS;
+
+  @IsOptional()
+  @Type(() => Number)
+  @IsInt()
+  @Min(1)
+  BUNDLE_FETCHES_PER_REQUESTER = BUNDLE_FETCHES_PER_REQUESTER;
+
+  @IsOptional()
+  @Type(() => Number)
+  @IsInt()
+  @Min(1)
+  BUNDLE_FETCH_REQUESTER_WINDOW_SECONDS = BUNDLE_FETCH_REQUESTER_WINDOW_SECONDS;
 
   /** Days a deleted account's username stays unavailable; 0 frees it at once. */
   @IsOptional()

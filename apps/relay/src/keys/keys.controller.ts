@@ -10,6 +10,7 @@ import {
 import { CurrentDevice, type AuthenticatedDevice } from '../auth/authenticated-device.js';
 import { JwtAuthGuard } from '../auth/jwt-auth.guard.js';
 import { RelayException } from '../common/relay.exception.js';
+import { BundleFetchLimitGuard } from './bundle-fetch-limit.guard.js';
 import { KeysService } from './keys.service.js';
 
 @Controller('v1/keys')
@@ -31,6 +32,7 @@ export class KeysController {
   }
 
   @Get(':username')
+  @UseGuards(BundleFetchLimitGuard)
   bundle(@CurrentDevice() device: AuthenticatedDevice, @Param('username') username: string): Promise<PreKeyBundleResponse> {
     const canonical = canonicalUsername(username);
     if (!USERNAME_PATTERN.test(canonical)) {

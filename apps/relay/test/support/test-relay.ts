@@ -7,8 +7,9 @@
  * - `DATABASE_URL` unset: the relay's embedded PGlite, with its files in a
  *   temporary DATA_DIR that `close()` removes.
  *
- * Argon2 is cheap and the heartbeat short; pass `overrides` (environment
- * variables, as strings) to change any setting. One relay per test file
+ * Argon2 is cheap, the heartbeat short and bundle fetches nearly unlimited;
+ * pass `overrides` (environment variables, as strings; '' for the relay's own
+ * default) to change any setting. One relay per test file
  * (`beforeAll`/`afterAll`) keeps suites fast.
  *
  *   const relay = await startTestRelay();
@@ -69,6 +70,10 @@ export async function startTestRelay(overrides: RelayEnvOverrides = {}): Promise
       ARGON2_PARALLELISM: '1',
       HEARTBEAT_INTERVAL_MS: '500',
       LOG_LEVEL: 'error',
+      // Far above the protocol's defaults: specs fetch bundles many times.
+      // The rate-limit spec sets tight limits (or '' for the defaults) itself.
+      BUNDLE_FETCHES_PER_PAIR: '100000',
+      BUNDLE_FETCHES_PER_REQUESTER: '100000',
       ...overrides,
       DATABASE_URL: serverUrl ? await createTestDatabase(serverUrl, cleanups) : undefined,
     };

@@ -1,0 +1,53 @@
+import { Inject, Injectable, type CanActivate, type ExecutionContext } from '@nestjs/common';
+import { RateLimiterRes, type RateLimiterAbstract } from 'rate-limiter-flexible';
+import { canonicalUsername, ErrorCode } from '@chat/protocol';
+import type { AuthenticatedDevice } from '../auth/authenticated-device.js';
+import { RATE_LIMITER_FACTORY, type RateLimiterFactory } from '../common/rate-limiter.js';
+import { RelayException } from '../common/relay.exception.js';
+import { RELAY_CONFIG, type RelayConfig } from '../config/relay-config.js';
+
+/**
+ * Limits bundle fetches (`GET /v1/keys/:username`) per pair of requesting
+ * account and target username, and per requesting account over all targets,
+ * so that no one drains another user's one-time prekeys: a requester that
+ * keeps fetching one target is refused long before that target's batch runs
+ * out, and many requesters together only reach the last-resort Kyber key,
+ * with which sessions still form (the PQXDH last-resort prekey).
+ *
+ * Runs after `JwtAuthGuard` (the requester comes from the token) and before
+ * the handler, so a refused fetch claims nothing. Every fetch counts, also
+ * one that then fails (an unknown name, a malformed one), so that the limit
+ * cannot be probed around.
+ */
+@Injectable()
+export class BundleFetchLimitGuard implements CanActivate {
+  private readonly perPair: RateLimiterAbstract;
+  private readonly perRequester: RateLimiterAbstract;
+
+  constructor(@Inject(RELAY_CONFIG) config: RelayConfig, @Inject(RATE_LIMITER_FACTORY) createLimiter: RateLimiterFactory) {
+    const { perPair, perRequester } = config.bundleFetchLimits;
+    this.perPair = createLimiter({ name: 'bundle-fetch-pair', ...perPair });
+    this.perRequester = createLimiter({ name: 'bundle-fetch-requester', ...perRequester });
+  }
+
+  /** @throws RelayException RATE_LIMITED with `retryAfter` in seconds */
+  async canActivate(context: ExecutionContext): Promise<boolean> {
+    const request = context.switchToHttp().getRequest<{ user: AuthenticatedDevice; params: { username?: string } }>();
+    const requester = request.user.accountId;
+    const target = canonicalUsername(request.params.username ?? '');
+    await consume(this.perPair, `${requester}:${target}`);
+    await consume(this.perRequester, requester);
+    return true;
+  }
+}
+
+async function consume(limiter: RateLimiterAbstract, key: string): Promise<void> {
+  try {
+    await limiter.consume(key);
+  } catch (rejection) {
+    // A refusal is a RateLimiterRes; anything else is the store failing, and stays an error.
+    if (!(rejection instanceof RateLimiterRes)) throw rejection;
+    const retryAfter = Math.max(1, Math.ceil(rejection.msBeforeNext / 1000));
+    throw new RelayException(ErrorCode.RateLimited, 'Too many bundle fetches; retry later', undefined, retryAfter);
+  }
+}
