@@ -85,6 +85,71 @@ describe('keys (e2e)', () => {
     expect((await fetchBundle(user.username)).body.code).toBe(ErrorCode.UnknownRecipient);
   });
 
+  describe('rotation of the signed prekey and the last-resort Kyber key', () => {
+    /** The same device's next signed prekey and last-resort Kyber key, signed by its identity key. */
+    const rotationOf = (keys: DeviceKeys) =>
+      new DeviceKeys({ identity: keys.identity, registrationId: keys.registrationId, signedPreKeyId: 2, firstKeyId: 5000 });
+    const rotationRequest = (keys: DeviceKeys, rotated: DeviceKeys) => {
+      const { signedPreKey, kyberLastResortPreKey } = rotated.uploadRequest();
+      return { identityKey: keys.uploadRequest().identityKey, registrationId: keys.registrationId, signedPreKey, kyberLastResortPreKey };
+    };
+
+    it('replaces what bundles hand out, keeps the one-time keys, and sessions form on the new keys', async () => {
+      const { user: bob, keys } = await userWithKeys({ preKeys: 2 });
+      const rotated = rotationOf(keys);
+      expect(await upload(bob, rotationRequest(keys, rotated))).toMatchObject({ status: 204 });
+      expect((await count(bob)).body).toMatchObject({ preKeys: 2, kyberPreKeys: 0 });
+
+      const { body } = await fetchBundle(bob.username);
+      const device = body.devices[0]!;
+      expect(device.signedPreKey).toEqual(rotated.uploadRequest().signedPreKey);
+      expect(device.kyberPreKey).toEqual(rotated.uploadRequest().kyberLastResortPreKey);
+      expect(device.preKey).toEqual(keys.uploadRequest().preKeys![0]);
+      expect(device.signedPreKey.keyId).not.toBe(keys.signedPreKey.id());
+
+      const alice = new DeviceKeys();
+      const aliceStores = alice.stores();
+      const aliceAddress = ProtocolAddress.new('alice', 1);
+      const bobAddress = ProtocolAddress.new(bob.username, 1);
+      await processPreKeyBundle(preKeyBundleOf(body.identityKey, device), bobAddress, aliceAddress, aliceStores.sessions, aliceStores.identities);
+      const ciphertext = await signalEncrypt(new TextEncoder().encode('after rotation'), bobAddress, aliceAddress, aliceStores.sessions, aliceStores.identities);
+      // Bob's install after the rotation: the new signed and last-resort keys, the one-time keys it still has.
+      const bobStores = rotated.stores();
+      for (const preKey of keys.preKeys) await bobStores.preKeys.savePreKey(preKey.id(), preKey);
+      const plaintext = await signalDecryptPreKey(
+        PreKeySignalMessage.deserialize(ciphertext.serialize()),
+        aliceAddress,
+        bobAddress,
+        bobStores.sessions,
+        bobStores.identities,
+        bobStores.preKeys,
+        bobStores.signed,
+        bobStores.kyber,
+      );
+      expect(new TextDecoder().decode(plaintext)).toBe('after rotation');
+    });
+
+    it.each([
+      ['signed prekey', 'signedPreKey'],
+      ['last-resort Kyber key', 'kyberLastResortPreKey'],
+    ] as const)('refuses a %s not signed by the identity key with INVALID_SIGNATURE and changes nothing', async (_what, field) => {
+      const { user: bob, keys } = await userWithKeys({ preKeys: 2, kyberPreKeys: 1 });
+      const before = (await fetchBundle(bob.username)).body.devices[0]!;
+      const request = rotationRequest(keys, rotationOf(keys));
+      // Well formed and signed, but by another identity key than the account's.
+      const stranger = new DeviceKeys({ signedPreKeyId: 2, firstKeyId: 5000 }).uploadRequest();
+      request[field] = stranger[field] as never;
+      const refused = await upload(bob, request);
+      expect([refused.status, refused.body.code, refused.body.details]).toEqual([400, ErrorCode.InvalidSignature, [field]]);
+
+      expect((await count(bob)).body).toMatchObject({ preKeys: 1, kyberPreKeys: 0 });
+      const after = (await fetchBundle(bob.username)).body.devices[0]!;
+      expect(after.signedPreKey).toEqual(before.signedPreKey);
+      expect(after.signedPreKey).toEqual(keys.uploadRequest().signedPreKey);
+      expect(after.kyberPreKey).toEqual(keys.uploadRequest().kyberLastResortPreKey);
+    });
+  });
+
   it('refuses a key of the wrong length with VALIDATION_FAILED and a 33-byte non-key with INVALID_KEY', async () => {
     const user = await registerUser(relay, uniqueUsername('garbage'));
     const keys = new DeviceKeys({ preKeys: 1 });

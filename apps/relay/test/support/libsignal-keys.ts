@@ -36,6 +36,8 @@ export interface DeviceKeyOptions {
   /** Another batch of an existing device: its identity and registration id (default: new ones). */
   identity?: IdentityKeyPair;
   registrationId?: number;
+  /** Id of the signed prekey (default 1); a rotation uses a new one. */
+  signedPreKeyId?: number;
 }
 
 /** A device's key material, private halves included (they never leave the test). */
@@ -53,7 +55,7 @@ export class DeviceKeys {
     const first = options.firstKeyId ?? 100;
     const signedKey = PrivateKey.generate();
     this.signedPreKey = SignedPreKeyRecord.new(
-      1,
+      options.signedPreKeyId ?? 1,
       Date.now(),
       signedKey.getPublicKey(),
       signedKey,
