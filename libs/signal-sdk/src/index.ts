@@ -64,3 +64,4 @@ export {
 export type { BackOffOptions } from './transport/back-off.js';
 export { DEFAULT_RETRY_AFTER_SECONDS } from './transport/retry-after.js';
 export type { Credentials, RelaySocket, RelaySocketListener, RelayTransport } from './transport/relay-transport.js';
+export { HttpRelayTransport } from './transport/http-relay-transport.js';
