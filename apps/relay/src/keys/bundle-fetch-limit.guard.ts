@@ -15,9 +15,9 @@ import { RELAY_CONFIG, type RelayConfig } from '../config/relay-config.js';
  * with which sessions still form (the PQXDH last-resort prekey).
  *
  * Runs after `JwtAuthGuard` (the requester comes from the token) and before
- * the handler, so a refused fetch claims nothing. Every fetch counts, also
- * one that then fails (an unknown name, a malformed one), so that the limit
- * cannot be probed around.
+ * the handler, so a refused fetch claims nothing. Every fetch let through
+ * counts, also one that then fails (an unknown name, a malformed one), so
+ * that names cannot be probed for free.
  */
 @Injectable()
 export class BundleFetchLimitGuard implements CanActivate {

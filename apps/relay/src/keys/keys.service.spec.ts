@@ -1,4 +1,5 @@
-import { describe, expect, it } from '@jest/globals';
+import { describe, expect, it, jest } from '@jest/globals';
+import { Logger } from '@nestjs/common';
 import { IdentityKeyPair, KEMKeyPair, PrivateKey } from '@signalapp/libsignal-client';
 import { ErrorCode, PREKEY_LOW_THRESHOLD, ServerFrameType, type UploadKeysRequest } from '@chat/protocol';
 import type { AuthenticatedDevice } from '../auth/authenticated-device.js';
@@ -255,13 +256,19 @@ describe('KeysService keys-low notices', () => {
     expect(delivery.notices).toEqual([]);
   });
 
-  it('still hands out the claimed bundle when the low check fails', async () => {
+  it('still hands out the claimed bundle when the low check fails, and logs the failure', async () => {
     const { repository, delivery, service } = setUp();
     repository.preKeys = [{ keyId: 20, publicKey: new Uint8Array([5, 20]) }];
     repository.markKeysLowAnswer = new Error('database hiccup');
-    const bundle = await service.claimBundle(device, 'bob');
-    expect(bundle.devices[0]?.preKey?.keyId).toBe(20);
-    expect(delivery.notices).toEqual([]);
+    const errorLogs = jest.spyOn(Logger.prototype, 'error').mockImplementation(() => undefined);
+    try {
+      const bundle = await service.claimBundle(device, 'bob');
+      expect(bundle.devices[0]?.preKey?.keyId).toBe(20);
+      expect(delivery.notices).toEqual([]);
+      expect(errorLogs).toHaveBeenCalledTimes(1);
+    } finally {
+      errorLogs.mockRestore();
+    }
   });
 
   it('gives a connecting device keys-low when either count is below the threshold, and nothing otherwise', async () => {
