@@ -74,6 +74,27 @@ describe('changePassword', () => {
     expect(restarted.client.username).toBe('alice');
   });
 
+  it('retries, on the new token, a request sent with the old one while its own password change was on its way', async () => {
+    const relay = new FakeRelay();
+    relay.changePasswordAnswerDelayMs = 50;
+    const alice = client(relay);
+    await alice.client.register('alice', PASSWORD);
+    const bob = client(relay);
+    await bob.client.register('bob', PASSWORD);
+    const inbox = new MessageCollector(bob.client);
+    await bob.client.connect();
+
+    const changing = alice.client.changePassword(PASSWORD, NEW_PASSWORD);
+    // The change has taken effect at the relay, its answer is still on the way.
+    await new Promise((resolve) => setTimeout(resolve, 10));
+    const sending = alice.client.send('bob', 'sent during the change');
+    await changing;
+    await expect(sending).resolves.toMatchObject({ devices: [1] });
+    expect((await inbox.next()).text).toBe('sent during the change');
+    expect(alice.seen.errors).toEqual([]);
+    expect(relay.bundleFetches).toEqual([{ by: 'alice', of: 'bob' }]);
+  });
+
   it('refuses a wrong current password (nothing changes) and a new password shorter than 8 characters (nothing sent)', async () => {
     const relay = new FakeRelay();
     const alice = client(relay);

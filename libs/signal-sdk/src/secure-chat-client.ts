@@ -625,7 +625,7 @@ export class SecureChatClient extends TypedEventEmitter<ChatEvent, ChatEventHand
     if (checkPassword(newPassword).length < PASSWORD_MIN_LENGTH) {
       throw new SecureChatError(SecureChatErrorCode.InvalidArgument, `the new password must be ${PASSWORD_MIN_LENGTH}..${PASSWORD_MAX_LENGTH} characters`);
     }
-    const done = this.authorized((token) => this.transport.changePassword(token, { currentPassword, newPassword })).then((response) =>
+    const done = this.authorized((token) => this.transport.changePassword(token, { currentPassword, newPassword }), true).then((response) =>
       this.keepAuth(response),
     );
     this.credentialChange = { done, reconnect: true };
@@ -659,7 +659,7 @@ export class SecureChatClient extends TypedEventEmitter<ChatEvent, ChatEventHand
   async deleteAccount(password: string): Promise<void> {
     this.requireAuth();
     checkPassword(password);
-    const done = this.authorized((token) => this.transport.deleteAccount(token, { password }));
+    const done = this.authorized((token) => this.transport.deleteAccount(token, { password }), true);
     this.credentialChange = { done, reconnect: false };
     try {
       await done;
@@ -783,11 +783,14 @@ export class SecureChatClient extends TypedEventEmitter<ChatEvent, ChatEventHand
 
   /**
    * Runs `request` with the access token, refreshing once if the relay says
-   * it expired.
+   * it expired. A request refused for a token that predates this client's
+   * own password change (sent while the change was on its way) is retried
+   * once the change is answered, on the new token.
+   * `ownCredentialChange`: the request is that change (or the deletion) itself.
    * @throws {SecureChatError} `CredentialsChanged` when the relay says the token predates a password
-   *   change or the account's deletion (the client then stops, see `stopForChangedCredentials`).
+   *   change or the account's deletion made elsewhere (the client then stops, see `stopForChangedCredentials`).
    */
-  private async authorized<T>(request: (accessToken: string) => Promise<T>): Promise<T> {
+  private async authorized<T>(request: (accessToken: string) => Promise<T>, ownCredentialChange = false): Promise<T> {
     try {
       try {
         return await request(await this.accessToken());
@@ -797,7 +800,13 @@ export class SecureChatClient extends TypedEventEmitter<ChatEvent, ChatEventHand
         return await request(this.requireAuth().accessToken);
       }
     } catch (error) {
-      if (!SecureChatError.isRelay(error, ErrorCode.CredentialsChanged) || this.credentialChange) throw error;
+      if (!SecureChatError.isRelay(error, ErrorCode.CredentialsChanged)) throw error;
+      const change = this.credentialChange;
+      if (change && !ownCredentialChange) {
+        await change.done.catch(() => undefined);
+        if (!change.reconnect || !this.auth) throw error;
+        return request(this.requireAuth().accessToken);
+      }
       this.stopForChangedCredentials(false);
       throw new SecureChatError(SecureChatErrorCode.CredentialsChanged, 'the password was changed elsewhere or the account deleted; sign in again', {
         cause: error,

@@ -50,6 +50,8 @@ export class FakeRelay {
   readonly deleted = new Set<string>();
   /** Close sockets for a password change only after answering, this much later (the real relay closes first). */
   credentialCloseDelayMs: number | undefined;
+  /** Answer a password change this much after it took effect (a slow answer). */
+  changePasswordAnswerDelayMs = 0;
 
   transport(): RelayTransport {
     return this.transportOf(this);
@@ -105,7 +107,9 @@ export class FakeRelay {
         const close = () => socket?.close(CloseCode.CredentialsChanged, ErrorCode.CredentialsChanged);
         if (relay.credentialCloseDelayMs === undefined) close();
         else setTimeout(close, relay.credentialCloseDelayMs);
-        return auth(username);
+        const answer = auth(username);
+        await new Promise((resolve) => setTimeout(resolve, relay.changePasswordAnswerDelayMs));
+        return answer;
       },
       async deleteAccount(token: string, request) {
         const username = who(token);
