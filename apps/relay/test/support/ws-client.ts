@@ -8,6 +8,8 @@ export interface WsClient {
   frames: ServerFrame[];
   /** Told of each frame as it is appended to `frames` (the same object). */
   onFrame: Set<(frame: ServerFrame) => void>;
+  /** Pings received since the socket was created (counted before `open`, so none is missed). */
+  pings: number;
   send(frame: unknown): void;
 }
 
@@ -21,12 +23,20 @@ export async function connectWs(wsUrl: string, token: string, options: ClientOpt
     frames.push(frame);
     for (const listener of onFrame) listener(frame);
   });
+  const client: WsClient = {
+    socket,
+    frames,
+    onFrame,
+    pings: 0,
+    send: (frame) => socket.send(typeof frame === 'string' ? frame : JSON.stringify(frame)),
+  };
+  socket.on('ping', () => client.pings++);
   await new Promise<void>((resolve, reject) => {
     socket.once('open', resolve);
     socket.once('error', reject);
     socket.once('unexpected-response', (_request, response) => reject(new Error(`upgrade refused: ${response.statusCode}`)));
   });
-  return { socket, frames, onFrame, send: (frame) => socket.send(typeof frame === 'string' ? frame : JSON.stringify(frame)) };
+  return client;
 }
 
 /**
