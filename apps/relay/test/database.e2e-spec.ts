@@ -78,7 +78,7 @@ describe('migrations', () => {
   });
 
   it('gives messages queued before account deletion existed their sender username, and an empty one when the sender is gone', async () => {
-    const deletion = '20261128100000_account_deletion';
+    const deletion = '20261126020100_account_deletion';
     const earlier = MIGRATIONS.filter((name) => name < deletion);
     const partial = await mkdtemp(join(tmpdir(), 'relay-migrations-'));
     try {
