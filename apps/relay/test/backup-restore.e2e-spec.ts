@@ -1,7 +1,5 @@
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
+import { describe, expect, it } from '@jest/globals';
 import {
   ChatEvent,
   SecureChatClient,
@@ -14,7 +12,8 @@ import {
 } from '@chat/signal-sdk';
 import { SqliteStores } from '@chat/signal-sdk/sqlite';
 import { createMemoryStores, waitForMessage } from '@chat/signal-sdk/testing';
-import { DEFAULT_TEST_PASSWORD, startTestRelay, uniqueUsername, type TestRelay } from './support/test-relay.js';
+import { useSdkRelay } from './support/sdk-relay.js';
+import { DEFAULT_TEST_PASSWORD, uniqueUsername } from './support/test-relay.js';
 
 // Encrypted backup end to end: SDK clients on the real relay (AppModule, real
 // database, HTTP and WebSocket). One install backs up; a new install with
@@ -24,25 +23,11 @@ import { DEFAULT_TEST_PASSWORD, startTestRelay, uniqueUsername, type TestRelay }
 const TEST_KDF: BackupKdfParams = { logN: 10, r: 8, p: 1 };
 
 describe('encrypted backup and restore through the real relay', () => {
-  let relay: TestRelay;
-  let dir: string;
-  const clients: SecureChatClient[] = [];
-  const openStores: SqliteStores[] = [];
-
-  beforeAll(async () => {
-    relay = await startTestRelay();
-    dir = mkdtempSync(join(tmpdir(), 'backup-restore-e2e-'));
-  });
-
-  afterAll(async () => {
-    for (const client of clients) await client.close();
-    for (const stores of openStores) await stores.close();
-    await relay?.close();
-    rmSync(dir, { recursive: true, force: true });
-  });
+  const fixture = useSdkRelay('backup-restore-e2e');
+  const { clients, openStores } = fixture;
 
   function install<S extends SecureChatStores>(stores: S = createMemoryStores() as S) {
-    const client = SecureChatClient.create({ relayUrl: relay.baseUrl, stores, backupKdf: TEST_KDF });
+    const client = SecureChatClient.create({ relayUrl: fixture.relay.baseUrl, stores, backupKdf: TEST_KDF });
     clients.push(client);
     return { client, stores };
   }
@@ -62,7 +47,7 @@ describe('encrypted backup and restore through the real relay', () => {
 
   const storedBlob = async (username: string) =>
     (
-      await relay.sql<{ blob: Uint8Array }>(
+      await fixture.relay.sql<{ blob: Uint8Array }>(
         'SELECT b.blob FROM backups b JOIN accounts a ON a.id = b.account_id WHERE a.username = $1',
         username,
       )
@@ -70,7 +55,7 @@ describe('encrypted backup and restore through the real relay', () => {
 
   const relayKeyIds = async (table: 'one_time_prekeys' | 'kyber_prekeys', username: string) =>
     (
-      await relay.sql<{ key_id: number }>(
+      await fixture.relay.sql<{ key_id: number }>(
         `SELECT k.key_id FROM ${table} k JOIN devices d ON d.id = k.device_row_id JOIN accounts a ON a.id = d.account_id
           WHERE a.username = $1 ORDER BY k.key_id`,
         username,
@@ -158,7 +143,7 @@ describe('encrypted backup and restore through the real relay', () => {
     await alice.client.createBackup(secret);
     await alice.client.close();
 
-    const path = join(dir, `${alice.username}.db`);
+    const path = join(fixture.dir, `${alice.username}.db`);
     const openStore = async () => {
       const stores = await SqliteStores.open({ path, passphrase: 'passphrase of the new install', kdf: TEST_KDF });
       openStores.push(stores);
@@ -219,7 +204,7 @@ describe('encrypted backup and restore through the real relay', () => {
     };
     expect(found(blob!)).toEqual([]);
 
-    const columns = await relay.sql<{ table_name: string; column_name: string; data_type: string }>(
+    const columns = await fixture.relay.sql<{ table_name: string; column_name: string; data_type: string }>(
       `SELECT c.table_name, c.column_name, c.data_type FROM information_schema.columns c
          JOIN information_schema.tables t ON t.table_schema = c.table_schema AND t.table_name = c.table_name
         WHERE c.table_schema = current_schema() AND t.table_type = 'BASE TABLE'
@@ -229,7 +214,7 @@ describe('encrypted backup and restore through the real relay', () => {
     const findings: string[] = [];
     let scanned = 0;
     for (const { table_name, column_name, data_type } of columns) {
-      const rows = await relay.sql<{ v: unknown }>(`SELECT "${column_name}" AS v FROM "${table_name}" WHERE "${column_name}" IS NOT NULL`);
+      const rows = await fixture.relay.sql<{ v: unknown }>(`SELECT "${column_name}" AS v FROM "${table_name}" WHERE "${column_name}" IS NOT NULL`);
       for (const { v } of rows) {
         scanned++;
         const value = data_type === 'bytea' ? Buffer.from(v as Uint8Array) : Buffer.from(typeof v === 'string' ? v : JSON.stringify(v), 'utf8');

@@ -15,7 +15,8 @@ import {
 import { SecureChatClient, SecureChatError, SecureChatErrorCode, type IncomingMessage, type SecureChatStores } from '@chat/signal-sdk';
 import { SqliteStores, type StoreKdfParams } from '@chat/signal-sdk/sqlite';
 import { MessageCollector } from '@chat/signal-sdk/testing';
-import { DEFAULT_TEST_PASSWORD, startTestRelay, uniqueUsername, type TestRelay } from './support/test-relay.js';
+import { useSdkRelay } from './support/sdk-relay.js';
+import { DEFAULT_TEST_PASSWORD, uniqueUsername } from './support/test-relay.js';
 
 // Persistent encrypted stores end to end: SDK clients on SQLite stores talk
 // through the real relay (AppModule, real database, HTTP and WebSocket), are
@@ -45,22 +46,8 @@ function withRawFile<T>(path: string, run: (db: Database.Database) => T): T {
 }
 
 describe('SDK clients on persistent SQLite stores through the real relay', () => {
-  let relay: TestRelay;
-  let dir: string;
-  const clients: SecureChatClient[] = [];
-  const openStores: SqliteStores[] = [];
-
-  beforeAll(async () => {
-    relay = await startTestRelay();
-    dir = mkdtempSync(join(tmpdir(), 'persistent-store-e2e-'));
-  });
-
-  afterAll(async () => {
-    for (const client of clients) await client.close();
-    for (const stores of openStores) await stores.close();
-    await relay?.close();
-    rmSync(dir, { recursive: true, force: true });
-  });
+  const fixture = useSdkRelay('persistent-store-e2e');
+  const { clients, openStores } = fixture;
 
   async function openStore(path: string, passphrase = PASSPHRASE): Promise<SqliteStores> {
     const stores = await SqliteStores.open({ path, passphrase, kdf: TEST_KDF });
@@ -70,13 +57,13 @@ describe('SDK clients on persistent SQLite stores through the real relay', () =>
 
   /** A client on `stores` that acks by hand, so a test can look at each stored envelope before it goes. */
   function clientOn(stores: SecureChatStores): { client: SecureChatClient; inbox: MessageCollector } {
-    const client = SecureChatClient.create({ relayUrl: relay.baseUrl, stores, autoAck: false });
+    const client = SecureChatClient.create({ relayUrl: fixture.relay.baseUrl, stores, autoAck: false });
     clients.push(client);
     return { client, inbox: new MessageCollector(client) };
   }
 
   async function install(prefix: string) {
-    const path = join(dir, `${uniqueUsername(prefix)}.db`);
+    const path = join(fixture.dir, `${uniqueUsername(prefix)}.db`);
     const stores = await openStore(path);
     const { client, inbox } = clientOn(stores);
     const username = uniqueUsername(prefix);
@@ -102,7 +89,7 @@ describe('SDK clients on persistent SQLite stores through the real relay', () =>
   }
 
   const storedType = async (messageId: string) =>
-    (await relay.sql<{ type: string }>('SELECT type FROM messages WHERE id = $1::uuid', messageId))[0]?.type;
+    (await fixture.relay.sql<{ type: string }>('SELECT type FROM messages WHERE id = $1::uuid', messageId))[0]?.type;
 
   /** The next message: its text and the envelope type the relay stored and delivered, then the ack. */
   async function next(inbox: MessageCollector): Promise<{ text: string | undefined; type: string | undefined; message: IncomingMessage }> {
@@ -115,7 +102,7 @@ describe('SDK clients on persistent SQLite stores through the real relay', () =>
   const relayOneTimeKeys = async (username: string) =>
     Number(
       (
-        await relay.sql<{ n: bigint }>(
+        await fixture.relay.sql<{ n: bigint }>(
           `SELECT count(*) AS n FROM one_time_prekeys k JOIN devices d ON d.id = k.device_row_id
            JOIN accounts a ON a.id = d.account_id WHERE a.username = $1`,
           username,
@@ -135,7 +122,7 @@ describe('SDK clients on persistent SQLite stores through the real relay', () =>
 
     await shutDown(bob);
     for (let i = 0; i < 3; i++) await alice.client.send(bob.username, `while you were down ${i}`);
-    const queued = await relay.sql<{ type: string }>(
+    const queued = await fixture.relay.sql<{ type: string }>(
       `SELECT m.type FROM messages m JOIN devices d ON d.id = m.recipient_device_row_id
        JOIN accounts a ON a.id = d.account_id WHERE a.username = $1 ORDER BY m.seq`,
       bob.username,
@@ -187,8 +174,8 @@ describe('SDK clients on persistent SQLite stores through the real relay', () =>
   it('reports a flipped ciphertext byte and two swapped records with StoreTampered', async () => {
     const bob = await install('bob');
     await shutDown(bob);
-    const flipped = join(dir, 'flipped.db');
-    const swapped = join(dir, 'swapped.db');
+    const flipped = join(fixture.dir, 'flipped.db');
+    const swapped = join(fixture.dir, 'swapped.db');
     copyFileSync(bob.path, flipped);
     copyFileSync(bob.path, swapped);
 

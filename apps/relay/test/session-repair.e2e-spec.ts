@@ -1,7 +1,5 @@
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
+import { describe, expect, it } from '@jest/globals';
 import Database from 'better-sqlite3';
 import { ProtocolAddress, SessionRecord } from '@signalapp/libsignal-client';
 import {
@@ -15,7 +13,8 @@ import {
 } from '@chat/signal-sdk';
 import { SqliteStores, type StoreKdfParams } from '@chat/signal-sdk/sqlite';
 import { MessageCollector, createMemoryStores } from '@chat/signal-sdk/testing';
-import { DEFAULT_TEST_PASSWORD, startTestRelay, uniqueUsername, type TestRelay } from './support/test-relay.js';
+import { useSdkRelay } from './support/sdk-relay.js';
+import { DEFAULT_TEST_PASSWORD, uniqueUsername } from './support/test-relay.js';
 
 // Session repair end to end: SDK clients on the real relay (AppModule, real
 // database, HTTP and WebSocket) whose sessions are broken behind their back.
@@ -47,25 +46,11 @@ const deleteSession = (stores: SecureChatStores, peer: string) =>
   stores.session.saveSession(ProtocolAddress.new(peer, 1), SessionRecord.deserialize(new Uint8Array(0)));
 
 describe('session repair through the real relay', () => {
-  let relay: TestRelay;
-  let dir: string;
-  const clients: SecureChatClient[] = [];
-  const openStores: SqliteStores[] = [];
-
-  beforeAll(async () => {
-    relay = await startTestRelay();
-    dir = mkdtempSync(join(tmpdir(), 'session-repair-e2e-'));
-  });
-
-  afterAll(async () => {
-    for (const client of clients) await client.close();
-    for (const stores of openStores) await stores.close();
-    await relay?.close();
-    rmSync(dir, { recursive: true, force: true });
-  });
+  const fixture = useSdkRelay('session-repair-e2e');
+  const { clients, openStores } = fixture;
 
   function clientOn(stores: SecureChatStores, options: Partial<SecureChatClientOptions> = {}) {
-    const client = SecureChatClient.create({ relayUrl: relay.baseUrl, stores, ...options });
+    const client = SecureChatClient.create({ relayUrl: fixture.relay.baseUrl, stores, ...options });
     clients.push(client);
     return { client, stores, seen: watch(client) };
   }
@@ -123,8 +108,8 @@ describe('session repair through the real relay', () => {
       openStores.push(stores);
       return stores;
     };
-    const alicePath = join(dir, 'alice.db');
-    const bobPath = join(dir, 'bob.db');
+    const alicePath = join(fixture.dir, 'alice.db');
+    const bobPath = join(fixture.dir, 'bob.db');
     const alice = await registered('alice', await open(alicePath));
     let bob = await registered('bob', await open(bobPath));
     await Promise.all([alice.client.connect(), bob.client.connect()]);
