@@ -1,6 +1,13 @@
 import { Transform } from 'class-transformer';
-import { IsString, Length, Matches } from 'class-validator';
-import { PASSWORD_MAX_LENGTH, PASSWORD_MIN_LENGTH, USERNAME_MAX_LENGTH, USERNAME_PATTERN } from './limits.js';
+import { IsInt, IsOptional, IsString, Length, Matches, Max, Min } from 'class-validator';
+import {
+  DEVICE_ID_MAX,
+  DEVICE_ID_MIN,
+  PASSWORD_MAX_LENGTH,
+  PASSWORD_MIN_LENGTH,
+  USERNAME_MAX_LENGTH,
+  USERNAME_PATTERN,
+} from './limits.js';
 
 /** Usernames are case-insensitive; the canonical form is lower case. */
 export function canonicalUsername(username: string): string {
@@ -32,6 +39,10 @@ export class LoginRequest {
   @IsString()
   @Length(1, PASSWORD_MAX_LENGTH)
   password!: string;
+
+  /** The device to sign in as (default 1); it must be linked to the account. */
+  @IsOptional() @IsInt() @Min(DEVICE_ID_MIN) @Max(DEVICE_ID_MAX)
+  deviceId?: number;
 }
 
 /** `POST /v1/auth/refresh` */

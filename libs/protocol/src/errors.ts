@@ -43,6 +43,21 @@ export enum ErrorCode {
   UnknownRecipient = 'UNKNOWN_RECIPIENT',
   /** The send does not address exactly the recipient's devices. */
   MismatchedDevices = 'MISMATCHED_DEVICES',
+  /**
+   * The send names a registration id that is not the device's current one,
+   * or a device that was unlinked: the sender's session with it is stale.
+   */
+  StaleDevices = 'STALE_DEVICES',
+  /** The account already has as many devices as the relay allows. */
+  TooManyDevices = 'TOO_MANY_DEVICES',
+  /** No open provisioning slot of that id (unknown, expired, already used, or the wrong secret). */
+  ProvisioningNotFound = 'PROVISIONING_NOT_FOUND',
+  /** The account has no device of that id. */
+  DeviceNotFound = 'DEVICE_NOT_FOUND',
+  /** The token's device was unlinked from its account (the account still exists); this install must link again. */
+  DeviceUnlinked = 'DEVICE_UNLINKED',
+  /** Device 1, the account's primary device, cannot be unlinked; delete the account instead. */
+  PrimaryDevice = 'PRIMARY_DEVICE',
   /** No stored message of that id for this device. */
   MessageNotFound = 'MESSAGE_NOT_FOUND',
 
@@ -65,6 +80,29 @@ export interface ErrorBody {
   details?: string[];
   /** For `RATE_LIMITED`: seconds until a retry can succeed (also the `Retry-After` header). */
   retryAfter?: number;
+  /** For `MISMATCHED_DEVICES`: per addressed account, the devices the send left out and those it named that do not exist. */
+  mismatched?: DeviceMismatch[];
+  /** For `STALE_DEVICES`: per addressed account, the devices whose registration id the send got wrong. */
+  stale?: StaleDeviceList[];
+}
+
+/**
+ * One account's side of a `MISMATCHED_DEVICES` refusal. `username` is the
+ * recipient for `messages`, and the sender's own username for `sync`.
+ */
+export interface DeviceMismatch {
+  username: string;
+  /** Devices of the account with keys that the send did not address; ascending. */
+  missing: number[];
+  /** Devices the send addressed that the account does not have (and never had); ascending. */
+  extra: number[];
+}
+
+/** One account's side of a `STALE_DEVICES` refusal. */
+export interface StaleDeviceList {
+  username: string;
+  /** Devices addressed with a registration id other than their current one, or unlinked since; ascending. */
+  devices: number[];
 }
 
 /**
@@ -87,4 +125,6 @@ export enum CloseCode {
   CredentialsChanged = 4403,
   /** The same device connected again; this older socket is closed. Do not reconnect. */
   ConnectionReplaced = 4409,
+  /** This device was unlinked from its account; its tokens are dead. Do not reconnect. */
+  DeviceUnlinked = 4410,
 }

@@ -9,4 +9,5 @@ export * from './auth.dto.js';
 export * from './keys.dto.js';
 export * from './messages.dto.js';
 export * from './backup.dto.js';
+export * from './devices.dto.js';
 export * from './frames.js';

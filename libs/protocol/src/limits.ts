@@ -44,8 +44,23 @@ export const MAX_PREKEYS_PER_UPLOAD = 100;
 
 /** Largest ciphertext of one device's message. */
 export const MAX_CIPHERTEXT_BYTES = 64 * 1024;
-/** Devices one send may address (an account has at most this many). */
-export const MAX_DEVICES_PER_ACCOUNT = 6;
+/**
+ * The most devices an account can ever have, and so the most entries of
+ * `messages` (or of `sync`) in one send. The relay's operator sets the actual
+ * limit (`MAX_DEVICES_PER_ACCOUNT`, default `DEFAULT_MAX_DEVICES_PER_ACCOUNT`)
+ * at or below it.
+ */
+export const MAX_DEVICES_PER_ACCOUNT = 16;
+/** Devices an account may have unless the relay's operator says otherwise (Signal allows 6). */
+export const DEFAULT_MAX_DEVICES_PER_ACCOUNT = 6;
+/** Largest sealed provisioning message (`PUT /v1/provisioning/:id`), in bytes. */
+export const MAX_PROVISIONING_MESSAGE_BYTES = 8 * 1024;
+/** Seconds a provisioning slot lives, from its creation to the link. */
+export const PROVISIONING_TTL_SECONDS = 600;
+/** Message frames the relay sends a connection before it waits for acks, unless its operator says otherwise. */
+export const DEFAULT_MAX_INFLIGHT_DELIVERIES = 100;
+/** Days an undelivered message is kept, unless the relay's operator says otherwise (Signal keeps 30). */
+export const DEFAULT_MESSAGE_RETENTION_DAYS = 30;
 
 /**
  * Largest encrypted backup the relay stores per account. An upload of this

@@ -3,10 +3,12 @@ import {
   ArrayMaxSize,
   ArrayMinSize,
   IsArray,
+  IsBoolean,
   IsEnum,
   IsInt,
   IsOptional,
   IsString,
+  IsUUID,
   Matches,
   Max,
   Min,
@@ -19,6 +21,8 @@ import {
   MAX_CIPHERTEXT_BYTES,
   MAX_DEVICES_PER_ACCOUNT,
   MAX_MESSAGES_PER_PAGE,
+  REGISTRATION_ID_MAX,
+  REGISTRATION_ID_MIN,
   USERNAME_PATTERN,
 } from './limits.js';
 import { IsBase64Bytes } from './validators.js';
@@ -35,6 +39,14 @@ export enum EnvelopeType {
 export class OutgoingDeviceMessage {
   @IsInt() @Min(DEVICE_ID_MIN) @Max(DEVICE_ID_MAX)
   deviceId!: number;
+
+  /**
+   * The registration id the sender's session has for this device (libsignal
+   * `SessionRecord.remoteRegistrationId()`, or the bundle's). Another value
+   * than the device's current one is `STALE_DEVICES` (410).
+   */
+  @IsInt() @Min(REGISTRATION_ID_MIN) @Max(REGISTRATION_ID_MAX)
+  registrationId!: number;
 
   @IsEnum(EnvelopeType)
   type!: EnvelopeType;
@@ -53,9 +65,37 @@ export class SendMessageRequest {
   @Matches(USERNAME_PATTERN, { message: 'to must be a username' })
   to!: string;
 
+  /**
+   * Client-chosen UUID naming this send. A send that repeats the id of an
+   * accepted send of the same device (a retry after a lost answer) stores
+   * nothing and is answered as the first one was. Optional; the SDK always
+   * sets it.
+   */
+  @IsOptional() @IsUUID()
+  id?: string;
+
+  /** One ciphertext for each device of `to` that has keys. */
   @IsArray() @ArrayMinSize(1) @ArrayMaxSize(MAX_DEVICES_PER_ACCOUNT)
   @ValidateNested({ each: true }) @Type(() => OutgoingDeviceMessage)
   messages!: OutgoingDeviceMessage[];
+
+  /**
+   * Sync copies: one ciphertext for each other device of the sender's own
+   * account that has keys, so that every device shows the whole
+   * conversation. Required (non-empty) exactly when the sender has such
+   * devices and `to` is another account; absent or empty otherwise.
+   */
+  @IsOptional() @IsArray() @ArrayMaxSize(MAX_DEVICES_PER_ACCOUNT)
+  @ValidateNested({ each: true }) @Type(() => OutgoingDeviceMessage)
+  sync?: OutgoingDeviceMessage[];
+
+  /**
+   * Ephemeral (typing indicators): handed only to devices connected right
+   * now, never stored, never queued for an offline device, not acked. The
+   * answer's `serverTimestamp` says it was taken, not that anyone got it.
+   */
+  @IsOptional() @IsBoolean()
+  ephemeral?: boolean;
 }
 
 export interface SendMessageResponse {
@@ -73,6 +113,8 @@ export interface Envelope {
   type: EnvelopeType;
   ciphertext: string;
   serverTimestamp: number;
+  /** Present and true for an ephemeral send: it was never stored, and is not acked. */
+  ephemeral?: boolean;
 }
 
 /** `GET /v1/messages?limit=` */
