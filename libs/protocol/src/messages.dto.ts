@@ -82,8 +82,11 @@ export class SendMessageRequest {
   /**
    * Sync copies: one ciphertext for each other device of the sender's own
    * account that has keys, so that every device shows the whole
-   * conversation. Required (non-empty) exactly when the sender has such
-   * devices and `to` is another account; absent or empty otherwise.
+   * conversation. When present (even empty), it must address exactly those
+   * devices (else `MISMATCHED_DEVICES`, or `STALE_DEVICES` for a wrong
+   * registration id); absent, the send has no sync copies and no such check
+   * (receipts and typing indicators are not synced). Refused when `to` is the
+   * sender's own account: `messages` already addresses its other devices.
    */
   @IsOptional() @IsArray() @ArrayMaxSize(MAX_DEVICES_PER_ACCOUNT)
   @ValidateNested({ each: true }) @Type(() => OutgoingDeviceMessage)

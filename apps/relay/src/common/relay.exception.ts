@@ -1,4 +1,12 @@
-import { ErrorCode, type ErrorBody } from '@chat/protocol';
+import { ErrorCode, type DeviceMismatch, type ErrorBody, type StaleDeviceList } from '@chat/protocol';
+
+/** Structured fields of some refusals, beside `details`. */
+export interface RelayExceptionFields {
+  /** For `MISMATCHED_DEVICES`. */
+  mismatched?: DeviceMismatch[];
+  /** For `STALE_DEVICES`. */
+  stale?: StaleDeviceList[];
+}
 
 /**
  * The one exception type of the relay. Services throw it with a protocol
@@ -12,6 +20,7 @@ export class RelayException extends Error {
     readonly details?: string[],
     /** Seconds, for `RATE_LIMITED`. */
     readonly retryAfter?: number,
+    readonly fields: RelayExceptionFields = {},
   ) {
     super(message);
     this.name = 'RelayException';
@@ -23,6 +32,8 @@ export class RelayException extends Error {
       message: this.message,
       ...(this.details !== undefined && { details: this.details }),
       ...(this.retryAfter !== undefined && { retryAfter: this.retryAfter }),
+      ...(this.fields.mismatched !== undefined && { mismatched: this.fields.mismatched }),
+      ...(this.fields.stale !== undefined && { stale: this.fields.stale }),
     };
   }
 }
@@ -47,6 +58,12 @@ export const HTTP_STATUS_OF: Record<ErrorCode, number> = {
   [ErrorCode.DuplicateKeyId]: 409,
   [ErrorCode.UnknownRecipient]: 404,
   [ErrorCode.MismatchedDevices]: 409,
+  [ErrorCode.StaleDevices]: 410,
+  [ErrorCode.TooManyDevices]: 409,
+  [ErrorCode.ProvisioningNotFound]: 404,
+  [ErrorCode.DeviceNotFound]: 404,
+  [ErrorCode.DeviceUnlinked]: 401,
+  [ErrorCode.PrimaryDevice]: 409,
   [ErrorCode.MessageNotFound]: 404,
   [ErrorCode.BackupNotFound]: 404,
   [ErrorCode.UnknownFrameType]: 400,
