@@ -68,7 +68,7 @@ describe('content encoding', () => {
       ['an extra block of zeros', mutate((b) => Uint8Array.from([...b, ...new Uint8Array(160)]))],
       ['unknown version', mutate((b) => ((b[0] = 2), b))],
       ['version zero', mutate((b) => ((b[0] = 0), b))],
-      ['unknown kind', mutate((b) => ((b[1] = 4), b))],
+      ['unknown kind', mutate((b) => ((b[1] = 7), b))],
       ['kind zero', mutate((b) => ((b[1] = 0), b))],
       ['timestamp beyond 2^53', mutate((b) => ((b[2] = 0xff), b))],
       ['length longer than the content', mutate((b) => ((b[13] = 200), b))],

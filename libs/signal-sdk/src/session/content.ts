@@ -19,7 +19,19 @@
  * `serverTimestamp` of the earliest envelope from the recipient that the
  * requester could not decrypt (<= 2^53 - 1). The recipient resends what it
  * sent since then (docs/architecture.md, "Session repair").
+ *
+ * Kinds 4 to 6 (docs/protocol.md, "Inside the ciphertext"):
+ *
+ *   4 sync copy   u8 n | n bytes destination username (canonical, UTF-8) |
+ *                 u8 inner kind (1 text or 2 bytes) | inner body.
+ *                 A message this account sent from another of its devices;
+ *                 the record's timestamp is the original message's.
+ *   5 receipt     u8 type (1 delivery, 2 read) | u16 count (1..100) |
+ *                 count x u64 timestamps of the messages it acknowledges.
+ *   6 typing      u8 action (1 started, 2 stopped).
  */
+
+import { USERNAME_MAX_LENGTH, USERNAME_PATTERN } from '@chat/protocol';
 
 export const CONTENT_VERSION = 1;
 export const PADDING_BLOCK = 160;
@@ -38,13 +50,42 @@ export enum ContentKind {
   Bytes = 2,
   /** Control: "I could not decrypt what you sent since `since`; I started a new session, resend it." */
   SessionResetRequest = 3,
+  /** A message another device of this account sent, copied to this one (never accepted from another account). */
+  SyncCopy = 4,
+  /** Delivery or read receipt for messages named by their content timestamps. */
+  Receipt = 5,
+  /** The sender started or stopped typing; sent ephemeral, never stored by the relay. */
+  Typing = 6,
+}
+
+/** The kinds a user sends and reads: what a sync copy may wrap. */
+export type UserContentKind = ContentKind.Text | ContentKind.Bytes;
+
+export enum ReceiptType {
+  Delivery = 1,
+  Read = 2,
+}
+
+export enum TypingAction {
+  Started = 1,
+  Stopped = 2,
 }
 
 /** Length of a session reset request's body: one u64. */
 export const SESSION_RESET_REQUEST_BODY_BYTES = 8;
+/** Timestamps one receipt may carry. */
+export const MAX_RECEIPT_TIMESTAMPS = 100;
+/** A sync copy's bytes before its inner body: the destination's length, the destination, the inner kind. */
+const SYNC_COPY_MAX_PREFIX_BYTES = 1 + USERNAME_MAX_LENGTH + 1;
+/**
+ * Largest body of any record: a sync copy of a `MAX_BODY_BYTES` message.
+ * It pads to the same length as a `MAX_BODY_BYTES` text (61,600 bytes), so
+ * a sync copy never needs a larger ciphertext than the message it copies.
+ */
+const MAX_RECORD_BODY_BYTES = MAX_BODY_BYTES + SYNC_COPY_MAX_PREFIX_BYTES;
 
-const isContentKind = (kind: number): kind is ContentKind =>
-  kind === ContentKind.Text || kind === ContentKind.Bytes || kind === ContentKind.SessionResetRequest;
+const isContentKind = (kind: number): kind is ContentKind => Number.isInteger(kind) && kind >= ContentKind.Text && kind <= ContentKind.Typing;
+export const isUserContentKind = (kind: number): kind is UserContentKind => kind === ContentKind.Text || kind === ContentKind.Bytes;
 
 export interface MessageContent {
   kind: ContentKind;
@@ -67,8 +108,8 @@ export function encodeContent(content: MessageContent): Uint8Array<ArrayBuffer> 
   const { kind, timestamp, body } = content;
   if (!isContentKind(kind)) throw new ContentFormatError('unknown content kind');
   if (!Number.isSafeInteger(timestamp) || timestamp < 0) throw new ContentFormatError('timestamp out of range');
-  if (body.length > MAX_BODY_BYTES) throw new ContentFormatError(`body larger than ${MAX_BODY_BYTES} bytes`);
-  if (kind === ContentKind.SessionResetRequest) sessionResetSince(body);
+  if (body.length > maxBodyBytes(kind)) throw new ContentFormatError(`body larger than ${maxBodyBytes(kind)} bytes`);
+  checkBody(kind, body);
 
   // Zero-filled, so the padding after the marker is already in place.
   const bytes = new Uint8Array(paddedContentLength(body.length));
@@ -95,7 +136,7 @@ export function decodeContent(bytes: Uint8Array): MessageContent {
   const timestamp = view.getBigUint64(2);
   if (timestamp > BigInt(Number.MAX_SAFE_INTEGER)) throw new ContentFormatError('timestamp out of range');
   const bodyLength = view.getUint32(10);
-  if (bodyLength > MAX_BODY_BYTES || paddedContentLength(bodyLength) !== bytes.length) {
+  if (bodyLength > maxBodyBytes(kind) || paddedContentLength(bodyLength) !== bytes.length) {
     throw new ContentFormatError('body length does not match the padded length');
   }
   const markerAt = HEADER_BYTES + bodyLength;
@@ -104,8 +145,158 @@ export function decodeContent(bytes: Uint8Array): MessageContent {
     if (bytes[i] !== 0) throw new ContentFormatError('padding is not zero');
   }
   const body = bytes.slice(HEADER_BYTES, markerAt);
-  if (kind === ContentKind.SessionResetRequest) sessionResetSince(body);
+  checkBody(kind, body);
   return { kind, timestamp: Number(timestamp), body };
+}
+
+const maxBodyBytes = (kind: ContentKind) => (kind === ContentKind.SyncCopy ? MAX_RECORD_BODY_BYTES : MAX_BODY_BYTES);
+
+/** Parses a control or sync body by its kind, so that `decodeContent` accepts only well-formed records. */
+function checkBody(kind: ContentKind, body: Uint8Array): void {
+  switch (kind) {
+    case ContentKind.SessionResetRequest:
+      sessionResetSince(body);
+      return;
+    case ContentKind.SyncCopy:
+      parseSyncCopyBody(body);
+      return;
+    case ContentKind.Receipt:
+      parseReceiptBody(body);
+      return;
+    case ContentKind.Typing:
+      parseTypingBody(body);
+      return;
+    default:
+      return;
+  }
+}
+
+const u64Safe = (view: DataView, offset: number, what: string): number => {
+  const value = view.getBigUint64(offset);
+  if (value > BigInt(Number.MAX_SAFE_INTEGER)) throw new ContentFormatError(`${what} out of range`);
+  return Number(value);
+};
+
+const viewOf = (bytes: Uint8Array) => new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+
+// --- kind 4: sync copy --------------------------------------------------------
+
+/** A message another device of this account sent to `destination`. */
+export interface SyncCopy {
+  /** Canonical username the original message went to. */
+  destination: string;
+  /** The original message: its kind, timestamp and body. */
+  message: MessageContent & { kind: UserContentKind };
+}
+
+/**
+ * The sync copy of `message` (a text or bytes content this device sends to
+ * `destination`), for the sender's other devices. Same timestamp.
+ * @throws {ContentFormatError} for another kind, a destination that is not a canonical username, or a body too large.
+ */
+export function encodeSyncCopy(destination: string, message: MessageContent): Uint8Array<ArrayBuffer> {
+  if (!isUserContentKind(message.kind)) throw new ContentFormatError('a sync copy wraps only text or bytes');
+  if (typeof destination !== 'string' || !USERNAME_PATTERN.test(destination)) {
+    throw new ContentFormatError('sync copy destination is not a canonical username');
+  }
+  if (message.body.length > MAX_BODY_BYTES) throw new ContentFormatError(`body larger than ${MAX_BODY_BYTES} bytes`);
+  const name = new TextEncoder().encode(destination);
+  const body = new Uint8Array(1 + name.length + 1 + message.body.length);
+  body[0] = name.length;
+  body.set(name, 1);
+  body[1 + name.length] = message.kind;
+  body.set(message.body, 2 + name.length);
+  return encodeContent({ kind: ContentKind.SyncCopy, timestamp: message.timestamp, body });
+}
+
+/** @throws {ContentFormatError} when `content` is not a well-formed sync copy (a text inner body must be UTF-8). */
+export function syncCopyOf(content: MessageContent): SyncCopy {
+  if (content.kind !== ContentKind.SyncCopy) throw new ContentFormatError('not a sync copy');
+  const { destination, kind, body } = parseSyncCopyBody(content.body);
+  return { destination, message: { kind, timestamp: content.timestamp, body } };
+}
+
+function parseSyncCopyBody(body: Uint8Array): { destination: string; kind: UserContentKind; body: Uint8Array } {
+  if (body.length < 2) throw new ContentFormatError('sync copy body too short');
+  const nameLength = body[0];
+  if (body.length < 1 + nameLength + 1) throw new ContentFormatError('sync copy body too short for its destination');
+  const destination = decodeText(body.subarray(1, 1 + nameLength));
+  if (!USERNAME_PATTERN.test(destination)) throw new ContentFormatError('sync copy destination is not a canonical username');
+  const kind = body[1 + nameLength];
+  if (!isUserContentKind(kind)) throw new ContentFormatError(`sync copy of kind ${kind}`);
+  const inner = body.slice(2 + nameLength);
+  if (inner.length > MAX_BODY_BYTES) throw new ContentFormatError(`sync copy inner body larger than ${MAX_BODY_BYTES} bytes`);
+  if (kind === ContentKind.Text) decodeText(inner);
+  return { destination, kind, body: inner };
+}
+
+// --- kind 5: receipt ----------------------------------------------------------
+
+export interface Receipt {
+  type: ReceiptType;
+  /** Content timestamps of the acknowledged messages, as written (1..100). */
+  timestamps: number[];
+}
+
+/**
+ * A receipt record for the messages with these content timestamps.
+ * @throws {ContentFormatError} for an unknown type, 0 or more than 100 timestamps, or one that is not a safe integer >= 0.
+ */
+export function encodeReceipt(timestamp: number, receipt: Receipt): Uint8Array<ArrayBuffer> {
+  const { type, timestamps } = receipt;
+  if (type !== ReceiptType.Delivery && type !== ReceiptType.Read) throw new ContentFormatError('unknown receipt type');
+  if (!Array.isArray(timestamps) || timestamps.length < 1 || timestamps.length > MAX_RECEIPT_TIMESTAMPS) {
+    throw new ContentFormatError(`a receipt carries 1..${MAX_RECEIPT_TIMESTAMPS} timestamps`);
+  }
+  const body = new Uint8Array(3 + 8 * timestamps.length);
+  const view = viewOf(body);
+  view.setUint8(0, type);
+  view.setUint16(1, timestamps.length);
+  timestamps.forEach((value, i) => {
+    if (!Number.isSafeInteger(value) || value < 0) throw new ContentFormatError('receipt timestamp out of range');
+    view.setBigUint64(3 + 8 * i, BigInt(value));
+  });
+  return encodeContent({ kind: ContentKind.Receipt, timestamp, body });
+}
+
+/** @throws {ContentFormatError} when `content` is not a well-formed receipt. */
+export function receiptOf(content: MessageContent): Receipt {
+  if (content.kind !== ContentKind.Receipt) throw new ContentFormatError('not a receipt');
+  return parseReceiptBody(content.body);
+}
+
+function parseReceiptBody(body: Uint8Array): Receipt {
+  if (body.length < 3) throw new ContentFormatError('receipt body too short');
+  const view = viewOf(body);
+  const type = view.getUint8(0);
+  if (type !== ReceiptType.Delivery && type !== ReceiptType.Read) throw new ContentFormatError(`unknown receipt type ${type}`);
+  const count = view.getUint16(1);
+  if (count < 1 || count > MAX_RECEIPT_TIMESTAMPS) throw new ContentFormatError(`a receipt carries 1..${MAX_RECEIPT_TIMESTAMPS} timestamps`);
+  if (body.length !== 3 + 8 * count) throw new ContentFormatError('receipt body length does not match its count');
+  const timestamps: number[] = [];
+  for (let i = 0; i < count; i++) timestamps.push(u64Safe(view, 3 + 8 * i, 'receipt timestamp'));
+  return { type, timestamps };
+}
+
+// --- kind 6: typing -----------------------------------------------------------
+
+/** A typing record: the sender started (`true`) or stopped typing, at `timestamp`. */
+export function encodeTyping(timestamp: number, typing: boolean): Uint8Array<ArrayBuffer> {
+  const body = Uint8Array.of(typing ? TypingAction.Started : TypingAction.Stopped);
+  return encodeContent({ kind: ContentKind.Typing, timestamp, body });
+}
+
+/** @throws {ContentFormatError} when `content` is not a well-formed typing record. */
+export function typingOf(content: MessageContent): TypingAction {
+  if (content.kind !== ContentKind.Typing) throw new ContentFormatError('not a typing record');
+  return parseTypingBody(content.body);
+}
+
+function parseTypingBody(body: Uint8Array): TypingAction {
+  if (body.length !== 1) throw new ContentFormatError('typing body must be 1 byte');
+  const action = body[0];
+  if (action !== TypingAction.Started && action !== TypingAction.Stopped) throw new ContentFormatError(`unknown typing action ${action}`);
+  return action;
 }
 
 /** A session reset request asking for everything sent since `since` (a relay `serverTimestamp`). */
@@ -119,9 +310,7 @@ export function encodeSessionResetRequest(timestamp: number, since: number): Uin
 /** @throws {ContentFormatError} when `body` is not exactly a session reset request's body. */
 export function sessionResetSince(body: Uint8Array): number {
   if (body.length !== SESSION_RESET_REQUEST_BODY_BYTES) throw new ContentFormatError('session reset request body must be 8 bytes');
-  const since = new DataView(body.buffer, body.byteOffset, body.byteLength).getBigUint64(0);
-  if (since > BigInt(Number.MAX_SAFE_INTEGER)) throw new ContentFormatError('since out of range');
-  return Number(since);
+  return u64Safe(viewOf(body), 0, 'since');
 }
 
 const strictUtf8 = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true });
