@@ -3,14 +3,23 @@ import {
   ContentFormatError,
   ContentKind,
   MAX_BODY_BYTES,
+  MAX_RECEIPT_TIMESTAMPS,
   PADDING_BLOCK,
+  ReceiptType,
   SESSION_RESET_REQUEST_BODY_BYTES,
+  TypingAction,
   decodeContent,
   decodeText,
   encodeContent,
+  encodeReceipt,
   encodeSessionResetRequest,
+  encodeSyncCopy,
+  encodeTyping,
   paddedContentLength,
+  receiptOf,
   sessionResetSince,
+  syncCopyOf,
+  typingOf,
 } from './content.js';
 
 const text = (s: string) => new TextEncoder().encode(s);
@@ -136,5 +145,158 @@ describe('content encoding', () => {
       expect(() => encodeSessionResetRequest(1, 2 ** 53)).toThrow(ContentFormatError);
       expect(() => encodeSessionResetRequest(1, 1.5)).toThrow(ContentFormatError);
     });
+  });
+  /** A record with this kind and body as a peer with another encoder could send it: encodeContent refuses malformed bodies. */
+  const handBuilt = (kind: number, body: Uint8Array, timestamp = 1n) => {
+    const bytes = new Uint8Array(paddedContentLength(body.length));
+    const view = new DataView(bytes.buffer);
+    view.setUint8(0, CONTENT_VERSION);
+    view.setUint8(1, kind);
+    view.setBigUint64(2, timestamp);
+    view.setUint32(10, body.length);
+    bytes.set(body, 14);
+    bytes[14 + body.length] = 0x80;
+    return bytes;
+  };
+  const u64 = (value: bigint) => {
+    const bytes = new Uint8Array(8);
+    new DataView(bytes.buffer).setBigUint64(0, value);
+    return [...bytes];
+  };
+
+  describe('sync copy (kind 4)', () => {
+    const original = { kind: ContentKind.Text, timestamp: 1_764_000_000_789, body: text('see you at 8') };
+
+    it('writes the documented layout: destination length, destination, inner kind, inner body', () => {
+      const bytes = encodeSyncCopy('bob', original);
+      const inner = [...text('see you at 8')];
+      const body = [3, ...text('bob'), ContentKind.Text, ...inner];
+      expect([...bytes.subarray(0, 14)]).toEqual([CONTENT_VERSION, 4, ...u64(BigInt(original.timestamp)), 0, 0, 0, body.length]);
+      expect([...bytes.subarray(14, 14 + body.length + 1)]).toEqual([...body, 0x80]);
+      expect(bytes.length).toBe(PADDING_BLOCK);
+    });
+
+    it('round-trips destination, inner kind, body and the original timestamp', () => {
+      const copy = syncCopyOf(decodeContent(encodeSyncCopy('bob.smith_2', original)));
+      expect(copy.destination).toBe('bob.smith_2');
+      expect(copy.message.kind).toBe(ContentKind.Text);
+      expect(copy.message.timestamp).toBe(original.timestamp);
+      expect(decodeText(copy.message.body)).toBe('see you at 8');
+
+      const bytes = { kind: ContentKind.Bytes, timestamp: 5, body: new Uint8Array([0, 255, 7]) };
+      const copyOfBytes = syncCopyOf(decodeContent(encodeSyncCopy('bob', bytes)));
+      expect(copyOfBytes.message).toEqual(bytes);
+    });
+
+    it('pads a copy of a largest message to the length of the message itself', () => {
+      const largest = { kind: ContentKind.Bytes, timestamp: 1, body: new Uint8Array(MAX_BODY_BYTES).fill(1) };
+      const copy = encodeSyncCopy('a'.repeat(32), largest);
+      expect(copy.length).toBe(encodeContent(largest).length);
+      expect(syncCopyOf(decodeContent(copy)).message.body.length).toBe(MAX_BODY_BYTES);
+    });
+
+    it('refuses to encode another inner kind, a non-canonical destination or a body over the maximum', () => {
+      expect(() => encodeSyncCopy('bob', { kind: ContentKind.Typing, timestamp: 1, body: new Uint8Array([1]) })).toThrow(ContentFormatError);
+      expect(() => encodeSyncCopy('Bob', original)).toThrow(ContentFormatError);
+      expect(() => encodeSyncCopy('bo', original)).toThrow(ContentFormatError);
+      expect(() => encodeSyncCopy('bob', { ...original, body: new Uint8Array(MAX_BODY_BYTES + 1) })).toThrow(ContentFormatError);
+    });
+
+    it.each<[string, number[]]>([
+      ['an empty body', []],
+      ['a destination longer than the body', [10, ...text('bob'), 1]],
+      ['no inner kind', [3, ...text('bob')]],
+      ['an empty destination', [0, 1, ...text('x')]],
+      ['an upper-case destination', [3, ...text('Bob'), 1, ...text('x')]],
+      ['a destination that is not UTF-8', [3, 0x62, 0xc3, 0x28, 1]],
+      ['inner kind 3 (a control record)', [3, ...text('bob'), 3, ...u64(1n)]],
+      ['inner kind 4 (a copy of a copy)', [3, ...text('bob'), 4, 3, ...text('eve'), 1]],
+      ['inner kind 0', [3, ...text('bob'), 0]],
+      ['an inner text that is not UTF-8', [3, ...text('bob'), 1, 0xc3, 0x28]],
+    ])('rejects %s', (_name, body) => {
+      expect(() => decodeContent(handBuilt(ContentKind.SyncCopy, Uint8Array.from(body)))).toThrow(ContentFormatError);
+    });
+
+    it('rejects an inner body over the maximum', () => {
+      const body = Uint8Array.from([3, ...text('bob'), 2, ...new Uint8Array(MAX_BODY_BYTES + 1)]);
+      expect(() => decodeContent(handBuilt(ContentKind.SyncCopy, body))).toThrow(ContentFormatError);
+    });
+
+    it('accepts an empty inner body', () => {
+      const copy = syncCopyOf(decodeContent(handBuilt(ContentKind.SyncCopy, Uint8Array.from([3, ...text('bob'), 2]))));
+      expect(copy.message.body.length).toBe(0);
+    });
+  });
+
+  describe('receipt (kind 5)', () => {
+    it('writes the documented layout: type, u16 count, u64 timestamps', () => {
+      const bytes = encodeReceipt(9, { type: ReceiptType.Read, timestamps: [1, 0x0102030405] });
+      const body = [2, 0, 2, ...u64(1n), ...u64(0x0102030405n)];
+      expect([...bytes.subarray(0, 14 + body.length + 1)]).toEqual([CONTENT_VERSION, 5, ...u64(9n), 0, 0, 0, body.length, ...body, 0x80]);
+    });
+
+    it('round-trips the type and the timestamps in order, 1 to 100 of them', () => {
+      const many = Array.from({ length: MAX_RECEIPT_TIMESTAMPS }, (_, i) => Number.MAX_SAFE_INTEGER - i);
+      expect(receiptOf(decodeContent(encodeReceipt(3, { type: ReceiptType.Delivery, timestamps: many })))).toEqual({
+        type: ReceiptType.Delivery,
+        timestamps: many,
+      });
+      expect(receiptOf(decodeContent(encodeReceipt(3, { type: ReceiptType.Read, timestamps: [0] })))).toEqual({ type: ReceiptType.Read, timestamps: [0] });
+    });
+
+    it('refuses to encode no timestamps, more than 100, a bad one or an unknown type', () => {
+      expect(() => encodeReceipt(1, { type: ReceiptType.Read, timestamps: [] })).toThrow(ContentFormatError);
+      expect(() => encodeReceipt(1, { type: ReceiptType.Read, timestamps: new Array<number>(101).fill(1) })).toThrow(ContentFormatError);
+      expect(() => encodeReceipt(1, { type: ReceiptType.Read, timestamps: [-1] })).toThrow(ContentFormatError);
+      expect(() => encodeReceipt(1, { type: ReceiptType.Read, timestamps: [1.5] })).toThrow(ContentFormatError);
+      expect(() => encodeReceipt(1, { type: 3 as ReceiptType, timestamps: [1] })).toThrow(ContentFormatError);
+    });
+
+    it.each<[string, number[]]>([
+      ['an empty body', []],
+      ['type 0', [0, 0, 1, ...u64(1n)]],
+      ['type 3', [3, 0, 1, ...u64(1n)]],
+      ['count 0', [1, 0, 0]],
+      ['count 101', [1, 0, 101, ...new Array<number>(8 * 101).fill(0)]],
+      ['fewer timestamps than the count', [1, 0, 2, ...u64(1n)]],
+      ['more timestamps than the count', [1, 0, 1, ...u64(1n), ...u64(2n)]],
+      ['a trailing byte', [1, 0, 1, ...u64(1n), 0]],
+      ['a timestamp beyond 2^53', [1, 0, 1, ...u64(2n ** 53n)]],
+    ])('rejects %s', (_name, body) => {
+      expect(() => decodeContent(handBuilt(ContentKind.Receipt, Uint8Array.from(body)))).toThrow(ContentFormatError);
+    });
+  });
+
+  describe('typing (kind 6)', () => {
+    it('writes the documented layout and round-trips started and stopped', () => {
+      const bytes = encodeTyping(0x0a, true);
+      expect([...bytes.subarray(0, 16)]).toEqual([CONTENT_VERSION, 6, ...u64(0x0an), 0, 0, 0, 1, 1, 0x80]);
+      expect(bytes.length).toBe(PADDING_BLOCK);
+      expect(typingOf(decodeContent(bytes))).toBe(TypingAction.Started);
+      expect(typingOf(decodeContent(encodeTyping(1, false)))).toBe(TypingAction.Stopped);
+      expect(decodeContent(bytes).timestamp).toBe(0x0a);
+    });
+
+    it.each<[string, number[]]>([
+      ['an empty body', []],
+      ['action 0', [0]],
+      ['action 3', [3]],
+      ['two bytes', [1, 0]],
+    ])('rejects %s', (_name, body) => {
+      expect(() => decodeContent(handBuilt(ContentKind.Typing, Uint8Array.from(body)))).toThrow(ContentFormatError);
+    });
+  });
+
+  it('rejects a body over the maximum for every kind but the sync copy', () => {
+    for (const kind of [ContentKind.Text, ContentKind.Bytes, ContentKind.Receipt, ContentKind.Typing]) {
+      expect(() => decodeContent(handBuilt(kind, new Uint8Array(MAX_BODY_BYTES + 1)))).toThrow(ContentFormatError);
+    }
+  });
+
+  it('the kind readers refuse a record of another kind', () => {
+    const typing = decodeContent(encodeTyping(1, true));
+    expect(() => receiptOf(typing)).toThrow(ContentFormatError);
+    expect(() => syncCopyOf(typing)).toThrow(ContentFormatError);
+    expect(() => typingOf(decodeContent(encodeReceipt(1, { type: ReceiptType.Read, timestamps: [1] })))).toThrow(ContentFormatError);
   });
 });
