@@ -17,6 +17,10 @@ export enum RecordKind {
   SentMessage = 'sent-message',
   SentMessageIndex = 'sent-message-index',
   ReceivedMessage = 'received-message',
+  /** Receive dedupe: an envelope id already processed; `seq` is the order saved (trimmed oldest first). */
+  ProcessedEnvelope = 'processed-envelope',
+  /** The outbox; `seq` keeps the order queued (an upsert keeps a row's `seq`). */
+  OutgoingMessage = 'outgoing-message',
 }
 
 /** A row as stored. */

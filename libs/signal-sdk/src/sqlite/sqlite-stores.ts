@@ -9,7 +9,6 @@ import {
   SenderKeyRecord,
   SenderKeyStore,
   SessionRecord,
-  SessionStore,
   SignedPreKeyRecord,
   type Uuid,
 } from '@signalapp/libsignal-client';
@@ -19,14 +18,17 @@ import { asDeviceId, asRegistrationId, type DeviceId } from '../ids.js';
 import {
   KeyIdKind,
   MAX_PENDING_MESSAGES,
+  MAX_PROCESSED_ENVELOPES,
   MAX_RECEIVED_MESSAGES,
   MAX_SENT_MESSAGES_PER_PEER,
   SecureChatIdentityKeyStore,
   SecureChatKyberPreKeyStore,
   SecureChatMetadataStore,
+  SecureChatSessionStore,
   SecureChatSignedPreKeyStore,
   type AccountRecord,
   type LocalIdentity,
+  type OutgoingMessageRecord,
   type PeerIdentityRecord,
   type PendingMessage,
   type ReceivedMessageRecord,
@@ -109,7 +111,7 @@ const notFound = (what: string) => new SecureChatError(SecureChatErrorCode.Recor
  * with `synchronous=FULL` makes each commit durable before it returns.
  */
 export class SqliteStores implements SecureChatStores {
-  readonly session: SessionStore;
+  readonly session: SecureChatSessionStore;
   readonly identity: SecureChatIdentityKeyStore;
   readonly preKey: PreKeyStore;
   readonly signedPreKey: SecureChatSignedPreKeyStore;
@@ -363,7 +365,7 @@ function writeHeader(db: Database.Database, header: KeyHeader): void {
 // Records hold `serialize()` bytes (libsignal `TestStores.ts`); the policies
 // are the memory stores' (see memory-stores.ts), kept here on disk.
 
-class SqliteSessionStore extends SessionStore {
+class SqliteSessionStore extends SecureChatSessionStore {
   constructor(private readonly records: RecordTable) {
     super();
   }
@@ -375,6 +377,10 @@ class SqliteSessionStore extends SessionStore {
   async getSession(address: ProtocolAddress): Promise<SessionRecord | null> {
     const payload = this.records.get(RecordKind.Session, addressId(address));
     return payload ? SessionRecord.deserialize(bytes(payload)) : null;
+  }
+
+  async removeSession(address: ProtocolAddress): Promise<void> {
+    this.records.delete(RecordKind.Session, addressId(address));
   }
 
   async getExistingSessions(addresses: ProtocolAddress[]): Promise<SessionRecord[]> {
@@ -603,6 +609,13 @@ interface StoredSentMessage {
   content: string;
 }
 
+interface StoredOutgoingMessage {
+  recipient: string;
+  content: string;
+  timestamp: number;
+  queuedAt: number;
+}
+
 const sentMessageId = (recipient: string, recipientDevice: number, timestamp: number) =>
   `${recipient}.${sentMessageKey(recipientDevice, timestamp)}`;
 
@@ -740,6 +753,52 @@ class SqliteMetadataStore extends SecureChatMetadataStore {
     for (const { id, payload } of this.records.list(RecordKind.ReceivedMessage)) {
       if (parseJson<{ receivedAt: number }>(payload).receivedAt < before) this.records.delete(RecordKind.ReceivedMessage, id);
     }
+    for (const { id, payload } of this.records.list(RecordKind.ProcessedEnvelope)) {
+      if (parseJson<{ processedAt: number }>(payload).processedAt < before) this.records.delete(RecordKind.ProcessedEnvelope, id);
+    }
+  }
+
+  // Processed envelope ids: a record kind of its own in the `records` table,
+  // so a store written before it existed needs no migration (it has none yet).
+
+  async hasProcessedEnvelope(envelopeId: string): Promise<boolean> {
+    return this.records.get(RecordKind.ProcessedEnvelope, envelopeId) !== null;
+  }
+
+  async saveProcessedEnvelope(envelopeId: string, processedAt: number): Promise<void> {
+    if (this.records.get(RecordKind.ProcessedEnvelope, envelopeId) !== null) return;
+    this.records.put(RecordKind.ProcessedEnvelope, envelopeId, json({ processedAt }));
+    this.records.trimOldest(RecordKind.ProcessedEnvelope, MAX_PROCESSED_ENVELOPES);
+  }
+
+  // The outbox: one record per send under its id; the table's `seq` is the
+  // queue order, and an upsert of a queued id keeps its row and so its place.
+
+  async saveOutgoing(message: OutgoingMessageRecord): Promise<void> {
+    const stored: StoredOutgoingMessage = {
+      recipient: message.recipient,
+      content: Buffer.from(message.content).toString('base64'),
+      timestamp: message.timestamp,
+      queuedAt: message.queuedAt,
+    };
+    this.records.put(RecordKind.OutgoingMessage, message.id, json(stored));
+  }
+
+  async getOutgoing(): Promise<OutgoingMessageRecord[]> {
+    return this.records.list(RecordKind.OutgoingMessage).map(({ id, payload }) => {
+      const stored = parseJson<StoredOutgoingMessage>(payload);
+      return {
+        id,
+        recipient: stored.recipient,
+        content: bytes(Buffer.from(stored.content, 'base64')),
+        timestamp: stored.timestamp,
+        queuedAt: stored.queuedAt,
+      };
+    });
+  }
+
+  async removeOutgoing(id: string): Promise<void> {
+    this.records.delete(RecordKind.OutgoingMessage, id);
   }
 
   private sentIndex(recipient: string): SentIndexEntry[] {

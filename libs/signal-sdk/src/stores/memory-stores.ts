@@ -8,7 +8,6 @@ import {
   SenderKeyRecord,
   SenderKeyStore,
   SessionRecord,
-  SessionStore,
   SignedPreKeyRecord,
   type Uuid,
 } from '@signalapp/libsignal-client';
@@ -19,14 +18,17 @@ import { asRegistrationId } from '../ids.js';
 import {
   KeyIdKind,
   MAX_PENDING_MESSAGES,
+  MAX_PROCESSED_ENVELOPES,
   MAX_RECEIVED_MESSAGES,
   MAX_SENT_MESSAGES_PER_PEER,
   SecureChatIdentityKeyStore,
   SecureChatKyberPreKeyStore,
   SecureChatMetadataStore,
+  SecureChatSessionStore,
   SecureChatSignedPreKeyStore,
   type AccountRecord,
   type LocalIdentity,
+  type OutgoingMessageRecord,
   type PeerIdentityRecord,
   type PendingMessage,
   type ReceivedMessageRecord,
@@ -69,7 +71,7 @@ function snapshotSet<V>(set: Set<V>): () => void {
   };
 }
 
-export class MemorySessionStore extends SessionStore implements Snapshottable {
+export class MemorySessionStore extends SecureChatSessionStore implements Snapshottable {
   private readonly sessions = new Map<string, Uint8Array<ArrayBuffer>>();
 
   snapshot(): () => void {
@@ -83,6 +85,10 @@ export class MemorySessionStore extends SessionStore implements Snapshottable {
   async getSession(address: ProtocolAddress): Promise<SessionRecord | null> {
     const bytes = this.sessions.get(addressKey(address));
     return bytes ? SessionRecord.deserialize(bytes) : null;
+  }
+
+  async removeSession(address: ProtocolAddress): Promise<void> {
+    this.sessions.delete(addressKey(address));
   }
 
   async getExistingSessions(addresses: ProtocolAddress[]): Promise<SessionRecord[]> {
@@ -285,6 +291,10 @@ export class MemoryMetadataStore extends SecureChatMetadataStore implements Snap
   private readonly sentMessages = new Map<string, Map<string, SentMessageRecord>>();
   /** Keyed by `receivedMessageKey`, in insertion order; the value is `receivedAt`. */
   private readonly receivedMessages = new Map<string, number>();
+  /** Envelope id to `processedAt`, in insertion order (the first entry is the oldest). */
+  private readonly processedEnvelopes = new Map<string, number>();
+  /** The outbox by id, in the order queued (`Map.set` on a present key keeps its place). */
+  private readonly outgoing = new Map<string, OutgoingMessageRecord>();
 
   snapshot(): () => void {
     const { account, refreshToken, signedKeysState } = this;
@@ -295,6 +305,8 @@ export class MemoryMetadataStore extends SecureChatMetadataStore implements Snap
       snapshotMap(this.pendingMessages),
       snapshotMap(this.sentMessages),
       snapshotMap(this.receivedMessages),
+      snapshotMap(this.processedEnvelopes),
+      snapshotMap(this.outgoing),
     ];
     return () => {
       this.account = account;
@@ -397,8 +409,38 @@ export class MemoryMetadataStore extends SecureChatMetadataStore implements Snap
     for (const [key, receivedAt] of this.receivedMessages) {
       if (receivedAt < before) this.receivedMessages.delete(key);
     }
+    for (const [envelopeId, processedAt] of this.processedEnvelopes) {
+      if (processedAt < before) this.processedEnvelopes.delete(envelopeId);
+    }
+  }
+
+  async hasProcessedEnvelope(envelopeId: string): Promise<boolean> {
+    return this.processedEnvelopes.has(envelopeId);
+  }
+
+  async saveProcessedEnvelope(envelopeId: string, processedAt: number): Promise<void> {
+    if (this.processedEnvelopes.has(envelopeId)) return;
+    if (this.processedEnvelopes.size >= MAX_PROCESSED_ENVELOPES) {
+      const oldest = this.processedEnvelopes.keys().next().value;
+      if (oldest !== undefined) this.processedEnvelopes.delete(oldest);
+    }
+    this.processedEnvelopes.set(envelopeId, processedAt);
+  }
+
+  async saveOutgoing(message: OutgoingMessageRecord): Promise<void> {
+    this.outgoing.set(message.id, copyOutgoing(message));
+  }
+
+  async getOutgoing(): Promise<OutgoingMessageRecord[]> {
+    return [...this.outgoing.values()].map(copyOutgoing);
+  }
+
+  async removeOutgoing(id: string): Promise<void> {
+    this.outgoing.delete(id);
   }
 }
+
+const copyOutgoing = (message: OutgoingMessageRecord): OutgoingMessageRecord => ({ ...message, content: message.content.slice() });
 
 const copySent = (message: SentMessageRecord): SentMessageRecord => ({ ...message, content: message.content.slice() });
 

@@ -3,6 +3,7 @@ import {
   IdentityChange,
   IdentityKeyStore,
   KyberPreKeyStore,
+  SessionStore,
   SignedPreKeyStore,
   type IdentityKeyPair,
   type KyberPreKeyRecord,
@@ -11,7 +12,6 @@ import {
   type ProtocolAddress,
   type PublicKey,
   type SenderKeyStore,
-  type SessionStore,
   type SignedPreKeyRecord,
 } from '@signalapp/libsignal-client';
 import { SecureChatError, SecureChatErrorCode } from '../errors.js';
@@ -118,6 +118,16 @@ export abstract class SecureChatIdentityKeyStore extends IdentityKeyStore {
     if (!local) throw new SecureChatError(SecureChatErrorCode.NoLocalIdentity, 'no local identity');
     return local;
   }
+}
+
+/**
+ * libsignal's session store plus removal: a session with a device that left
+ * the account (unlinked, or replaced under another registration id) is
+ * deleted, not kept (docs/architecture.md, "Fan-out and device correction").
+ */
+export abstract class SecureChatSessionStore extends SessionStore {
+  /** Deletes the session with `address`; resolves also when there is none. */
+  abstract removeSession(address: ProtocolAddress): Promise<void>;
 }
 
 /**
@@ -235,8 +245,49 @@ export abstract class SecureChatMetadataStore {
   abstract saveReceivedMessage(message: ReceivedMessageRecord): Promise<void>;
   /** Whether a message with this sender, device, timestamp and content digest was saved (`receivedAt` is not compared). */
   abstract hasReceivedMessage(message: Omit<ReceivedMessageRecord, 'receivedAt'>): Promise<boolean>;
-  /** Forgets sent messages whose `timestamp`, and received ones whose `receivedAt`, is before `before`. */
+  /**
+   * Forgets sent messages whose `timestamp`, received ones whose
+   * `receivedAt`, and processed envelope ids whose `processedAt` is before `before`.
+   */
   abstract pruneMessageLogs(before: number): Promise<void>;
+
+  // Receive dedupe (docs/architecture.md, "Dedupe and acks"): the relay's
+  // envelope ids already decrypted or dropped, so that a redelivery (its ack
+  // was lost) is acked without reaching the app again.
+
+  /** Whether `envelopeId` was saved as processed (and not pruned since). */
+  abstract hasProcessedEnvelope(envelopeId: string): Promise<boolean>;
+  /**
+   * Remembers an envelope id as processed; saving a known id again keeps the
+   * first `processedAt`. At most `MAX_PROCESSED_ENVELOPES` are kept: saving
+   * one more drops the one saved first.
+   */
+  abstract saveProcessedEnvelope(envelopeId: string, processedAt: number): Promise<void>;
+
+  // The outbox (docs/architecture.md, "The outbox"): sends not yet accepted
+  // by the relay, in the order queued. Not bounded: an entry leaves only when
+  // the relay accepted or permanently refused it.
+
+  /** Appends `message`; one with the same `id` already queued is replaced in place (it keeps its position). */
+  abstract saveOutgoing(message: OutgoingMessageRecord): Promise<void>;
+  /** Every queued send, oldest queued first, as copies. */
+  abstract getOutgoing(): Promise<OutgoingMessageRecord[]>;
+  /** Removes the send; resolves also when there is none. */
+  abstract removeOutgoing(id: string): Promise<void>;
+}
+
+/** A send waiting in the outbox. */
+export interface OutgoingMessageRecord {
+  /** The send's UUID, also the relay request's `id` (a repeat of an accepted send stores nothing). */
+  id: string;
+  /** Canonical username. */
+  recipient: string;
+  /** The padded content record (`session/content.ts`), encrypted afresh on each attempt. */
+  content: Uint8Array;
+  /** The content's timestamp. */
+  timestamp: number;
+  /** This install's clock when `send` queued it, ms since the epoch. */
+  queuedAt: number;
 }
 
 /** How long a sent message may be resent, and a received one is remembered: 24 hours. */
@@ -245,6 +296,8 @@ export const SESSION_REPAIR_WINDOW_MS = 24 * 60 * 60 * 1000;
 export const MAX_SENT_MESSAGES_PER_PEER = 100;
 /** How many received messages a metadata store remembers, over all senders. */
 export const MAX_RECEIVED_MESSAGES = 5000;
+/** How many processed envelope ids a metadata store remembers. */
+export const MAX_PROCESSED_ENVELOPES = 10_000;
 
 /** A message this install sent to one recipient device, kept so that it can be resent. */
 export interface SentMessageRecord {
@@ -285,7 +338,7 @@ export interface PendingMessage {
 
 /** Every store the client uses, grouped (the libsignal abstract store classes plus metadata). */
 export interface SecureChatStores {
-  session: SessionStore;
+  session: SecureChatSessionStore;
   identity: SecureChatIdentityKeyStore;
   preKey: PreKeyStore;
   signedPreKey: SecureChatSignedPreKeyStore;

@@ -38,8 +38,10 @@ import { createMemoryStores } from '../stores/memory-stores.js';
 import {
   KeyIdKind,
   MAX_PENDING_MESSAGES,
+  MAX_PROCESSED_ENVELOPES,
   MAX_RECEIVED_MESSAGES,
   MAX_SENT_MESSAGES_PER_PEER,
+  type OutgoingMessageRecord,
   type PeerIdentityRecord,
   type PendingMessage,
   type ReceivedMessageRecord,
@@ -75,6 +77,14 @@ const sent = (recipient: string, recipientDevice: number, timestamp: number, ser
   serverTimestamp,
   content: utf8(`to ${recipient}.${recipientDevice} at ${timestamp}`),
 });
+const outgoing = (id: string, body: string, timestamp = 1_000): OutgoingMessageRecord => ({
+  id,
+  recipient: 'bob',
+  content: utf8(body),
+  timestamp,
+  queuedAt: timestamp + 1,
+});
+const plainOutgoing = (message: OutgoingMessageRecord) => ({ ...message, content: text(message.content) });
 const digestOf = (text: string) => new Uint8Array(createHash('sha256').update(text).digest());
 const received = (sender: string, senderDevice: number, timestamp: number, body = 'body', receivedAt = 1_000): ReceivedMessageRecord => ({
   sender,
@@ -263,6 +273,9 @@ export function describeStoreConformance(
         await stores.metadata.saveSentMessage(sent('bob', 1, 10)),
         await stores.metadata.saveReceivedMessage(received('bob', 1, 10)),
         await stores.metadata.pruneMessageLogs(0),
+        await stores.metadata.saveProcessedEnvelope(randomUUID(), 1_000),
+        await stores.metadata.saveOutgoing(outgoing(randomUUID(), 'queued')),
+        await stores.metadata.removeOutgoing(randomUUID()),
       ];
       expect(results).toEqual(new Array(results.length).fill(undefined));
 
@@ -600,6 +613,113 @@ export function describeStoreConformance(
       });
     });
 
+    describe('processed envelopes', () => {
+      it('knows an envelope id only once saved; saving it again resolves and keeps it', async () => {
+        const id = randomUUID();
+        await expect(stores.metadata.hasProcessedEnvelope(id)).resolves.toBe(false);
+        await expect(stores.metadata.saveProcessedEnvelope(id, 1_000)).resolves.toBeUndefined();
+        await expect(stores.metadata.saveProcessedEnvelope(id, 2_000)).resolves.toBeUndefined();
+        await expect(stores.metadata.hasProcessedEnvelope(id)).resolves.toBe(true);
+        await expect(stores.metadata.hasProcessedEnvelope(randomUUID())).resolves.toBe(false);
+      });
+
+      it('prunes ids processed before the cut-off, keeping a re-saved id at its first processedAt', async () => {
+        const [old, resaved, recent] = [randomUUID(), randomUUID(), randomUUID()];
+        await stores.metadata.saveProcessedEnvelope(old, 100);
+        await stores.metadata.saveProcessedEnvelope(resaved, 150);
+        await stores.metadata.saveProcessedEnvelope(resaved, 900);
+        await stores.metadata.saveProcessedEnvelope(recent, 200);
+
+        await stores.metadata.pruneMessageLogs(200);
+
+        await expect(stores.metadata.hasProcessedEnvelope(old)).resolves.toBe(false);
+        await expect(stores.metadata.hasProcessedEnvelope(resaved)).resolves.toBe(false);
+        await expect(stores.metadata.hasProcessedEnvelope(recent)).resolves.toBe(true);
+      });
+
+      it(`remembers at most MAX_PROCESSED_ENVELOPES (${MAX_PROCESSED_ENVELOPES}), forgetting the first saved`, async () => {
+        const id = (i: number) => `envelope-${i}`;
+        const fill = async (s: SecureChatStores) => {
+          for (let i = 0; i <= MAX_PROCESSED_ENVELOPES; i++) await s.metadata.saveProcessedEnvelope(id(i), 1_000 + i);
+        };
+        await (stores.transaction ? stores.transaction(fill) : fill(stores));
+        await expect(stores.metadata.hasProcessedEnvelope(id(0))).resolves.toBe(false);
+        await expect(stores.metadata.hasProcessedEnvelope(id(1))).resolves.toBe(true);
+        await expect(stores.metadata.hasProcessedEnvelope(id(MAX_PROCESSED_ENVELOPES))).resolves.toBe(true);
+      }, 60_000);
+
+      it('rolls a processed id back with a failed transaction', async () => {
+        const id = randomUUID();
+        const failure = new Error('crash after recording the envelope');
+        await expect(
+          stores.transaction!(async (tx) => {
+            await tx.metadata.saveProcessedEnvelope(id, 1_000);
+            throw failure;
+          }),
+        ).rejects.toBe(failure);
+        await expect(stores.metadata.hasProcessedEnvelope(id)).resolves.toBe(false);
+      });
+    });
+
+    describe('outbox', () => {
+      it('returns queued sends oldest first, as copies, and forgets a removed one', async () => {
+        await expect(stores.metadata.getOutgoing()).resolves.toEqual([]);
+        const ids = [randomUUID(), randomUUID(), randomUUID()];
+        for (const [i, id] of ids.entries()) await stores.metadata.saveOutgoing(outgoing(id, `message ${i}`, 1_000 + i));
+        const queued = await stores.metadata.getOutgoing();
+        expect(queued.map(plainOutgoing)).toEqual(ids.map((id, i) => plainOutgoing(outgoing(id, `message ${i}`, 1_000 + i))));
+        queued[0]!.content.fill(0);
+        expect(text((await stores.metadata.getOutgoing())[0]!.content)).toBe('message 0');
+
+        await expect(stores.metadata.removeOutgoing(ids[1]!)).resolves.toBeUndefined();
+        await expect(stores.metadata.removeOutgoing(randomUUID())).resolves.toBeUndefined();
+        expect((await stores.metadata.getOutgoing()).map((m) => m.id)).toEqual([ids[0], ids[2]]);
+      });
+
+      it('replaces a send saved again under its id in place: it keeps its position in the queue', async () => {
+        const [first, second] = [randomUUID(), randomUUID()];
+        await stores.metadata.saveOutgoing(outgoing(first, 'first'));
+        await stores.metadata.saveOutgoing(outgoing(second, 'second'));
+        await stores.metadata.saveOutgoing(outgoing(first, 'first, replaced', 5_000));
+        expect((await stores.metadata.getOutgoing()).map(plainOutgoing)).toEqual([
+          plainOutgoing(outgoing(first, 'first, replaced', 5_000)),
+          plainOutgoing(outgoing(second, 'second')),
+        ]);
+      });
+
+      it('rolls the outbox back with a failed transaction', async () => {
+        const kept = randomUUID();
+        await stores.metadata.saveOutgoing(outgoing(kept, 'kept'));
+        const failure = new Error('fails after touching the outbox');
+        await expect(
+          stores.transaction!(async (tx) => {
+            await tx.metadata.removeOutgoing(kept);
+            await tx.metadata.saveOutgoing(outgoing(randomUUID(), 'never queued'));
+            throw failure;
+          }),
+        ).rejects.toBe(failure);
+        expect((await stores.metadata.getOutgoing()).map(plainOutgoing)).toEqual([plainOutgoing(outgoing(kept, 'kept'))]);
+      });
+    });
+
+    it('removes one session and leaves the others; removing a missing one resolves', async () => {
+      const peer = await responder(createMemoryStores(), 'bob', { oneTime: false });
+      const bob1 = ProtocolAddress.new('bob', 1);
+      const bob2 = ProtocolAddress.new('bob', 2);
+      const maker = createMemoryStores();
+      await maker.identity.saveLocalIdentity({ identityKeyPair: IdentityKeyPair.generate(), registrationId: asRegistrationId(7) });
+      await processPreKeyBundle(peer.bundle, bob1, ProtocolAddress.new('alice', 1), maker.session, maker.identity);
+      const record = (await maker.session.getSession(bob1))!;
+      await stores.session.saveSession(bob1, record);
+      await stores.session.saveSession(bob2, record);
+
+      await expect(stores.session.removeSession(bob1)).resolves.toBeUndefined();
+      await expect(stores.session.removeSession(ProtocolAddress.new('nobody', 9))).resolves.toBeUndefined();
+
+      await expect(stores.session.getSession(bob1)).resolves.toBeNull();
+      expect((await stores.session.getSession(bob2))?.hasCurrentState()).toBe(true);
+    });
+
     describe('transaction', () => {
       const transaction = <T>(fn: (s: SecureChatStores) => Promise<T>) => {
         if (!stores.transaction) throw new Error('these stores have no transaction()');
@@ -690,6 +810,25 @@ export function describeStoreConformance(
     if (!options.persistent) return;
 
     describe('persistence', () => {
+      it('keeps processed envelope ids across reopen', async () => {
+        const id = randomUUID();
+        await stores.metadata.saveProcessedEnvelope(id, 1_000);
+        await reopen();
+        await expect(stores.metadata.hasProcessedEnvelope(id)).resolves.toBe(true);
+        await expect(stores.metadata.hasProcessedEnvelope(randomUUID())).resolves.toBe(false);
+      });
+
+      it('keeps the outbox, in its order, across reopen', async () => {
+        const ids = [randomUUID(), randomUUID()];
+        await stores.metadata.saveOutgoing(outgoing(ids[0]!, 'first', 10));
+        await stores.metadata.saveOutgoing(outgoing(ids[1]!, 'second', 20));
+        await reopen();
+        expect((await stores.metadata.getOutgoing()).map(plainOutgoing)).toEqual([
+          plainOutgoing(outgoing(ids[0]!, 'first', 10)),
+          plainOutgoing(outgoing(ids[1]!, 'second', 20)),
+        ]);
+      });
+
       it('keeps every kind of record across reopen, and a session continues', async () => {
         const self = await responder(stores, 'alice', { oneTime: true, lastResortKyber: true });
         await stores.preKey.savePreKey(6, preKey(6));
