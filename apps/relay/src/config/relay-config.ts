@@ -21,6 +21,9 @@ export interface RelayConfig {
   readonly heartbeatIntervalMs: number;
   readonly usernameCoolingOffDays: number;
   readonly bundleFetchLimits: { readonly perPair: RateLimit; readonly perRequester: RateLimit };
+  /** Message frames a connection may hold sent and unacked. */
+  readonly maxInflightDeliveries: number;
+  readonly retention: { readonly messageDays: number; readonly sweepIntervalMs: number };
 }
 
 /** At most `points` requests per fixed window of `windowSeconds`. */
@@ -99,6 +102,8 @@ export function loadConfig(env: Env, options: LoadConfigOptions = {}): RelayConf
       perPair: { points: parsed.BUNDLE_FETCHES_PER_PAIR, windowSeconds: parsed.BUNDLE_FETCH_PAIR_WINDOW_SECONDS },
       perRequester: { points: parsed.BUNDLE_FETCHES_PER_REQUESTER, windowSeconds: parsed.BUNDLE_FETCH_REQUESTER_WINDOW_SECONDS },
     },
+    maxInflightDeliveries: parsed.MAX_INFLIGHT_DELIVERIES,
+    retention: { messageDays: parsed.MESSAGE_RETENTION_DAYS, sweepIntervalMs: parsed.RETENTION_SWEEP_INTERVAL_MS },
   });
 }
 

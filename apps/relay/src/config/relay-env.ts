@@ -6,6 +6,8 @@ import {
   BUNDLE_FETCH_REQUESTER_WINDOW_SECONDS,
   BUNDLE_FETCHES_PER_PAIR,
   BUNDLE_FETCHES_PER_REQUESTER,
+  DEFAULT_MAX_INFLIGHT_DELIVERIES,
+  DEFAULT_MESSAGE_RETENTION_DAYS,
   USERNAME_COOLING_OFF_DAYS,
 } from '@chat/protocol';
 
@@ -129,4 +131,27 @@ export class RelayEnv {
   @Min(0)
   @Max(36500)
   USERNAME_COOLING_OFF_DAYS = USERNAME_COOLING_OFF_DAYS;
+
+  /** Message frames sent to one connection and not yet acked, at most (the delivery window). */
+  @IsOptional()
+  @Type(() => Number)
+  @IsInt()
+  @Min(1)
+  @Max(10000)
+  MAX_INFLIGHT_DELIVERIES = DEFAULT_MAX_INFLIGHT_DELIVERIES;
+
+  /** Days an undelivered message (and the answer to an idempotent send) is kept. */
+  @IsOptional()
+  @Type(() => Number)
+  @IsInt()
+  @Min(1)
+  @Max(36500)
+  MESSAGE_RETENTION_DAYS = DEFAULT_MESSAGE_RETENTION_DAYS;
+
+  /** How often the retention sweep runs. */
+  @IsOptional()
+  @Type(() => Number)
+  @IsInt()
+  @Min(1000)
+  RETENTION_SWEEP_INTERVAL_MS = 3_600_000;
 }
