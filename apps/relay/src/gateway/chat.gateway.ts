@@ -40,9 +40,10 @@ interface SocketSession {
 const MAX_TIMER_DELAY_MS = 2 ** 31 - 1;
 
 /**
- * `/v1/ws`: one authenticated socket per device, carrying its stored queue,
+ * `/v1/ws`: one authenticated socket per device, carrying its stored queue
+ * at most `MAX_INFLIGHT_DELIVERIES` unacked frames at a time, `queue-empty`,
  * then `keys-low` if the device should top up its one-time prekeys, then
- * live messages and notices, and its `send`/`ack` frames.
+ * new messages and notices, and its `send`/`ack` frames.
  *
  * The handshake is authenticated by ws's `verifyClient`, installed on the
  * server in `afterInit`, so an unauthenticated upgrade never becomes a
@@ -104,7 +105,7 @@ export class ChatGateway implements OnGatewayInit, OnGatewayConnection, OnGatewa
       void this.answerFrame(socket, session, isBinary ? data : data.toString('utf8'));
     });
     this.scheduleExpiry(socket, session);
-    void this.sendQueueThenGoLive(socket, session);
+    void this.startDelivery(socket, session);
   }
 
   handleDisconnect(socket: WebSocket): void {
@@ -131,7 +132,7 @@ export class ChatGateway implements OnGatewayInit, OnGatewayConnection, OnGatewa
           return;
         }
         case ClientFrameType.Ack: {
-          // Not answered; an id that is not this device's message changes nothing.
+          // Not answered; an id that is not this device's message (or an ephemeral one) changes nothing.
           const { id } = validateFrame(AckFrame, parsed.frame);
           await this.messages.ackQueued(await session.deviceRowId, id);
           return;
@@ -147,33 +148,40 @@ export class ChatGateway implements OnGatewayInit, OnGatewayConnection, OnGatewa
   }
 
   /**
-   * Registers the connection before reading the queue, so that a message
-   * stored meanwhile is either read from the queue or held back as live; the
-   * connection drops whichever copy it has already sent.
+   * Registers the connection, checks the credentials once more, then lets it
+   * fill its delivery window from the queue. Stored messages reach it
+   * through its reads only (a message stored now wakes it), so nothing is
+   * held back in memory.
    */
-  private async sendQueueThenGoLive(socket: WebSocket, session: SocketSession): Promise<void> {
+  private async startDelivery(socket: WebSocket, session: SocketSession): Promise<void> {
     try {
-      const connection = new DeviceConnection(await session.deviceRowId, session.device.accountId, socket, session.sequence);
+      const deviceRowId = await session.deviceRowId;
+      const connection = new DeviceConnection(deviceRowId, session.device.accountId, socket, session.sequence, {
+        window: this.config.maxInflightDeliveries,
+        source: {
+          read: (excluding, limit) => this.messages.readQueue(deviceRowId, excluding, limit),
+          connectNotice: () => this.keys.keysLowNotice(deviceRowId),
+        },
+        onFailure: (error) => this.queueReadFailed(socket, error),
+      });
       if (session.closed || !this.delivery.attach(connection)) return;
       session.connection = connection;
       if (!(await this.credentialsStillCurrent(session))) {
         connection.close(CloseCode.CredentialsChanged, ErrorCode.CredentialsChanged);
         return;
       }
-      for await (const envelope of this.messages.queued(connection.deviceRowId)) {
-        if (!connection.isOpen) return;
-        connection.sendQueued(envelope);
-      }
-      // Read before queue-empty and sent right behind it, so that a client
-      // that has read the frame after queue-empty knows whether it got one.
-      connection.finishQueue((await this.keys.keysLowNotice(connection.deviceRowId)) ?? undefined);
+      connection.start();
     } catch (error) {
-      const exception = toRelayException(error);
-      if (exception.code === ErrorCode.Internal) {
-        this.logger.error('Sending the stored queue failed', error instanceof Error ? error.stack : String(error));
-      }
-      socket.close(CloseCode.InternalError, exception.code);
+      this.queueReadFailed(socket, error);
     }
+  }
+
+  private queueReadFailed(socket: WebSocket, error: unknown): void {
+    const exception = toRelayException(error);
+    if (exception.code === ErrorCode.Internal) {
+      this.logger.error('Sending the stored queue failed', error instanceof Error ? error.stack : String(error));
+    }
+    socket.close(CloseCode.InternalError, exception.code);
   }
 
   /**

@@ -1,31 +1,57 @@
 import { Injectable, Logger } from '@nestjs/common';
 import { CloseCode, type Envelope, type ErrorCode } from '@chat/protocol';
-import type { DeviceConnection, DeviceNotice } from './device-connection.js';
+import type { ConnectionStats, DeviceConnection, DeviceNotice } from './device-connection.js';
 
 /**
- * Hands stored envelopes and device notices to the device's live connection,
- * and closes an account's connections. Services publish here and never touch
- * sockets. This implementation keeps the connections of this process; with
- * several relay instances a shared bus replaces `notify`, `notice` and
- * `closeAccount` while `attach`/`detach` stay local.
+ * Wakes a device's live connection when something was stored for it, hands
+ * ephemeral envelopes and device notices to it, and closes an account's
+ * connections. Services publish here and never touch sockets. This
+ * implementation keeps the connections of this process; with several relay
+ * instances a shared bus replaces `notify`, `acked`, `deliverEphemeral`,
+ * `notice` and `closeAccount` while `attach`/`detach` stay local.
  */
 @Injectable()
 export class DeliveryService {
   private readonly logger = new Logger(DeliveryService.name);
   private readonly connections = new Map<string, DeviceConnection>();
 
-  /** Called after the envelope is stored; never throws, as the sender's message is already safe. */
-  notify(deviceRowId: string, envelope: Envelope): void {
+  /**
+   * Called after a message for the device is stored: its connection, if
+   * any, reads its queue again (within its window). Never throws, as the
+   * sender's message is already safe.
+   */
+  notify(deviceRowId: string): void {
     try {
-      this.connections.get(deviceRowId)?.deliverLive(envelope);
+      this.connections.get(deviceRowId)?.wake();
     } catch (error) {
-      this.logger.error(`Live delivery to a device failed; the message stays queued`, (error as Error).stack);
+      this.logger.error(`Waking a device's connection failed; the message stays queued`, (error as Error).stack);
     }
+  }
+
+  /** Called after the device's message was deleted (acked): its slot of the delivery window is free. */
+  acked(deviceRowId: string, id: string): void {
+    this.connections.get(deviceRowId)?.acked(id);
+  }
+
+  /** Sends an ephemeral envelope to the device if it is connected here now; it is never stored. Returns whether it was sent. */
+  deliverEphemeral(deviceRowId: string, envelope: Envelope): boolean {
+    try {
+      return this.connections.get(deviceRowId)?.sendEphemeral(envelope) ?? false;
+    } catch (error) {
+      this.logger.error('Sending an ephemeral message to a device failed', (error as Error).stack);
+      return false;
+    }
+  }
+
+  /** Per connection of this process: its window, what is in flight and what its socket holds. */
+  stats(): ConnectionStats[] {
+    return [...this.connections.values()].map((connection) => connection.stats());
   }
 
   /**
    * Pushes a notice (such as `keys-low`) to the device if it is connected
-   * here; after `queue-empty` if its queue is still being sent. Nothing is
+   * here; after `queue-empty` if its queue is still being sent (the latest
+   * of each kind is kept until then). Nothing is
    * kept for a device that is not connected: a notice is a hint that the
    * relay repeats when the device connects, if it still applies.
    */
@@ -76,5 +102,14 @@ export class DeliveryService {
     for (const connection of this.connections.values()) {
       if (connection.accountId === accountId) connection.close(code, reason);
     }
+  }
+
+  /**
+   * Closes the device's socket in this process, if it has one (after the
+   * device was unlinked). Its tokens are refused from then on, so a socket
+   * whose handshake raced the unlink is refused at its next check.
+   */
+  closeDevice(deviceRowId: string, code: CloseCode, reason: string): void {
+    this.connections.get(deviceRowId)?.close(code, reason);
   }
 }

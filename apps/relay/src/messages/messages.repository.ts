@@ -8,13 +8,37 @@ import { deviceCanReceive } from '../prisma/receiving-device.sql.js';
 export interface RecipientDevice {
   deviceRowId: string;
   deviceId: number;
+  registrationId: number;
 }
 
-export interface Recipient {
+/** An account as a send addresses it: its devices with keys and the ids of its unlinked devices. */
+export interface AddressedAccount {
   accountId: string;
+  username: string;
   /** Ordered by device id. */
   devices: RecipientDevice[];
+  /** Device ids with an `unlinked_devices` tombstone. */
+  unlinked: Set<number>;
 }
+
+/** The sender's device row and, for a send with an `id`, the answer an earlier send of that id got. */
+export interface SenderDevice {
+  deviceRowId: string;
+  previousServerTimestamp: Date | null;
+}
+
+export interface SentRequestRecord {
+  senderDeviceRowId: string;
+  requestId: string;
+  serverTimestamp: Date;
+}
+
+export type StoreOutcome =
+  | { kind: 'stored' }
+  /** A send of the same device with the same id committed first: nothing was stored. */
+  | { kind: 'duplicate'; serverTimestamp: Date }
+  /** A recipient device was deleted (with its account, or unlinked) after it was looked up: nothing was stored. */
+  | { kind: 'recipient-gone' };
 
 export interface NewMessage {
   id: string;
@@ -65,33 +89,75 @@ const toStoredMessage = (row: StoredMessageRow): StoredMessage => ({
 export class MessagesRepository {
   constructor(private readonly prisma: PrismaService) {}
 
-  /** The account's devices that have keys, in one round trip; null when it has none or does not exist. */
-  async findRecipient(username: string): Promise<Recipient | null> {
-    const rows = await this.prisma.$queryRaw<{ account_id: string; device_row_id: string; device_id: number }[]>`
-      SELECT a.id AS account_id, d.id AS device_row_id, d.device_id
-        FROM accounts a JOIN devices d ON d.account_id = a.id
-       WHERE a.username = ${username}
-         AND ${deviceCanReceive}
-       ORDER BY d.device_id`;
+  /** The account of that username as a send addresses it; null when there is no such account. */
+  findAccountByUsername(username: string): Promise<AddressedAccount | null> {
+    return this.findAccount(Prisma.sql`a.username = ${username}`);
+  }
+
+  findAccountById(accountId: string): Promise<AddressedAccount | null> {
+    return this.findAccount(Prisma.sql`a.id = ${accountId}::uuid`);
+  }
+
+  /** Keyed devices and tombstones in one round trip. */
+  private async findAccount(accountIs: Prisma.Sql): Promise<AddressedAccount | null> {
+    const rows = await this.prisma.$queryRaw<
+      { account_id: string; username: string; device_row_id: string | null; device_id: number | null; registration_id: number | null; unlinked: boolean }[]
+    >`
+      SELECT a.id AS account_id, a.username, d.id AS device_row_id, d.device_id, d.registration_id, false AS unlinked
+        FROM accounts a LEFT JOIN devices d ON d.account_id = a.id AND ${deviceCanReceive}
+       WHERE ${accountIs}
+      UNION ALL
+      SELECT a.id, a.username, NULL, u.device_id, u.registration_id, true
+        FROM accounts a JOIN unlinked_devices u ON u.account_id = a.id
+       WHERE ${accountIs}`;
     const first = rows[0];
     if (!first) return null;
-    return {
-      accountId: first.account_id,
-      devices: rows.map((row) => ({ deviceRowId: row.device_row_id, deviceId: row.device_id })),
-    };
+    const devices = rows
+      .filter((row) => !row.unlinked && row.device_row_id !== null)
+      .map((row) => ({ deviceRowId: row.device_row_id as string, deviceId: row.device_id as number, registrationId: row.registration_id as number }))
+      .sort((a, b) => a.deviceId - b.deviceId);
+    const unlinked = new Set(rows.filter((row) => row.unlinked).map((row) => row.device_id as number));
+    return { accountId: first.account_id, username: first.username, devices, unlinked };
+  }
+
+  /** The sender's device row and the answer stored for `requestId`, in one round trip; null when the device no longer exists. */
+  async findSenderDevice(accountId: string, deviceId: number, requestId: string | undefined): Promise<SenderDevice | null> {
+    const [row] = await this.prisma.$queryRaw<{ id: string; server_timestamp: Date | null }[]>`
+      SELECT d.id, s.server_timestamp
+        FROM devices d
+        LEFT JOIN sent_requests s ON s.sender_device_row_id = d.id AND s.request_id = ${requestId ?? null}::uuid
+       WHERE d.account_id = ${accountId}::uuid AND d.device_id = ${deviceId}`;
+    return row ? { deviceRowId: row.id, previousServerTimestamp: row.server_timestamp } : null;
   }
 
   /**
-   * One multi-row INSERT, so the messages of one send are stored all or none.
-   * Returns false, storing nothing, when a recipient device was deleted (with
-   * its account) after it was looked up.
+   * The messages of one send and, for a send with an id, its `sent_requests`
+   * row, in one transaction: all or nothing. The row is written first, so of
+   * two concurrent sends with one id the second waits on the first's key,
+   * then finds it and stores nothing.
    */
-  async insertMessages(messages: NewMessage[]): Promise<boolean> {
+  async storeSend(messages: NewMessage[], sentRequest: SentRequestRecord | undefined): Promise<StoreOutcome> {
     try {
-      await this.prisma.message.createMany({ data: messages });
-      return true;
+      return await this.prisma.$transaction(async (tx): Promise<StoreOutcome> => {
+        if (sentRequest) {
+          const inserted = await tx.$executeRaw`
+            INSERT INTO sent_requests (sender_device_row_id, request_id, server_timestamp)
+            VALUES (${sentRequest.senderDeviceRowId}::uuid, ${sentRequest.requestId}::uuid, ${sentRequest.serverTimestamp})
+            ON CONFLICT DO NOTHING`;
+          if (inserted === 0) {
+            const [earlier] = await tx.$queryRaw<{ server_timestamp: Date }[]>`
+              SELECT server_timestamp FROM sent_requests
+               WHERE sender_device_row_id = ${sentRequest.senderDeviceRowId}::uuid AND request_id = ${sentRequest.requestId}::uuid`;
+            // Only a deletion of the sender's device between the two statements leaves no row.
+            if (!earlier) return { kind: 'recipient-gone' };
+            return { kind: 'duplicate', serverTimestamp: earlier.server_timestamp };
+          }
+        }
+        await tx.message.createMany({ data: messages });
+        return { kind: 'stored' };
+      });
     } catch (error) {
-      if (error instanceof Prisma.PrismaClientKnownRequestError && error.code === 'P2003') return false;
+      if (error instanceof Prisma.PrismaClientKnownRequestError && error.code === 'P2003') return { kind: 'recipient-gone' };
       throw error;
     }
   }
@@ -104,13 +170,18 @@ export class MessagesRepository {
     return device?.id ?? null;
   }
 
-  /** The device's queue after `afterSeq`, oldest first. */
-  async findQueued(deviceRowId: string, afterSeq: bigint, limit: number): Promise<StoredMessage[]> {
+  /**
+   * The device's oldest `limit` queued messages other than `excluding` (those
+   * in flight on its connection). Not a cursor past the last seq read: a
+   * message whose insert committed after a later one's is still found.
+   */
+  async findQueued(deviceRowId: string, excluding: readonly string[], limit: number): Promise<StoredMessage[]> {
     const rows = await this.prisma.$queryRaw<StoredMessageRow[]>`
       SELECT m.id, m.seq, m.sender_username AS source, m.sender_device_id AS source_device,
              m.type, m.ciphertext, m.server_timestamp
         FROM messages m
-       WHERE m.recipient_device_row_id = ${deviceRowId}::uuid AND m.seq > ${afterSeq}
+       WHERE m.recipient_device_row_id = ${deviceRowId}::uuid
+         AND m.id <> ALL(${[...excluding]}::uuid[])
        ORDER BY m.seq
        LIMIT ${limit}`;
     return rows.map(toStoredMessage);

@@ -3,44 +3,76 @@ import { EnvelopeType, ErrorCode, type Envelope, type SendMessageRequest } from 
 import type { AuthenticatedDevice } from '../auth/authenticated-device.js';
 import { RelayException } from '../common/relay.exception.js';
 import type { DeliveryService } from '../gateway/delivery.service.js';
-import type { MessagesRepository, NewMessage, Recipient } from './messages.repository.js';
+import type { AddressedAccount, MessagesRepository, NewMessage, SentRequestRecord, StoreOutcome } from './messages.repository.js';
 import { MessagesService } from './messages.service.js';
 
 const alice: AuthenticatedDevice = { accountId: 'acc-alice', username: 'alice', deviceId: 1, credentialVersion: 0, expiresAt: 0 };
-const bobRecipient: Recipient = {
+const bob = (): AddressedAccount => ({
   accountId: 'acc-bob',
+  username: 'bob',
   devices: [
-    { deviceRowId: 'row-bob-1', deviceId: 1 },
-    { deviceRowId: 'row-bob-2', deviceId: 2 },
+    { deviceRowId: 'row-bob-1', deviceId: 1, registrationId: 101 },
+    { deviceRowId: 'row-bob-2', deviceId: 2, registrationId: 102 },
   ],
-};
+  unlinked: new Set([3]),
+});
+const aliceAccount = (): AddressedAccount => ({
+  accountId: 'acc-alice',
+  username: 'alice',
+  devices: [
+    { deviceRowId: 'row-alice-1', deviceId: 1, registrationId: 201 },
+    { deviceRowId: 'row-alice-2', deviceId: 2, registrationId: 202 },
+  ],
+  unlinked: new Set([4]),
+});
 
 /** Records the order of stores and notifications in one log. */
-function setUp(recipient: Recipient | null = bobRecipient) {
+function setUp(accounts: AddressedAccount[] = [bob(), aliceAccount()]) {
   const log: string[] = [];
   const stored: NewMessage[] = [];
+  const sentRequests = new Map<string, Date>();
+  const byName = new Map(accounts.map((account) => [account.username, account]));
+  const byId = new Map(accounts.map((account) => [account.accountId, account]));
   const repository = {
-    findRecipient: async () => recipient,
-    insertMessages: async (messages: NewMessage[]) => {
+    findSenderDevice: async (_accountId: string, deviceId: number, requestId?: string) => ({
+      deviceRowId: `row-sender-${deviceId}`,
+      previousServerTimestamp: requestId ? (sentRequests.get(requestId) ?? null) : null,
+    }),
+    findAccountByUsername: async (username: string) => byName.get(username) ?? null,
+    findAccountById: async (accountId: string) => byId.get(accountId) ?? null,
+    storeSend: async (messages: NewMessage[], sentRequest?: SentRequestRecord): Promise<StoreOutcome> => {
+      if (sentRequest) {
+        const earlier = sentRequests.get(sentRequest.requestId);
+        if (earlier) return { kind: 'duplicate', serverTimestamp: earlier };
+        sentRequests.set(sentRequest.requestId, sentRequest.serverTimestamp);
+      }
       stored.push(...messages);
-      log.push(`insert ${messages.length}`);
-      return true;
+      log.push(`store ${messages.length}`);
+      return { kind: 'stored' };
     },
   } as unknown as MessagesRepository;
-  const notified: Array<[string, Envelope]> = [];
+  const ephemeral: Array<[string, Envelope]> = [];
   const delivery = {
-    notify: (deviceRowId: string, envelope: Envelope) => {
-      notified.push([deviceRowId, envelope]);
-      log.push(`notify ${deviceRowId}`);
+    notify: (deviceRowId: string) => log.push(`notify ${deviceRowId}`),
+    deliverEphemeral: (deviceRowId: string, envelope: Envelope) => {
+      ephemeral.push([deviceRowId, envelope]);
+      return true;
     },
   } as unknown as DeliveryService;
-  return { service: new MessagesService(repository, delivery), log, stored, notified };
+  return { service: new MessagesService(repository, delivery), log, stored, ephemeral, repository };
 }
 
-const request = (...deviceIds: number[]): SendMessageRequest => ({
-  to: 'bob',
-  messages: deviceIds.map((deviceId) => ({ deviceId, type: EnvelopeType.Signal, ciphertext: Buffer.from(`to ${deviceId}`).toString('base64') })),
+const to = (deviceId: number, registrationId: number) => ({
+  deviceId,
+  registrationId,
+  type: EnvelopeType.Signal,
+  ciphertext: Buffer.from(`to ${deviceId}`).toString('base64'),
 });
+const request = (...messages: Array<[number, number]>): SendMessageRequest => ({
+  to: 'bob',
+  messages: messages.map(([deviceId, registrationId]) => to(deviceId, registrationId)),
+});
+const toBob = () => request([1, 101], [2, 102]);
 
 async function refusal(promise: Promise<unknown>): Promise<RelayException> {
   const error = await promise.then(() => undefined, (e: unknown) => e);
@@ -49,66 +81,131 @@ async function refusal(promise: Promise<unknown>): Promise<RelayException> {
 }
 
 describe('MessagesService.send', () => {
-  it('stores every device message in one insert, then notifies each recipient device', async () => {
-    const { service, log, stored, notified } = setUp();
-    const { serverTimestamp } = await service.send(alice, request(2, 1));
-    expect(log).toEqual(['insert 2', 'notify row-bob-2', 'notify row-bob-1']);
+  it('stores every device message in one store, then wakes each recipient device', async () => {
+    const { service, log, stored } = setUp();
+    await service.send(alice, request([2, 102], [1, 101]));
+    expect(log).toEqual(['store 2', 'notify row-bob-2', 'notify row-bob-1']);
     expect(stored.map((m) => [m.recipientDeviceRowId, Buffer.from(m.ciphertext).toString()])).toEqual([
       ['row-bob-2', 'to 2'],
       ['row-bob-1', 'to 1'],
     ]);
     expect(stored.every((m) => m.senderAccountId === 'acc-alice' && m.senderUsername === 'alice' && m.senderDeviceId === 1)).toBe(true);
     expect(new Set(stored.map((m) => m.id)).size).toBe(2);
-    expect(notified[0]?.[1]).toEqual({
-      id: stored[0]?.id,
-      source: 'alice',
-      sourceDevice: 1,
-      type: EnvelopeType.Signal,
-      ciphertext: Buffer.from('to 2').toString('base64'),
-      serverTimestamp,
-    });
   });
 
-  it('refuses missing and extra devices with MISMATCHED_DEVICES and stores nothing', async () => {
+  it("stores sync copies for the sender's other devices with the messages", async () => {
+    const { service, log, stored } = setUp();
+    await service.send(alice, { ...toBob(), sync: [to(2, 202)] });
+    expect(log).toEqual(['store 3', 'notify row-bob-1', 'notify row-bob-2', 'notify row-alice-2']);
+    expect(stored.map((m) => m.recipientDeviceRowId)).toEqual(['row-bob-1', 'row-bob-2', 'row-alice-2']);
+  });
+
+  it('refuses missing and extra devices of either list with one 409 entry per account, recipient first', async () => {
     const { service, log } = setUp();
-    const error = await refusal(service.send(alice, request(1, 3)));
+    const error = await refusal(service.send(alice, { ...request([1, 101], [5, 1]), sync: [to(1, 201), to(2, 999)] }));
     expect(error.code).toBe(ErrorCode.MismatchedDevices);
-    expect(error.details).toEqual(['missing: 2', 'extra: 3']);
+    expect(error.toBody()).toMatchObject({
+      details: ['missing: 2', 'extra: 5', 'sync extra: 1'],
+      mismatched: [
+        { username: 'bob', missing: [2], extra: [5] },
+        { username: 'alice', missing: [], extra: [1] },
+      ],
+    });
+    expect(error.toBody().stale).toBeUndefined();
     expect(log).toEqual([]);
+  });
+
+  it('refuses a wrong registration id and an unlinked device with 410 STALE_DEVICES once nothing is missing or extra', async () => {
+    const { service, log } = setUp();
+    const error = await refusal(service.send(alice, { ...request([1, 101], [2, 7], [3, 103]), sync: [to(2, 202), to(4, 204)] }));
+    expect(error.code).toBe(ErrorCode.StaleDevices);
+    expect(error.toBody()).toMatchObject({
+      details: ['stale: 2,3', 'sync stale: 4'],
+      stale: [
+        { username: 'bob', devices: [2, 3] },
+        { username: 'alice', devices: [4] },
+      ],
+    });
+    expect(log).toEqual([]);
+  });
+
+  it('puts a mismatch before staleness', async () => {
+    const { service } = setUp();
+    expect((await refusal(service.send(alice, request([1, 7])))).code).toBe(ErrorCode.MismatchedDevices);
   });
 
   it('refuses a device addressed twice with VALIDATION_FAILED', async () => {
     const { service, log } = setUp();
-    expect((await refusal(service.send(alice, request(1, 2, 2)))).code).toBe(ErrorCode.ValidationFailed);
+    expect((await refusal(service.send(alice, request([1, 101], [2, 102], [2, 102])))).code).toBe(ErrorCode.ValidationFailed);
+    expect((await refusal(service.send(alice, { ...toBob(), sync: [to(2, 202), to(2, 202)] }))).code).toBe(ErrorCode.ValidationFailed);
     expect(log).toEqual([]);
   });
 
   it('refuses an account without keyed devices with UNKNOWN_RECIPIENT', async () => {
-    const { service } = setUp(null);
-    expect((await refusal(service.send(alice, request(1)))).code).toBe(ErrorCode.UnknownRecipient);
+    const { service } = setUp([{ ...bob(), devices: [] }]);
+    expect((await refusal(service.send(alice, toBob()))).code).toBe(ErrorCode.UnknownRecipient);
+    expect((await refusal(service.send(alice, { ...toBob(), to: 'nobody' }))).code).toBe(ErrorCode.UnknownRecipient);
   });
 
-  it("addresses only the sender's other devices when it sends to its own account", async () => {
-    const { service, log } = setUp(bobRecipient);
-    const bobOnDevice1: AuthenticatedDevice = { accountId: 'acc-bob', username: 'bob', deviceId: 1, credentialVersion: 0, expiresAt: 0 };
-    expect((await refusal(service.send(bobOnDevice1, request(1, 2)))).details).toEqual(['extra: 1']);
-    await service.send(bobOnDevice1, request(2));
-    expect(log).toEqual(['insert 1', 'notify row-bob-2']);
-  });
-
-  it('refuses with UNKNOWN_RECIPIENT, notifying no one, when the recipient device is deleted before the insert', async () => {
+  it("addresses only the sender's other devices when it sends to its own account, and refuses sync there", async () => {
     const { service, log } = setUp();
-    (service as unknown as { messages: { insertMessages: () => Promise<boolean> } }).messages.insertMessages = async () => false;
-    expect((await refusal(service.send(alice, request(1, 2)))).code).toBe(ErrorCode.UnknownRecipient);
+    const bobOnDevice1: AuthenticatedDevice = { accountId: 'acc-bob', username: 'bob', deviceId: 1, credentialVersion: 0, expiresAt: 0 };
+    expect((await refusal(service.send(bobOnDevice1, toBob()))).details).toEqual(['extra: 1']);
+    expect((await refusal(service.send(bobOnDevice1, { ...request([2, 102]), sync: [] }))).code).toBe(ErrorCode.ValidationFailed);
+    await service.send(bobOnDevice1, request([2, 102]));
+    expect(log).toEqual(['store 1', 'notify row-bob-2']);
+  });
+
+  it('answers a repeated id with the first serverTimestamp and stores nothing more', async () => {
+    const { service, log } = setUp();
+    const id = '6f1c1f0e-8a49-4c39-9f0e-2f4b7c8f9a10';
+    const first = await service.send(alice, { ...toBob(), id });
+    const again = await service.send(alice, { ...request([1, 999]), id }); // checked before anything else
+    expect(again).toEqual(first);
+    expect(log).toEqual(['store 2', 'notify row-bob-1', 'notify row-bob-2']);
+  });
+
+  it('answers from the store when an identical send won the race after the first look-up', async () => {
+    const { service, log, repository } = setUp();
+    const id = '6f1c1f0e-8a49-4c39-9f0e-2f4b7c8f9a11';
+    (repository as unknown as { storeSend: () => Promise<StoreOutcome> }).storeSend = async () => ({
+      kind: 'duplicate',
+      serverTimestamp: new Date(1234),
+    });
+    expect(await service.send(alice, { ...toBob(), id })).toEqual({ serverTimestamp: 1234 });
     expect(log).toEqual([]);
   });
 
-  it('does not notify anyone when the insert fails', async () => {
-    const { service, log } = setUp();
-    (service as unknown as { messages: { insertMessages: () => Promise<boolean> } }).messages.insertMessages = async () => {
+  it('hands an ephemeral send to delivery only, as ephemeral envelopes with fresh ids', async () => {
+    const { service, log, ephemeral } = setUp();
+    const { serverTimestamp } = await service.send(alice, { ...toBob(), ephemeral: true });
+    expect(log).toEqual([]);
+    expect(ephemeral.map(([row]) => row)).toEqual(['row-bob-1', 'row-bob-2']);
+    expect(ephemeral[0]?.[1]).toEqual({
+      id: expect.stringMatching(/^[0-9a-f-]{36}$/),
+      source: 'alice',
+      sourceDevice: 1,
+      type: EnvelopeType.Signal,
+      ciphertext: Buffer.from('to 1').toString('base64'),
+      serverTimestamp,
+      ephemeral: true,
+    });
+    expect((await refusal(service.send(alice, { ...request([1, 101]), ephemeral: true }))).code).toBe(ErrorCode.MismatchedDevices);
+  });
+
+  it('refuses with UNKNOWN_RECIPIENT, waking no one, when a recipient device is deleted before the store', async () => {
+    const { service, log, repository } = setUp();
+    (repository as unknown as { storeSend: () => Promise<StoreOutcome> }).storeSend = async () => ({ kind: 'recipient-gone' });
+    expect((await refusal(service.send(alice, toBob()))).code).toBe(ErrorCode.UnknownRecipient);
+    expect(log).toEqual([]);
+  });
+
+  it('does not wake anyone when the store fails', async () => {
+    const { service, log, repository } = setUp();
+    (repository as unknown as { storeSend: () => Promise<StoreOutcome> }).storeSend = async () => {
       throw new Error('database down');
     };
-    await expect(service.send(alice, request(1, 2))).rejects.toThrow('database down');
+    await expect(service.send(alice, toBob())).rejects.toThrow('database down');
     expect(log).toEqual([]);
   });
 });

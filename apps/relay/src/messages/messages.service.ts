@@ -3,22 +3,22 @@ import { Injectable } from '@nestjs/common';
 import {
   DEFAULT_MESSAGES_PER_PAGE,
   ErrorCode,
+  type DeviceMismatch,
   type Envelope,
   type ListMessagesResponse,
+  type OutgoingDeviceMessage,
   type SendMessageRequest,
   type SendMessageResponse,
+  type StaleDeviceList,
 } from '@chat/protocol';
 import type { AuthenticatedDevice } from '../auth/authenticated-device.js';
 import { RelayException } from '../common/relay.exception.js';
 import { DeliveryService } from '../gateway/delivery.service.js';
-import { MessagesRepository, type NewMessage, type StoredMessage } from './messages.repository.js';
+import { MessagesRepository, type AddressedAccount, type NewMessage, type StoredMessage } from './messages.repository.js';
 
 function unknownRecipient(): RelayException {
   return new RelayException(ErrorCode.UnknownRecipient, 'No such user, or it has no device with keys');
 }
-
-/** Envelopes read per query while a connecting device's queue is sent. */
-const QUEUE_PAGE_SIZE = 100;
 
 export function envelopeOf(message: StoredMessage): Envelope {
   return {
@@ -30,6 +30,53 @@ export function envelopeOf(message: StoredMessage): Envelope {
     serverTimestamp: message.serverTimestamp.getTime(),
   };
 }
+
+/** One account's side of a send: the device messages addressed to it and the devices they may address. */
+interface AddressedSide {
+  /** `messages` or `sync`, for `details`. */
+  list: 'messages' | 'sync';
+  account: AddressedAccount;
+  /** The account's keyed devices the list must address: all, less the sender's own device. */
+  devices: AddressedAccount['devices'];
+  messages: OutgoingDeviceMessage[];
+}
+
+interface Classification {
+  missing: number[];
+  extra: number[];
+  stale: number[];
+}
+
+const ascending = (a: number, b: number) => a - b;
+
+/**
+ * Sorts each addressed device id: a current keyed device with the same
+ * registration id is right; with another, stale; a device unlinked since
+ * (tombstoned) is stale too; anything else is extra. Current keyed devices
+ * not addressed are missing.
+ */
+function classify(side: AddressedSide): Classification {
+  const current = new Map(side.devices.map((device) => [device.deviceId, device.registrationId]));
+  const addressed = new Set(side.messages.map((message) => message.deviceId));
+  const result: Classification = {
+    missing: side.devices.map((device) => device.deviceId).filter((deviceId) => !addressed.has(deviceId)),
+    extra: [],
+    stale: [],
+  };
+  for (const { deviceId, registrationId } of side.messages) {
+    const currentRegistrationId = current.get(deviceId);
+    if (currentRegistrationId === registrationId) continue;
+    if (currentRegistrationId !== undefined || side.account.unlinked.has(deviceId)) result.stale.push(deviceId);
+    else result.extra.push(deviceId);
+  }
+  result.extra.sort(ascending);
+  result.stale.sort(ascending);
+  return result;
+}
+
+/** `details` lines: the recipient's unprefixed (`missing: 2`), the sender's own account's after `sync ` (`sync extra: 3`). */
+const detailLine = (side: AddressedSide, what: string, deviceIds: number[]) =>
+  `${side.list === 'sync' ? 'sync ' : ''}${what}: ${deviceIds.join(',')}`;
 
 /**
  * Stores opaque ciphertext until the recipient device acks it. The relay
@@ -43,40 +90,68 @@ export class MessagesService {
   ) {}
 
   /**
-   * Stores one ciphertext per recipient device, then hands them to delivery.
-   * The sender is the token's device, never a field of the request. Sending
-   * to one's own account addresses one's other devices.
+   * Stores one ciphertext per recipient device (and per other device of the
+   * sender's own account, for `sync`), then wakes their connections. The
+   * sender is the token's device, never a field of the request. Sending to
+   * one's own account addresses one's other devices. A send whose `id` this
+   * device has used before stores nothing and answers as the first did. An
+   * ephemeral send is stored nowhere and reaches only connected devices.
    *
-   * @throws RelayException UNKNOWN_RECIPIENT, MISMATCHED_DEVICES, VALIDATION_FAILED
+   * @throws RelayException UNKNOWN_RECIPIENT, MISMATCHED_DEVICES (409), STALE_DEVICES (410), VALIDATION_FAILED, INVALID_TOKEN
    */
   async send(sender: AuthenticatedDevice, request: SendMessageRequest): Promise<SendMessageResponse> {
-    const recipient = await this.messages.findRecipient(request.to);
-    const devices = recipient?.devices.filter(
-      (device) => !(recipient.accountId === sender.accountId && device.deviceId === sender.deviceId),
-    );
-    if (!recipient || !devices || devices.length === 0) throw unknownRecipient();
+    assertEachDeviceOnce('messages', request.messages);
+    if (request.sync) assertEachDeviceOnce('sync', request.sync);
 
-    const addressed = request.messages.map((message) => message.deviceId);
-    const repeated = addressed.filter((deviceId, index) => addressed.indexOf(deviceId) !== index);
-    if (repeated.length > 0) {
+    const durable = !request.ephemeral;
+    const senderDevice = await this.messages.findSenderDevice(sender.accountId, sender.deviceId, durable ? request.id : undefined);
+    if (!senderDevice) throw new RelayException(ErrorCode.InvalidToken, 'The token names a device that does not exist');
+    // A retry of an accepted send is answered before anything else is checked: the devices may have changed since.
+    if (senderDevice.previousServerTimestamp) return { serverTimestamp: senderDevice.previousServerTimestamp.getTime() };
+
+    const recipient = await this.messages.findAccountByUsername(request.to);
+    if (recipient && recipient.accountId === sender.accountId && request.sync) {
       throw new RelayException(ErrorCode.ValidationFailed, 'The request is invalid', [
-        `messages: device ${[...new Set(repeated)].join(', ')} addressed more than once`,
+        'sync: must be absent when sending to your own account (messages addresses your other devices)',
       ]);
     }
-    const rowIdOf = new Map(devices.map((device) => [device.deviceId, device.deviceRowId]));
-    const missing = devices.map((device) => device.deviceId).filter((deviceId) => !addressed.includes(deviceId));
-    const extra = addressed.filter((deviceId) => !rowIdOf.has(deviceId));
-    if (missing.length > 0 || extra.length > 0) {
-      throw new RelayException(ErrorCode.MismatchedDevices, "The send does not address exactly the recipient's devices", [
-        ...(missing.length > 0 ? [`missing: ${missing.join(',')}`] : []),
-        ...(extra.length > 0 ? [`extra: ${extra.sort((a, b) => a - b).join(',')}`] : []),
-      ]);
+    const others = (account: AddressedAccount) =>
+      account.devices.filter((device) => !(account.accountId === sender.accountId && device.deviceId === sender.deviceId));
+    const recipientDevices = recipient ? others(recipient) : [];
+    if (!recipient || recipientDevices.length === 0) throw unknownRecipient();
+
+    const sides: AddressedSide[] = [{ list: 'messages', account: recipient, devices: recipientDevices, messages: request.messages }];
+    if (request.sync) {
+      const own = await this.messages.findAccountById(sender.accountId);
+      if (!own) throw new RelayException(ErrorCode.InvalidToken, 'The token names a device that does not exist');
+      sides.push({ list: 'sync', account: own, devices: others(own), messages: request.sync });
     }
+    this.assertAddressedExactly(sides);
 
     const serverTimestamp = new Date();
-    const stored: NewMessage[] = request.messages.map((message) => ({
+    const rowIdOf = new Map(sides.flatMap((side) => side.devices.map((device) => [`${side.list}:${device.deviceId}`, device.deviceRowId] as const)));
+    const addressed = sides.flatMap((side) =>
+      side.messages.map((message) => ({ message, deviceRowId: rowIdOf.get(`${side.list}:${message.deviceId}`) as string })),
+    );
+
+    if (request.ephemeral) {
+      for (const { message, deviceRowId } of addressed) {
+        this.delivery.deliverEphemeral(deviceRowId, {
+          id: randomUUID(),
+          source: sender.username,
+          sourceDevice: sender.deviceId,
+          type: message.type,
+          ciphertext: message.ciphertext,
+          serverTimestamp: serverTimestamp.getTime(),
+          ephemeral: true,
+        });
+      }
+      return { serverTimestamp: serverTimestamp.getTime() };
+    }
+
+    const stored: NewMessage[] = addressed.map(({ message, deviceRowId }) => ({
       id: randomUUID(),
-      recipientDeviceRowId: rowIdOf.get(message.deviceId) as string,
+      recipientDeviceRowId: deviceRowId,
       senderAccountId: sender.accountId,
       senderUsername: sender.username,
       senderDeviceId: sender.deviceId,
@@ -84,39 +159,77 @@ export class MessagesService {
       ciphertext: new Uint8Array(Buffer.from(message.ciphertext, 'base64')),
       serverTimestamp,
     }));
-    if (!(await this.messages.insertMessages(stored))) throw unknownRecipient();
+    const outcome = await this.messages.storeSend(
+      stored,
+      request.id === undefined ? undefined : { senderDeviceRowId: senderDevice.deviceRowId, requestId: request.id, serverTimestamp },
+    );
+    if (outcome.kind === 'duplicate') return { serverTimestamp: outcome.serverTimestamp.getTime() };
+    if (outcome.kind === 'recipient-gone') throw unknownRecipient();
 
-    for (const message of stored) {
-      this.delivery.notify(message.recipientDeviceRowId, {
-        id: message.id,
-        source: sender.username,
-        sourceDevice: sender.deviceId,
-        type: message.type,
-        ciphertext: Buffer.from(message.ciphertext).toString('base64'),
-        serverTimestamp: serverTimestamp.getTime(),
-      });
-    }
+    for (const message of stored) this.delivery.notify(message.recipientDeviceRowId);
     return { serverTimestamp: serverTimestamp.getTime() };
+  }
+
+  /**
+   * Any missing or extra device, in either list: 409 with every account's
+   * mismatch (recipient first). Else any stale device: 410.
+   *
+   * @throws RelayException MISMATCHED_DEVICES, STALE_DEVICES
+   */
+  private assertAddressedExactly(sides: AddressedSide[]): void {
+    const classified = sides.map((side) => ({ side, ...classify(side) }));
+    const mismatched = classified.filter(({ missing, extra }) => missing.length > 0 || extra.length > 0);
+    if (mismatched.length > 0) {
+      throw new RelayException(
+        ErrorCode.MismatchedDevices,
+        'The send does not address exactly the devices of the account',
+        mismatched.flatMap(({ side, missing, extra }) => [
+          ...(missing.length > 0 ? [detailLine(side, 'missing', missing)] : []),
+          ...(extra.length > 0 ? [detailLine(side, 'extra', extra)] : []),
+        ]),
+        undefined,
+        {
+          mismatched: mismatched.map(({ side, missing, extra }): DeviceMismatch => ({ username: side.account.username, missing, extra })),
+        },
+      );
+    }
+    const stale = classified.filter((entry) => entry.stale.length > 0);
+    if (stale.length > 0) {
+      throw new RelayException(
+        ErrorCode.StaleDevices,
+        'The send names registration ids that are not the devices\' current ones',
+        stale.map(({ side, stale: devices }) => detailLine(side, 'stale', devices)),
+        undefined,
+        { stale: stale.map(({ side, stale: devices }): StaleDeviceList => ({ username: side.account.username, devices })) },
+      );
+    }
   }
 
   /** The oldest `limit` queued envelopes of the device. */
   async list(device: AuthenticatedDevice, limit = DEFAULT_MESSAGES_PER_PAGE): Promise<ListMessagesResponse> {
     const deviceRowId = await this.deviceRowIdOf(device);
-    const page = await this.messages.findQueued(deviceRowId, 0n, limit + 1);
+    const page = await this.messages.findQueued(deviceRowId, [], limit + 1);
     return { messages: page.slice(0, limit).map(envelopeOf), more: page.length > limit };
   }
 
   /** @throws RelayException MESSAGE_NOT_FOUND when the device has no queued message of that id */
   async ack(device: AuthenticatedDevice, id: string): Promise<void> {
     const deviceRowId = await this.deviceRowIdOf(device);
-    if (!(await this.messages.deleteQueued(deviceRowId, id))) {
+    if (!(await this.ackQueued(deviceRowId, id))) {
       throw new RelayException(ErrorCode.MessageNotFound, 'No queued message of that id for this device');
     }
   }
 
-  /** Deletes the device's message if it has one of that id; an ack of anything else changes nothing. */
+  /**
+   * Deletes the device's message if it has one of that id; an ack of
+   * anything else changes nothing. Either way the id no longer holds a slot
+   * of the connection's window, released only after the delete so that a
+   * read cannot send the message again.
+   */
   async ackQueued(deviceRowId: string, id: string): Promise<boolean> {
-    return this.messages.deleteQueued(deviceRowId, id);
+    const deleted = await this.messages.deleteQueued(deviceRowId, id);
+    this.delivery.acked(deviceRowId, id);
+    return deleted;
   }
 
   /** @throws RelayException INVALID_TOKEN when the token's device no longer exists */
@@ -126,15 +239,19 @@ export class MessagesService {
     return deviceRowId;
   }
 
-  /** The device's whole queue, oldest first, a page at a time. */
-  async *queued(deviceRowId: string): AsyncGenerator<Envelope> {
-    let afterSeq = 0n;
-    for (;;) {
-      const page = await this.messages.findQueued(deviceRowId, afterSeq, QUEUE_PAGE_SIZE);
-      for (const message of page) yield envelopeOf(message);
-      const last = page.at(-1);
-      if (!last || page.length < QUEUE_PAGE_SIZE) return;
-      afterSeq = last.seq;
-    }
+  /** The device's oldest `limit` queued envelopes other than `excluding` (a connection's in-flight ones). */
+  async readQueue(deviceRowId: string, excluding: readonly string[], limit: number): Promise<Envelope[]> {
+    return (await this.messages.findQueued(deviceRowId, excluding, limit)).map(envelopeOf);
+  }
+}
+
+/** @throws RelayException VALIDATION_FAILED when a device is addressed twice in one list */
+function assertEachDeviceOnce(list: 'messages' | 'sync', messages: OutgoingDeviceMessage[]): void {
+  const addressed = messages.map((message) => message.deviceId);
+  const repeated = addressed.filter((deviceId, index) => addressed.indexOf(deviceId) !== index);
+  if (repeated.length > 0) {
+    throw new RelayException(ErrorCode.ValidationFailed, 'The request is invalid', [
+      `${list}: device ${[...new Set(repeated)].join(', ')} addressed more than once`,
+    ]);
   }
 }
