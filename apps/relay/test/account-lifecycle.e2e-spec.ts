@@ -10,6 +10,7 @@ import {
   type ListMessagesResponse,
   type PreKeyBundleResponse,
 } from '@chat/protocol';
+import { AuthModule } from '../src/auth/auth.module.js';
 import { Clock } from '../src/common/clock.js';
 import { DeviceKeys } from './support/libsignal-keys.js';
 import { DEFAULT_TEST_PASSWORD, httpJson, registerUser, startTestRelay, uniqueUsername, type TestRelay } from './support/test-relay.js';
@@ -106,14 +107,20 @@ describe('account lifecycle (e2e)', () => {
       httpJson<AuthResponse>(relay, 'POST', '/v1/auth/register', { body: { username, password: DEFAULT_TEST_PASSWORD } });
     const fetchBundle = (username: string, by: AuthResponse) =>
       httpJson<PreKeyBundleResponse>(relay, 'GET', `/v1/keys/${username}`, { token: by.accessToken });
+    /** Registration id of each keyed user's device 1, which every device message must name. */
+    const registrationIds = new Map<string, number>();
     const send = (from: AuthResponse, to: string, text: string) =>
       httpJson(relay, 'POST', '/v1/messages', {
         token: from.accessToken,
-        body: { to, messages: [{ deviceId: 1, type: EnvelopeType.Signal, ciphertext: Buffer.from(text).toString('base64') }] },
+        body: {
+          to,
+          messages: [{ deviceId: 1, registrationId: registrationIds.get(to) ?? 1, type: EnvelopeType.Signal, ciphertext: Buffer.from(text).toString('base64') }],
+        },
       });
     const keyedUser = async (prefix: string, keys = new DeviceKeys({ preKeys: 3, kyberPreKeys: 2 })) => {
       const user = await registerUser(relay, uniqueUsername(prefix));
       expect((await httpJson(relay, 'PUT', '/v1/keys', { token: user.accessToken, body: keys.uploadRequest() })).status).toBe(204);
+      registrationIds.set(user.username, keys.registrationId);
       return { user, keys };
     };
     /** Rows the relay holds for the account, per table. */
@@ -200,7 +207,7 @@ describe('account lifecycle (e2e)', () => {
       expect([retired.status, retired.body]).toEqual([taken.status, taken.body]);
       expect(retired.body.code).toBe(ErrorCode.UsernameTaken);
 
-      const clock = relay.app.get(Clock);
+      const clock = relay.app.select(AuthModule).get(Clock, { strict: true });
       const later = new Date(Date.now() + USERNAME_COOLING_OFF_DAYS * DAY_MS + 60_000);
       const timeTravel = jest.spyOn(clock, 'now').mockReturnValue(later);
       try {

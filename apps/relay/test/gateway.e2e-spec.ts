@@ -27,12 +27,22 @@ describe('gateway (e2e)', () => {
   let relay: TestRelay;
   const open: WebSocket[] = [];
 
+  /** Registration id of each keyed user's device 1, which every device message must name. */
+  const registrationIds = new Map<string, number>();
   const keyedUser = async (prefix: string) => {
     const user = await registerUser(relay, uniqueUsername(prefix));
-    const { status } = await httpJson(relay, 'PUT', '/v1/keys', { token: user.accessToken, body: new DeviceKeys().uploadRequest() });
+    const keys = new DeviceKeys();
+    const { status } = await httpJson(relay, 'PUT', '/v1/keys', { token: user.accessToken, body: keys.uploadRequest() });
     expect(status).toBe(204);
+    registrationIds.set(user.username, keys.registrationId);
     return user;
   };
+  const toDevice1 = (to: AuthResponse, text: string) => ({
+    deviceId: 1,
+    registrationId: registrationIds.get(to.username),
+    type: EnvelopeType.Signal,
+    ciphertext: ciphertext(text),
+  });
   const connect = async (user: AuthResponse | string, options?: WebSocket.ClientOptions) => {
     const client = await connectWs(relay.wsUrl, typeof user === 'string' ? user : user.accessToken, options);
     open.push(client.socket);
@@ -41,14 +51,14 @@ describe('gateway (e2e)', () => {
   const sendHttp = async (from: AuthResponse, to: AuthResponse, text: string) => {
     const { status } = await httpJson(relay, 'POST', '/v1/messages', {
       token: from.accessToken,
-      body: { to: to.username, messages: [{ deviceId: 1, type: EnvelopeType.Signal, ciphertext: ciphertext(text) }] },
+      body: { to: to.username, messages: [toDevice1(to, text)] },
     });
     expect(status).toBe(201);
   };
   const sendFrame = (to: AuthResponse, text: string, requestId: string) => ({
     type: 'send',
     requestId,
-    message: { to: to.username, messages: [{ deviceId: 1, type: EnvelopeType.Signal, ciphertext: ciphertext(text) }] },
+    message: { to: to.username, messages: [toDevice1(to, text)] },
   });
   /** A send over the socket and its `sent` answer: the socket works. */
   const roundTrip = async (client: WsClient, to: AuthResponse, requestId: string) => {
@@ -64,9 +74,13 @@ describe('gateway (e2e)', () => {
       await new Promise((resolve) => setTimeout(resolve, 20));
     }
   };
-  const token = (user: AuthResponse, expiresIn: number, secret = TEST_JWT_SECRET) =>
+  const deviceRowIdOf = async (user: AuthResponse) => {
+    const [row] = await relay.sql<{ id: string }>('SELECT id FROM devices WHERE account_id = $1::uuid AND device_id = $2', user.accountId, user.deviceId);
+    return row!.id;
+  };
+  const token = async (user: AuthResponse, expiresIn: number, secret = TEST_JWT_SECRET) =>
     new JwtService().sign(
-      { sub: user.accountId, dev: user.deviceId, usr: user.username, cv: 0 },
+      { sub: user.accountId, dev: user.deviceId, did: await deviceRowIdOf(user), usr: user.username, cv: 0 },
       { secret, algorithm: 'HS256', issuer: 'chat-relay', audience: 'chat-relay', expiresIn },
     );
 
@@ -86,12 +100,12 @@ describe('gateway (e2e)', () => {
     });
 
     it.each([
-      ['no token', () => ({}), ErrorCode.AuthenticationRequired],
-      ['a token signed with another secret', () => ({ authorization: `Bearer ${token(user, 60, 'x'.repeat(48))}` }), ErrorCode.InvalidToken],
-      ['an expired token', () => ({ authorization: `Bearer ${token(user, -10)}` }), ErrorCode.TokenExpired],
+      ['no token', async () => ({}), ErrorCode.AuthenticationRequired],
+      ['a token signed with another secret', async () => ({ authorization: `Bearer ${await token(user, 60, 'x'.repeat(48))}` }), ErrorCode.InvalidToken],
+      ['an expired token', async () => ({ authorization: `Bearer ${await token(user, -10)}` }), ErrorCode.TokenExpired],
       [
         'an alg=none token',
-        () => ({
+        async () => ({
           authorization: `Bearer ${b64url({ alg: 'none', typ: 'JWT' })}.${b64url({
             sub: user.accountId,
             dev: 1,
@@ -105,7 +119,7 @@ describe('gateway (e2e)', () => {
         ErrorCode.InvalidToken,
       ],
     ])('refuses the upgrade with %s: HTTP 401 and a JSON ErrorBody', async (_what, headers, code) => {
-      const refusal = await refusedUpgrade(relay.wsUrl, headers());
+      const refusal = await refusedUpgrade(relay.wsUrl, await headers());
       expect(refusal.status).toBe(401);
       expect(refusal.contentType).toMatch(/^application\/json/);
       expect(refusal.body).toEqual({ code, message: expect.any(String) });
@@ -130,7 +144,7 @@ describe('gateway (e2e)', () => {
     expect(envelope).toMatchObject({ source: alice.username, sourceDevice: 1, type: EnvelopeType.Signal });
   });
 
-  it('delivers 200 messages exactly once and in order across the queue/live boundary', async () => {
+  it('delivers 200 messages exactly once and in order across the queue/live boundary to a client that acks', async () => {
     const [alice, bob] = [await keyedUser('alice'), await keyedUser('bob')];
     const labels = Array.from({ length: 200 }, (_, i) => `m${i}`);
     for (const label of labels.slice(0, 100)) await sendHttp(alice, bob, label);
@@ -139,6 +153,10 @@ describe('gateway (e2e)', () => {
       for (const label of labels.slice(100)) await sendHttp(alice, bob, label);
     })();
     const client = await connect(bob);
+    // A client acks what it has handled; unacked frames hold the delivery window (MAX_INFLIGHT_DELIVERIES).
+    client.onFrame.add((f) => {
+      if (isMessage(f)) client.send({ type: 'ack', id: f.envelope.id });
+    });
     await sending;
     await waitForFrame(client, (f) => isMessage(f) && textOf(f) === 'm199', 15000);
     // A last message proves nothing else was still on its way behind m199.
@@ -188,7 +206,7 @@ describe('gateway (e2e)', () => {
     await expectError('{"type": "send", ', { code: ErrorCode.MalformedJson });
     await expectError({ type: 'subscribe', requestId: 'u1' }, { code: ErrorCode.UnknownFrameType, requestId: 'u1' });
     const invalid = await expectError(
-      { ...sendFrame(bob, 'x', 'v1'), message: { to: bob.username, messages: [{ deviceId: 0, type: 'smoke', ciphertext: '***' }] } },
+      { ...sendFrame(bob, 'x', 'v1'), message: { to: bob.username, messages: [{ deviceId: 0, registrationId: 1, type: 'smoke', ciphertext: '***' }] } },
       { code: ErrorCode.ValidationFailed, requestId: 'v1' },
     );
     expect(invalid.details).toEqual(expect.arrayContaining([expect.stringContaining('message.messages[0].deviceId')]));
@@ -241,7 +259,7 @@ describe('gateway (e2e)', () => {
 
   it('closes the socket with 4401 when its token expires', async () => {
     const alice = await keyedUser('alice');
-    const client = await connect(token(alice, 2));
+    const client = await connect(await token(alice, 2));
     await waitForFrame(client, (f) => f.type === ServerFrameType.QueueEmpty);
     expect(await waitForClose(client.socket, 4000)).toEqual({ code: CloseCode.TokenExpired, reason: ErrorCode.TokenExpired });
   });

@@ -31,12 +31,21 @@ describe('keys-low (e2e)', () => {
     await relay?.close();
   });
 
+  /** Registration id of each keyed user's device 1, which every device message must name. */
+  const registrationIds = new Map<string, number>();
   async function keyedUser(prefix: string, options: ConstructorParameters<typeof DeviceKeys>[0]) {
     const user = await registerUser(relay, uniqueUsername(prefix));
     const keys = new DeviceKeys(options);
     expect((await httpJson(relay, 'PUT', '/v1/keys', { token: user.accessToken, body: keys.uploadRequest() })).status).toBe(204);
+    registrationIds.set(user.username, keys.registrationId);
     return { user, keys };
   }
+  const toDevice1 = (to: AuthResponse, ciphertext: string) => ({
+    deviceId: 1,
+    registrationId: registrationIds.get(to.username),
+    type: EnvelopeType.Signal,
+    ciphertext,
+  });
   const connect = async (user: AuthResponse) => {
     const client = await connectWs(relay.wsUrl, user.accessToken);
     open.push(client.socket);
@@ -49,7 +58,7 @@ describe('keys-low (e2e)', () => {
   const send = (from: AuthResponse, to: AuthResponse, text: string) =>
     httpJson(relay, 'POST', '/v1/messages', {
       token: from.accessToken,
-      body: { to: to.username, messages: [{ deviceId: 1, type: EnvelopeType.Signal, ciphertext: Buffer.from(text).toString('base64') }] },
+      body: { to: to.username, messages: [toDevice1(to, Buffer.from(text).toString('base64'))] },
     });
   /** Uploads one more batch of one-time keys of the device's identity, with fresh ids. */
   let nextKeyId = 10_000;
@@ -72,7 +81,7 @@ describe('keys-low (e2e)', () => {
     client.send({
       type: 'send',
       requestId,
-      message: { to: fetcher.username, messages: [{ deviceId: 1, type: EnvelopeType.Signal, ciphertext: 'AA==' }] },
+      message: { to: fetcher.username, messages: [toDevice1(fetcher, 'AA==')] },
     });
     await waitForFrame<SentFrame>(client, (frame) => frame.type === ServerFrameType.Sent && frame.requestId === requestId);
   };

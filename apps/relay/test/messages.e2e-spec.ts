@@ -16,17 +16,24 @@ describe('messages (e2e)', () => {
   let alice: AuthResponse;
   let bob: AuthResponse;
 
+  /** Registration id of each keyed user's device 1, which every device message must name. */
+  const registrationIds = new Map<string, number>();
   const keyedUser = async (prefix: string) => {
     const user = await registerUser(relay, uniqueUsername(prefix));
-    const { status } = await httpJson(relay, 'PUT', '/v1/keys', { token: user.accessToken, body: new DeviceKeys().uploadRequest() });
+    const keys = new DeviceKeys();
+    const { status } = await httpJson(relay, 'PUT', '/v1/keys', { token: user.accessToken, body: keys.uploadRequest() });
     expect(status).toBe(204);
+    registrationIds.set(user.username, keys.registrationId);
     return user;
   };
   const send = (from: AuthResponse, body: unknown) => httpJson(relay, 'POST', '/v1/messages', { token: from.accessToken, body });
   const list = (user: AuthResponse, query = '') =>
     httpJson<ListMessagesResponse>(relay, 'GET', `/v1/messages${query}`, { token: user.accessToken });
   const ack = (user: AuthResponse, id: string) => httpJson(relay, 'DELETE', `/v1/messages/${id}`, { token: user.accessToken });
-  const toBob = (text: string) => ({ to: bob.username, messages: [{ deviceId: 1, type: EnvelopeType.Signal, ciphertext: ciphertext(text) }] });
+  const toBob = (text: string) => ({
+    to: bob.username,
+    messages: [{ deviceId: 1, registrationId: registrationIds.get(bob.username), type: EnvelopeType.Signal, ciphertext: ciphertext(text) }],
+  });
 
   beforeAll(async () => {
     relay = await startTestRelay();
@@ -97,19 +104,36 @@ describe('messages (e2e)', () => {
   it('refuses a send that does not address exactly the recipient devices with MISMATCHED_DEVICES', async () => {
     const extra = await send(alice, {
       to: bob.username,
-      messages: [1, 2].map((deviceId) => ({ deviceId, type: EnvelopeType.Signal, ciphertext: ciphertext('x') })),
+      messages: [1, 2].map((deviceId) => ({ deviceId, registrationId: registrationIds.get(bob.username), type: EnvelopeType.Signal, ciphertext: ciphertext('x') })),
     });
     expect(extra.status).toBe(409);
-    expect(extra.body).toMatchObject({ code: ErrorCode.MismatchedDevices, details: ['extra: 2'] });
+    expect(extra.body).toEqual({
+      code: ErrorCode.MismatchedDevices,
+      message: expect.any(String),
+      details: ['extra: 2'],
+      mismatched: [{ username: bob.username, missing: [], extra: [2] }],
+    });
 
-    const wrong = await send(alice, { ...toBob('x'), messages: [{ deviceId: 3, type: EnvelopeType.Signal, ciphertext: ciphertext('x') }] });
-    expect(wrong.body).toMatchObject({ code: ErrorCode.MismatchedDevices, details: ['missing: 1', 'extra: 3'] });
+    const wrong = await send(alice, { ...toBob('x'), messages: [{ deviceId: 3, registrationId: 1, type: EnvelopeType.Signal, ciphertext: ciphertext('x') }] });
+    expect(wrong.body).toMatchObject({
+      code: ErrorCode.MismatchedDevices,
+      details: ['missing: 1', 'extra: 3'],
+      mismatched: [{ username: bob.username, missing: [1], extra: [3] }],
+    });
     expect((await list(bob)).body.messages).toEqual([]);
+  });
+
+  it('refuses a device message without its registration id with VALIDATION_FAILED', async () => {
+    const { registrationId: _omitted, ...withoutRegistrationId } = toBob('x').messages[0]!;
+    const { status, body } = await send(alice, { to: bob.username, messages: [withoutRegistrationId] });
+    expect(status).toBe(400);
+    expect(body.code).toBe(ErrorCode.ValidationFailed);
+    expect(body.details.join('\n')).toContain('registrationId');
   });
 
   it('refuses a ciphertext over the limit with VALIDATION_FAILED', async () => {
     const big = Buffer.alloc(MAX_CIPHERTEXT_BYTES + 1, 1).toString('base64');
-    const { status, body } = await send(alice, { to: bob.username, messages: [{ deviceId: 1, type: EnvelopeType.Signal, ciphertext: big }] });
+    const { status, body } = await send(alice, { to: bob.username, messages: [{ ...toBob('x').messages[0], ciphertext: big }] });
     expect(status).toBe(400);
     expect(body.code).toBe(ErrorCode.ValidationFailed);
     expect(body.details.join('\n')).toContain('ciphertext');
