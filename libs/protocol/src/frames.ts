@@ -1,6 +1,6 @@
 import { Type } from 'class-transformer';
 import { Equals, IsString, IsUUID, Length, ValidateNested } from 'class-validator';
-import type { ErrorCode } from './errors.js';
+import type { DeviceMismatch, ErrorCode, StaleDeviceList } from './errors.js';
 import { REQUEST_ID_MAX_LENGTH } from './limits.js';
 import { SendMessageRequest, type Envelope } from './messages.dto.js';
 
@@ -66,6 +66,10 @@ export interface ErrorFrame {
   code: ErrorCode;
   message: string;
   details?: string[];
+  /** For `MISMATCHED_DEVICES`, as in the HTTP error body. */
+  mismatched?: DeviceMismatch[];
+  /** For `STALE_DEVICES`, as in the HTTP error body. */
+  stale?: StaleDeviceList[];
 }
 
 /**

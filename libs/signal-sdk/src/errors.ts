@@ -1,4 +1,4 @@
-import type { ErrorCode } from '@chat/protocol';
+import type { DeviceMismatch, ErrorCode, StaleDeviceList } from '@chat/protocol';
 
 /** What went wrong, for callers to branch on (never on `message`). */
 export enum SecureChatErrorCode {
@@ -47,6 +47,15 @@ export enum SecureChatErrorCode {
    * working. The client disconnected and does not reconnect; sign in again.
    */
   CredentialsChanged = 'CREDENTIALS_CHANGED',
+  /**
+   * This device was unlinked from the account (close 4410, or the relay's
+   * `DEVICE_UNLINKED`): its tokens no longer work. The client stopped and
+   * every later call fails with `InvalidState`; the app should discard its
+   * stores (they hold the account's identity key).
+   */
+  DeviceUnlinked = 'DEVICE_UNLINKED',
+  /** `beginLinking`: the provisioning slot expired (or the relay no longer knows it) before a device approved the link; nothing was saved. */
+  LinkExpired = 'LINK_EXPIRED',
   /** libsignal could not encrypt. */
   EncryptionFailed = 'ENCRYPTION_FAILED',
   /** An incoming message did not decrypt; it was dropped (acked) after this was reported. */
@@ -126,6 +135,10 @@ export interface SecureChatErrorOptions {
   details?: string[];
   /** For the relay's `RATE_LIMITED`: seconds until a retry can succeed. */
   retryAfter?: number;
+  /** For the relay's `MISMATCHED_DEVICES`: per account, the devices a send left out and those it named that do not exist. */
+  mismatched?: DeviceMismatch[];
+  /** For the relay's `STALE_DEVICES`: per account, the devices whose session is stale. */
+  stale?: StaleDeviceList[];
   /** For errors about an incoming message. */
   incoming?: IncomingMessageContext;
 }
@@ -142,6 +155,10 @@ export class SecureChatError extends Error {
   readonly details?: string[];
   /** For the relay's `RATE_LIMITED`: seconds until a retry can succeed. */
   readonly retryAfter?: number;
+  /** For the relay's `MISMATCHED_DEVICES`. */
+  readonly mismatched?: DeviceMismatch[];
+  /** For the relay's `STALE_DEVICES`. */
+  readonly stale?: StaleDeviceList[];
   readonly incoming?: IncomingMessageContext;
 
   constructor(code: SecureChatErrorCode, message: string, options: SecureChatErrorOptions = {}) {
@@ -151,6 +168,8 @@ export class SecureChatError extends Error {
     this.status = options.status;
     this.details = options.details;
     this.retryAfter = options.retryAfter;
+    this.mismatched = options.mismatched;
+    this.stale = options.stale;
     this.incoming = options.incoming;
   }
 

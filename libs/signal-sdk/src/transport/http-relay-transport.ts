@@ -5,16 +5,23 @@ import type {
   ChangePasswordRequest,
   ClientFrame,
   DeleteAccountRequest,
+  DeviceMismatch,
   ErrorBody,
+  LinkDeviceRequest,
+  ListDevicesResponse,
   PreKeyBundleResponse,
   PreKeyCountResponse,
+  ProvisioningMessageRequest,
+  ProvisioningMessageResponse,
+  ProvisioningSlotResponse,
   SendMessageRequest,
   SendMessageResponse,
   ServerFrame,
+  StaleDeviceList,
   UploadBackupRequest,
   UploadKeysRequest,
 } from '@chat/protocol';
-import { API_PREFIX, MAX_WS_FRAME_BYTES, WS_PATH, type ErrorCode } from '@chat/protocol';
+import { API_PREFIX, DEVICE_ID_MAX, DEVICE_ID_MIN, MAX_WS_FRAME_BYTES, WS_PATH, type ErrorCode } from '@chat/protocol';
 import { SecureChatError, SecureChatErrorCode } from '../errors.js';
 import type { Credentials, RelaySocket, RelaySocketListener, RelayTransport } from './relay-transport.js';
 
@@ -58,6 +65,30 @@ function retryAfterOf(body: ErrorBody, header: string | null | undefined): numbe
   return seconds !== undefined && Number.isSafeInteger(seconds) && seconds >= 0 ? seconds : undefined;
 }
 
+/**
+ * The `mismatched` and `stale` lists of a `MISMATCHED_DEVICES` or
+ * `STALE_DEVICES` refusal (HTTP body or `error` frame), keeping only
+ * well-formed entries; absent when the relay sent none.
+ */
+export function deviceListsOf(body: Pick<ErrorBody, 'mismatched' | 'stale'>): { mismatched?: DeviceMismatch[]; stale?: StaleDeviceList[] } {
+  const isDeviceIds = (value: unknown): value is number[] =>
+    Array.isArray(value) && value.every((id) => Number.isInteger(id) && id >= DEVICE_ID_MIN && id <= DEVICE_ID_MAX);
+  const isEntry = (value: unknown): value is Record<string, unknown> & { username: string } =>
+    typeof value === 'object' && value !== null && typeof (value as { username?: unknown }).username === 'string';
+  const lists: { mismatched?: DeviceMismatch[]; stale?: StaleDeviceList[] } = {};
+  if (Array.isArray(body.mismatched)) {
+    lists.mismatched = body.mismatched
+      .filter((entry: unknown) => isEntry(entry) && isDeviceIds(entry.missing) && isDeviceIds(entry.extra))
+      .map(({ username, missing, extra }) => ({ username, missing: [...missing], extra: [...extra] }));
+  }
+  if (Array.isArray(body.stale)) {
+    lists.stale = body.stale
+      .filter((entry: unknown) => isEntry(entry) && isDeviceIds(entry.devices))
+      .map(({ username, devices }) => ({ username, devices: [...devices] }));
+  }
+  return lists;
+}
+
 function relayRejection(status: number, body: unknown, retryAfterHeader?: string | null): SecureChatError {
   if (isErrorBody(body)) {
     return new SecureChatError(SecureChatErrorCode.RelayRejected, `relay refused (${status} ${body.code})`, {
@@ -65,6 +96,7 @@ function relayRejection(status: number, body: unknown, retryAfterHeader?: string
       status,
       details: Array.isArray(body.details) ? body.details.filter((d) => typeof d === 'string') : undefined,
       retryAfter: retryAfterOf(body, retryAfterHeader),
+      ...deviceListsOf(body),
     });
   }
   return new SecureChatError(SecureChatErrorCode.Network, `relay answered ${status} without an error body`, { status });
@@ -82,8 +114,8 @@ export class HttpRelayTransport implements RelayTransport {
     return this.request('POST', '/auth/register', { body: credentials });
   }
 
-  login(credentials: Credentials): Promise<AuthResponse> {
-    return this.request('POST', '/auth/login', { body: credentials });
+  login(credentials: Credentials, deviceId?: number): Promise<AuthResponse> {
+    return this.request('POST', '/auth/login', { body: deviceId === undefined ? credentials : { ...credentials, deviceId } });
   }
 
   refresh(refreshToken: string): Promise<AuthResponse> {
@@ -129,6 +161,40 @@ export class HttpRelayTransport implements RelayTransport {
   async deleteBackup(accessToken: string): Promise<void> {
     await this.request('DELETE', '/backup', { accessToken });
   }
+
+  // --- devices and linking ---
+
+  createProvisioningSlot(): Promise<ProvisioningSlotResponse> {
+    return this.request('POST', '/provisioning', {});
+  }
+
+  async putProvisioningMessage(accessToken: string, slotId: string, request: ProvisioningMessageRequest): Promise<void> {
+    await this.request('PUT', `/provisioning/${encodeURIComponent(slotId)}`, { accessToken, body: request });
+  }
+
+  async receiveProvisioningMessage(slotId: string, secret: string): Promise<ProvisioningMessageResponse | null> {
+    // 204 (not approved yet) has no body; 200 carries the message.
+    const answer = await this.request<ProvisioningMessageResponse | undefined>('POST', `/provisioning/${encodeURIComponent(slotId)}/receive`, {
+      body: { secret },
+    });
+    if (answer === undefined) return null;
+    if (typeof answer?.message !== 'string') throw new SecureChatError(SecureChatErrorCode.Network, 'the relay answered without a provisioning message');
+    return answer;
+  }
+
+  linkDevice(request: LinkDeviceRequest): Promise<AuthResponse> {
+    return this.request('POST', '/devices/link', { body: request });
+  }
+
+  listDevices(accessToken: string): Promise<ListDevicesResponse> {
+    return this.request('GET', '/devices', { accessToken });
+  }
+
+  async unlinkDevice(accessToken: string, deviceId: number): Promise<void> {
+    await this.request('DELETE', `/devices/${encodeURIComponent(String(deviceId))}`, { accessToken });
+  }
+
+  // --- the WebSocket ---
 
   openSocket(accessToken: string, listener: RelaySocketListener): Promise<RelaySocket> {
     return new Promise((resolve, reject) => {
