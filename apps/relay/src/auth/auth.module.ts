@@ -16,6 +16,6 @@ import { TokenVerifier } from './token-verifier.js';
   imports: [PassportModule, JwtModule.register({}), DeliveryModule],
   controllers: [AuthController, AccountController],
   providers: [AuthService, AuthRepository, JwtStrategy, JwtAuthGuard, TokenVerifier, Clock],
-  exports: [TokenVerifier, JwtAuthGuard],
+  exports: [TokenVerifier, JwtAuthGuard, AuthService],
 })
 export class AuthModule {}

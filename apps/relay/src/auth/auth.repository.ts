@@ -16,7 +16,15 @@ export interface DeviceIdentity {
   accountId: string;
   username: string;
   deviceId: number;
+  /** The device's row: tokens are bound to it, not only to the reusable `deviceId`. */
+  deviceRowId: string;
   credentialVersion: number;
+}
+
+/** What an access-token check needs: the account's credential version, and whether the token's device still exists. */
+export interface TokenState {
+  credentialVersion: number;
+  deviceExists: boolean;
 }
 
 /** A redeemed refresh token: whose it was, and whether it was still current. */
@@ -29,7 +37,7 @@ export interface ConsumedRefreshToken extends DeviceIdentity {
 /** Sentinel thrown inside a transaction to roll it back. */
 class Rollback extends Error {}
 
-/** Accounts, their first device, refresh tokens and retired usernames. The only place auth touches Prisma. */
+/** Accounts, their devices' credentials, refresh tokens and retired usernames. The only place auth touches Prisma. */
 @Injectable()
 export class AuthRepository {
   constructor(private readonly prisma: PrismaService) {}
@@ -52,8 +60,10 @@ export class AuthRepository {
       return await this.prisma.$transaction(async (tx) => {
         const account = await tx.account.create({
           data: { username, passwordHash, devices: { create: { deviceId: PRIMARY_DEVICE_ID } } },
-          select: { id: true, username: true, credentialVersion: true },
+          select: { id: true, username: true, credentialVersion: true, devices: { select: { id: true } } },
         });
+        const [primary] = account.devices;
+        if (!primary) throw new Error('The account was created without its primary device');
         const retired = await tx.retiredUsername.findUnique({ where: { username }, select: { deletedAt: true } });
         if (retired && retired.deletedAt > retiredAfter) throw new Rollback();
         if (retired) await tx.retiredUsername.delete({ where: { username } });
@@ -61,6 +71,7 @@ export class AuthRepository {
           accountId: account.id,
           username: account.username,
           deviceId: PRIMARY_DEVICE_ID,
+          deviceRowId: primary.id,
           credentialVersion: account.credentialVersion,
         };
       });
@@ -89,22 +100,50 @@ export class AuthRepository {
     return account && credentialsOf(account);
   }
 
-  /** The account's credential version (a primary-key look-up), or null when the account does not exist. */
-  async findCredentialVersion(accountId: string): Promise<number | null> {
-    const account = await this.prisma.account.findUnique({ where: { id: accountId }, select: { credentialVersion: true } });
-    return account?.credentialVersion ?? null;
+  /**
+   * The account's credential version and whether it has the device (primary-key
+   * look-ups), or null when the account does not exist. With `deviceRowId` the
+   * device must be that row; without, any device of the account under `deviceId`.
+   */
+  async findTokenState(accountId: string, deviceId: number, deviceRowId?: string): Promise<TokenState | null> {
+    const account = await this.prisma.account.findUnique({
+      where: { id: accountId },
+      select: { credentialVersion: true, devices: { where: { deviceId, ...(deviceRowId !== undefined && { id: deviceRowId }) }, select: { id: true } } },
+    });
+    return account && { credentialVersion: account.credentialVersion, deviceExists: account.devices.length > 0 };
   }
 
-  async storeRefreshToken(device: DeviceIdentity, tokenHash: Uint8Array<ArrayBuffer>, expiresAt: Date): Promise<void> {
-    await this.prisma.refreshToken.create({
-      data: {
-        accountId: device.accountId,
-        deviceId: device.deviceId,
-        tokenHash,
-        credentialVersion: device.credentialVersion,
-        expiresAt,
-      },
+  /** The row of the account's device `deviceId`, or null when the account has no such device. */
+  async findDeviceRowId(accountId: string, deviceId: number): Promise<string | null> {
+    const device = await this.prisma.device.findUnique({
+      where: { accountId_deviceId: { accountId, deviceId } },
+      select: { id: true },
     });
+    return device?.id ?? null;
+  }
+
+  /**
+   * Stores a refresh token of the device row. Returns false, storing nothing,
+   * when the row is gone (unlinked, or its account deleted): the foreign key
+   * decides, so a token cannot outlive its device even when it races the unlink.
+   */
+  async storeRefreshToken(device: DeviceIdentity, tokenHash: Uint8Array<ArrayBuffer>, expiresAt: Date): Promise<boolean> {
+    try {
+      await this.prisma.refreshToken.create({
+        data: {
+          accountId: device.accountId,
+          deviceId: device.deviceId,
+          deviceRowId: device.deviceRowId,
+          tokenHash,
+          credentialVersion: device.credentialVersion,
+          expiresAt,
+        },
+      });
+      return true;
+    } catch (error) {
+      if (error instanceof Prisma.PrismaClientKnownRequestError && error.code === 'P2003') return false;
+      throw error;
+    }
   }
 
   /**
@@ -119,6 +158,7 @@ export class AuthRepository {
         select: {
           accountId: true,
           deviceId: true,
+          deviceRowId: true,
           credentialVersion: true,
           expiresAt: true,
           account: { select: { username: true, credentialVersion: true } },
@@ -128,6 +168,7 @@ export class AuthRepository {
         accountId: token.accountId,
         username: token.account.username,
         deviceId: token.deviceId,
+        deviceRowId: token.deviceRowId,
         credentialVersion: token.credentialVersion,
         expiresAt: token.expiresAt,
         currentCredentialVersion: token.account.credentialVersion,

@@ -6,7 +6,7 @@ import { Clock } from '../common/clock.js';
 import { RelayException } from '../common/relay.exception.js';
 import { loadConfig } from '../config/relay-config.js';
 import type { DeliveryService } from '../gateway/delivery.service.js';
-import type { AccountCredentials, AuthRepository, ConsumedRefreshToken, DeviceIdentity } from './auth.repository.js';
+import type { AccountCredentials, AuthRepository, ConsumedRefreshToken, DeviceIdentity, TokenState } from './auth.repository.js';
 import type { AuthenticatedDevice } from './authenticated-device.js';
 import { AuthService } from './auth.service.js';
 import { TOKEN_AUDIENCE, TOKEN_ISSUER, TokenVerifier } from './token-verifier.js';
@@ -17,6 +17,21 @@ class InMemoryAuthRepository implements Pick<AuthRepository, keyof AuthRepositor
   readonly refreshTokens = new Map<string, DeviceIdentity & { expiresAt: Date }>();
   /** Username to when its account was deleted. */
   readonly retiredUsernames = new Map<string, Date>();
+  /** Device rows: row id to its account and device id. */
+  readonly devices = new Map<string, { accountId: string; deviceId: number }>();
+
+  /** Links a device as the devices module would. */
+  addDevice(accountId: string, deviceId: number): string {
+    const rowId = randomUUID();
+    this.devices.set(rowId, { accountId, deviceId });
+    return rowId;
+  }
+
+  /** Unlinks a device as the devices module would: the row goes, its refresh tokens by cascade. */
+  removeDevice(rowId: string): void {
+    this.devices.delete(rowId);
+    for (const [key, token] of this.refreshTokens) if (token.deviceRowId === rowId) this.refreshTokens.delete(key);
+  }
 
   async createAccount(username: string, passwordHash: string, retiredAfter: Date): Promise<DeviceIdentity> {
     const retiredAt = this.retiredUsernames.get(username);
@@ -26,7 +41,7 @@ class InMemoryAuthRepository implements Pick<AuthRepository, keyof AuthRepositor
     this.retiredUsernames.delete(username);
     const account = { accountId: randomUUID(), username, passwordHash, credentialVersion: 0 };
     this.accounts.set(username, account);
-    return { accountId: account.accountId, username, deviceId: 1, credentialVersion: 0 };
+    return { accountId: account.accountId, username, deviceId: 1, deviceRowId: this.addDevice(account.accountId, 1), credentialVersion: 0 };
   }
 
   async findCredentials(username: string): Promise<AccountCredentials | null> {
@@ -37,12 +52,23 @@ class InMemoryAuthRepository implements Pick<AuthRepository, keyof AuthRepositor
     return [...this.accounts.values()].find((account) => account.accountId === accountId) ?? null;
   }
 
-  async findCredentialVersion(accountId: string): Promise<number | null> {
-    return (await this.findCredentialsById(accountId))?.credentialVersion ?? null;
+  async findTokenState(accountId: string, deviceId: number, deviceRowId?: string): Promise<TokenState | null> {
+    const account = await this.findCredentialsById(accountId);
+    if (!account) return null;
+    const deviceExists = [...this.devices].some(
+      ([rowId, device]) => device.accountId === accountId && device.deviceId === deviceId && (deviceRowId === undefined || rowId === deviceRowId),
+    );
+    return { credentialVersion: account.credentialVersion, deviceExists };
   }
 
-  async storeRefreshToken(device: DeviceIdentity, tokenHash: Uint8Array, expiresAt: Date): Promise<void> {
+  async findDeviceRowId(accountId: string, deviceId: number): Promise<string | null> {
+    return [...this.devices].find(([, device]) => device.accountId === accountId && device.deviceId === deviceId)?.[0] ?? null;
+  }
+
+  async storeRefreshToken(device: DeviceIdentity, tokenHash: Uint8Array, expiresAt: Date): Promise<boolean> {
+    if (!this.devices.has(device.deviceRowId)) return false;
     this.refreshTokens.set(Buffer.from(tokenHash).toString('hex'), { ...device, expiresAt });
+    return true;
   }
 
   async consumeRefreshToken(tokenHash: Uint8Array): Promise<ConsumedRefreshToken | null> {
@@ -66,7 +92,7 @@ class InMemoryAuthRepository implements Pick<AuthRepository, keyof AuthRepositor
     const account = await this.findCredentialsById(accountId);
     if (!account || account.credentialVersion !== verifiedVersion) return false;
     this.accounts.delete(account.username);
-    for (const [key, token] of this.refreshTokens) if (token.accountId === accountId) this.refreshTokens.delete(key);
+    for (const [rowId, device] of this.devices) if (device.accountId === accountId) this.removeDevice(rowId);
     this.retiredUsernames.set(username, deletedAt);
     return true;
   }
@@ -147,6 +173,8 @@ describe('AuthService', () => {
       credentialVersion: 0,
       expiresAt: expect.any(Number),
     });
+    const [rowId] = [...repository.devices.keys()];
+    expect(jwt.decode(auth.accessToken)).toMatchObject({ sub: auth.accountId, dev: 1, did: rowId });
     expect(device.expiresAt - Date.now() / 1000).toBeGreaterThan(590);
     expect(device.expiresAt - Date.now() / 1000).toBeLessThanOrEqual(600);
   });
@@ -174,6 +202,62 @@ describe('AuthService', () => {
     await service.register({ username: 'alice', password: 'a long password' });
     expect(await codeOf(service.login({ username: 'alice', password: 'wrong password' }))).toBe(ErrorCode.InvalidCredentials);
     expect(await codeOf(service.login({ username: 'nobody', password: 'a long password' }))).toBe(ErrorCode.InvalidCredentials);
+  });
+
+  describe('login with a device id', () => {
+    it('signs in as device 1 when no device is named, and as a linked device when it is named', async () => {
+      const registered = await service.register({ username: 'alice', password: 'a long password' });
+      const rowId = repository.addDevice(registered.accountId, 3);
+      expect(await service.login({ username: 'alice', password: 'a long password' })).toMatchObject({ deviceId: 1 });
+      const linked = await service.login({ username: 'alice', password: 'a long password', deviceId: 3 });
+      expect(linked.deviceId).toBe(3);
+      expect(await verifier.verify(linked.accessToken)).toMatchObject({ accountId: registered.accountId, deviceId: 3 });
+      expect(jwt.decode(linked.accessToken)).toMatchObject({ did: rowId });
+      await expect(service.refresh({ refreshToken: linked.refreshToken })).resolves.toMatchObject({ deviceId: 3 });
+    });
+
+    it('answers a device the account does not have with INVALID_CREDENTIALS, as a wrong password', async () => {
+      await service.register({ username: 'alice', password: 'a long password' });
+      expect(await codeOf(service.login({ username: 'alice', password: 'a long password', deviceId: 2 }))).toBe(ErrorCode.InvalidCredentials);
+      expect(repository.refreshTokens.size).toBe(1);
+    });
+  });
+
+  describe('an unlinked device', () => {
+    it('has its access tokens refused with DEVICE_UNLINKED and its refresh token with INVALID_REFRESH_TOKEN', async () => {
+      const registered = await service.register({ username: 'alice', password: 'a long password' });
+      const rowId = repository.addDevice(registered.accountId, 2);
+      const linked = await service.login({ username: 'alice', password: 'a long password', deviceId: 2 });
+      repository.removeDevice(rowId);
+      expect(await codeOf(verifier.verify(linked.accessToken))).toBe(ErrorCode.DeviceUnlinked);
+      expect(await codeOf(service.refresh({ refreshToken: linked.refreshToken }))).toBe(ErrorCode.InvalidRefreshToken);
+      await expect(verifier.verify(registered.accessToken)).resolves.toMatchObject({ deviceId: 1 });
+    });
+
+    it('does not pass its tokens on to a device linked later under the same device id', async () => {
+      const registered = await service.register({ username: 'alice', password: 'a long password' });
+      const oldRow = repository.addDevice(registered.accountId, 2);
+      const old = await service.login({ username: 'alice', password: 'a long password', deviceId: 2 });
+      repository.removeDevice(oldRow);
+      repository.addDevice(registered.accountId, 2);
+      expect(await codeOf(verifier.verify(old.accessToken))).toBe(ErrorCode.DeviceUnlinked);
+      expect(await codeOf(service.refresh({ refreshToken: old.refreshToken }))).toBe(ErrorCode.InvalidRefreshToken);
+    });
+
+    it('gets no refresh token when its row is gone by the time the token is stored', async () => {
+      const registered = await service.register({ username: 'alice', password: 'a long password' });
+      const rowId = repository.addDevice(registered.accountId, 2);
+      const linked = await service.login({ username: 'alice', password: 'a long password', deviceId: 2 });
+      // As if the unlink committed between the refresh token's redemption and the new one's insert.
+      const consume = repository.consumeRefreshToken.bind(repository);
+      repository.consumeRefreshToken = async (hash) => {
+        const token = await consume(hash);
+        repository.removeDevice(rowId);
+        return token;
+      };
+      expect(await codeOf(service.refresh({ refreshToken: linked.refreshToken }))).toBe(ErrorCode.InvalidRefreshToken);
+      expect([...repository.refreshTokens.values()].map((token) => token.deviceId)).toEqual([1]);
+    });
   });
 
   it('redeems a refresh token once, rotating it', async () => {
@@ -288,7 +372,8 @@ describe('TokenVerifier', () => {
   const verifier = new TokenVerifier(jwt, config, repository as unknown as AuthRepository);
   const account: AccountCredentials = { accountId: randomUUID(), username: 'alice', passwordHash: 'unused', credentialVersion: 3 };
   repository.accounts.set('alice', account);
-  const claims = { sub: account.accountId, dev: 1, usr: 'alice', cv: 3 };
+  const deviceRowId = repository.addDevice(account.accountId, 1);
+  const claims = { sub: account.accountId, dev: 1, did: deviceRowId, usr: 'alice', cv: 3 };
   const good = { secret: config.jwt.secret, issuer: TOKEN_ISSUER, audience: TOKEN_AUDIENCE, expiresIn: 60 } as const;
   const codeOfVerify = (token: string) => codeOf(verifier.verify(token));
   const unsigned = (header: object, payload: object) =>
@@ -310,14 +395,21 @@ describe('TokenVerifier', () => {
     expect(await codeOfVerify(jwt.sign({ ...claims, sub: randomUUID() }, good))).toBe(ErrorCode.InvalidToken);
   });
 
+  it('refuses a well-signed token of a device row the account no longer has as DEVICE_UNLINKED', async () => {
+    expect(await codeOfVerify(jwt.sign({ ...claims, did: randomUUID() }, good))).toBe(ErrorCode.DeviceUnlinked);
+    expect(await codeOfVerify(jwt.sign({ ...claims, dev: 2 }, good))).toBe(ErrorCode.DeviceUnlinked);
+  });
+
   it.each([
     ['signed with another secret', () => jwt.sign(claims, { ...good, secret: 'another-secret-another-secret-0123' })],
     ['of another audience', () => jwt.sign(claims, { ...good, audience: 'someone-else' })],
     ['of another issuer', () => jwt.sign(claims, { ...good, issuer: 'someone-else' })],
     ['signed with HS512', () => jwt.sign(claims, { ...good, algorithm: 'HS512' })],
     ['with alg none', () => unsigned({ alg: 'none', typ: 'JWT' }, { ...claims, iss: TOKEN_ISSUER, aud: TOKEN_AUDIENCE, exp: Date.now() / 1000 + 60 })],
-    ['without a device claim', () => jwt.sign({ sub: claims.sub, usr: 'alice', cv: 3 }, good)],
-    ['without a credential version', () => jwt.sign({ sub: claims.sub, dev: 1, usr: 'alice' }, good)],
+    ['without a device claim', () => jwt.sign({ sub: claims.sub, did: deviceRowId, usr: 'alice', cv: 3 }, good)],
+    ['without a device row claim', () => jwt.sign({ sub: claims.sub, dev: 1, usr: 'alice', cv: 3 }, good)],
+    ['whose device row is not a UUID', () => jwt.sign({ ...claims, did: 'row-1' }, good)],
+    ['without a credential version', () => jwt.sign({ sub: claims.sub, dev: 1, did: deviceRowId, usr: 'alice' }, good)],
     ['whose subject is not an account id', () => jwt.sign({ ...claims, sub: 'alice' }, good)],
     ['that is not a JWT', () => 'not-a-token'],
   ])('refuses a token %s as INVALID_TOKEN', async (_name, token) => {

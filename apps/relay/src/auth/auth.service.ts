@@ -49,19 +49,23 @@ export class AuthService {
     return this.issueTokens(device);
   }
 
-  /** @throws RelayException INVALID_CREDENTIALS for an unknown username and for a wrong password alike. */
+  /**
+   * Signs in as `request.deviceId` (default 1, the primary device).
+   * @throws RelayException INVALID_CREDENTIALS for an unknown username, a
+   *   wrong password, and a device the account does not have alike
+   */
   async login(request: LoginRequest): Promise<AuthResponse> {
     const account = await this.accounts.findCredentials(request.username);
     const matches = await this.passwordMatches(account, request.password);
-    if (!account || !matches) {
-      throw new RelayException(ErrorCode.InvalidCredentials, 'Invalid username or password');
-    }
-    return this.issueTokens({
-      accountId: account.accountId,
-      username: account.username,
-      deviceId: PRIMARY_DEVICE_ID,
-      credentialVersion: account.credentialVersion,
-    });
+    const invalid = () => new RelayException(ErrorCode.InvalidCredentials, 'Invalid username, password or device');
+    if (!account || !matches) throw invalid();
+    const deviceId = request.deviceId ?? PRIMARY_DEVICE_ID;
+    const deviceRowId = await this.accounts.findDeviceRowId(account.accountId, deviceId);
+    if (!deviceRowId) throw invalid();
+    return this.issueTokens(
+      { accountId: account.accountId, username: account.username, deviceId, deviceRowId, credentialVersion: account.credentialVersion },
+      ErrorCode.InvalidCredentials,
+    );
   }
 
   /**
@@ -76,7 +80,8 @@ export class AuthService {
     if (!token || token.expiresAt.getTime() <= Date.now() || token.credentialVersion !== token.currentCredentialVersion) {
       throw new RelayException(ErrorCode.InvalidRefreshToken, 'The refresh token is invalid, used or expired');
     }
-    return this.issueTokens(token);
+    // A token of an unlinked device was deleted with it; one that raced the unlink finds its row gone here.
+    return this.issueTokens(token, ErrorCode.InvalidRefreshToken);
   }
 
   /**
@@ -96,7 +101,12 @@ export class AuthService {
     );
     if (credentialVersion === null) throw credentialsChanged();
     this.delivery.closeAccount(account.accountId, CloseCode.CredentialsChanged, ErrorCode.CredentialsChanged);
-    return this.issueTokens({ accountId: account.accountId, username: account.username, deviceId: device.deviceId, credentialVersion });
+    const deviceRowId = await this.accounts.findDeviceRowId(account.accountId, device.deviceId);
+    if (!deviceRowId) throw deviceUnlinked();
+    return this.issueTokens(
+      { accountId: account.accountId, username: account.username, deviceId: device.deviceId, deviceRowId, credentialVersion },
+      ErrorCode.DeviceUnlinked,
+    );
   }
 
   /**
@@ -139,17 +149,25 @@ export class AuthService {
     return account !== null && matches;
   }
 
-  private async issueTokens(device: DeviceIdentity): Promise<AuthResponse> {
+  /**
+   * A new access and refresh token pair for the device (also for a device
+   * just linked, by the devices module).
+   * @param ifDeviceGone the code to refuse with when the device's row is gone meanwhile (unlinked, account deleted)
+   */
+  async issueTokens(device: DeviceIdentity, ifDeviceGone: ErrorCode = ErrorCode.DeviceUnlinked): Promise<AuthResponse> {
     const claims: Omit<AccessTokenClaims, 'exp'> = {
       sub: device.accountId,
       dev: device.deviceId,
+      did: device.deviceRowId,
       usr: device.username,
       cv: device.credentialVersion,
     };
     const accessToken = await this.jwt.signAsync(claims, accessTokenSignOptions(this.config));
     const refreshToken = randomBytes(REFRESH_TOKEN_BYTES).toString('base64url');
     const expiresAt = new Date(Date.now() + this.config.refreshTokenTtlDays * DAY_MS);
-    await this.accounts.storeRefreshToken(device, hashRefreshToken(refreshToken), expiresAt);
+    if (!(await this.accounts.storeRefreshToken(device, hashRefreshToken(refreshToken), expiresAt))) {
+      throw new RelayException(ifDeviceGone, 'The device no longer exists');
+    }
     return {
       accountId: device.accountId,
       username: device.username,
@@ -169,6 +187,10 @@ export class AuthService {
     this.dummyHash ??= this.hashPassword(randomBytes(16).toString('hex'));
     return this.dummyHash;
   }
+}
+
+function deviceUnlinked(): RelayException {
+  return new RelayException(ErrorCode.DeviceUnlinked, 'This device was unlinked from its account');
 }
 
 function credentialsChanged(): RelayException {

@@ -16,6 +16,11 @@ export const TOKEN_ALGORITHM = 'HS256';
 export interface AccessTokenClaims {
   sub: string;
   dev: number;
+  /**
+   * The device's row id. Device ids are reused after an unlink, row ids never:
+   * a token of an unlinked device 2 does not work for the device linked as 2 later.
+   */
+  did: string;
   usr: string;
   /** The account's credential version at issue; a password change makes every earlier token stale. */
   cv: number;
@@ -39,10 +44,16 @@ export function accessTokenSignOptions(config: RelayConfig): JwtSignOptions {
 
 /** The device a verified token's claims speak for. @throws RelayException INVALID_TOKEN when a claim is missing or malformed. */
 export function deviceFromClaims(claims: unknown): AuthenticatedDevice {
-  const { sub, dev, usr, cv, exp } = (claims ?? {}) as Partial<Record<keyof AccessTokenClaims, unknown>>;
+  return verifiedClaims(claims).device;
+}
+
+function verifiedClaims(claims: unknown): { device: AuthenticatedDevice; deviceRowId: string } {
+  const { sub, dev, did, usr, cv, exp } = (claims ?? {}) as Partial<Record<keyof AccessTokenClaims, unknown>>;
   if (
     typeof sub !== 'string' ||
     !isUUID(sub) ||
+    typeof did !== 'string' ||
+    !isUUID(did) ||
     typeof usr !== 'string' ||
     typeof exp !== 'number' ||
     !Number.isInteger(dev) ||
@@ -53,15 +64,19 @@ export function deviceFromClaims(claims: unknown): AuthenticatedDevice {
   ) {
     throw new RelayException(ErrorCode.InvalidToken, 'The access token is invalid');
   }
-  return { accountId: sub, username: usr, deviceId: dev as number, credentialVersion: cv as number, expiresAt: exp };
+  return {
+    device: { accountId: sub, username: usr, deviceId: dev as number, credentialVersion: cv as number, expiresAt: exp },
+    deviceRowId: did,
+  };
 }
 
 /**
  * Every access-token check: the WebSocket handshake calls `verify`, the HTTP
  * strategy (which has verified the signature with the same options) calls
  * `deviceOf`. Both end in `assertCurrent`, one primary-key look-up of the
- * account, so that a password change or an account deletion ends every
- * token issued before it on every relay instance at once, with no cache.
+ * account and its device, so that a password change, an account deletion or
+ * an unlink ends every token issued before it on every relay instance at
+ * once, with no cache.
  */
 @Injectable()
 export class TokenVerifier {
@@ -71,7 +86,7 @@ export class TokenVerifier {
     private readonly accounts: AuthRepository,
   ) {}
 
-  /** @throws RelayException TOKEN_EXPIRED, CREDENTIALS_CHANGED, or INVALID_TOKEN for anything else wrong with it. */
+  /** @throws RelayException TOKEN_EXPIRED, CREDENTIALS_CHANGED, DEVICE_UNLINKED, or INVALID_TOKEN for anything else wrong with it. */
   async verify(token: string): Promise<AuthenticatedDevice> {
     let claims: unknown;
     try {
@@ -82,21 +97,28 @@ export class TokenVerifier {
     return this.deviceOf(claims);
   }
 
-  /** The device of claims whose signature is verified. @throws RelayException CREDENTIALS_CHANGED, INVALID_TOKEN */
+  /** The device of claims whose signature is verified. @throws RelayException CREDENTIALS_CHANGED, DEVICE_UNLINKED, INVALID_TOKEN */
   async deviceOf(claims: unknown): Promise<AuthenticatedDevice> {
-    const device = deviceFromClaims(claims);
-    await this.assertCurrent(device);
+    const { device, deviceRowId } = verifiedClaims(claims);
+    await this.assertCurrent(device, deviceRowId);
     return device;
   }
 
   /**
-   * @throws RelayException CREDENTIALS_CHANGED when the account's password
-   *   changed since the token was issued; INVALID_TOKEN when the account no
-   *   longer exists (deleted)
+   * @param deviceRowId the token's device row; without it, whichever device
+   *   the account has under `device.deviceId` counts
+   * @throws RelayException INVALID_TOKEN when the account no longer exists
+   *   (deleted); DEVICE_UNLINKED when the account exists and the device does
+   *   not (unlinked); CREDENTIALS_CHANGED when the account's password changed
+   *   since the token was issued
    */
-  async assertCurrent(device: AuthenticatedDevice): Promise<void> {
-    const credentialVersion = await this.accounts.findCredentialVersion(device.accountId);
-    if (credentialVersion === null) throw new RelayException(ErrorCode.InvalidToken, 'The token names an account that does not exist');
+  async assertCurrent(device: AuthenticatedDevice, deviceRowId?: string): Promise<void> {
+    const state = await this.accounts.findTokenState(device.accountId, device.deviceId, deviceRowId);
+    if (state === null) throw new RelayException(ErrorCode.InvalidToken, 'The token names an account that does not exist');
+    if (!state.deviceExists) {
+      throw new RelayException(ErrorCode.DeviceUnlinked, 'The token names a device that was unlinked from its account');
+    }
+    const { credentialVersion } = state;
     if (credentialVersion !== device.credentialVersion) {
       throw new RelayException(ErrorCode.CredentialsChanged, 'The password changed since this token was issued; sign in again');
     }
