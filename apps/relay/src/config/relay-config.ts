@@ -21,6 +21,10 @@ export interface RelayConfig {
   readonly heartbeatIntervalMs: number;
   readonly usernameCoolingOffDays: number;
   readonly bundleFetchLimits: { readonly perPair: RateLimit; readonly perRequester: RateLimit };
+  /** Devices one account may have, the primary included. */
+  readonly maxDevicesPerAccount: number;
+  /** Per client IP: provisioning slots created, and reads of slots (receive and link). */
+  readonly provisioningLimits: { readonly slotsPerIp: RateLimit; readonly receivesPerIp: RateLimit };
   /** Message frames a connection may hold sent and unacked. */
   readonly maxInflightDeliveries: number;
   readonly retention: { readonly messageDays: number; readonly sweepIntervalMs: number };
@@ -101,6 +105,11 @@ export function loadConfig(env: Env, options: LoadConfigOptions = {}): RelayConf
     bundleFetchLimits: {
       perPair: { points: parsed.BUNDLE_FETCHES_PER_PAIR, windowSeconds: parsed.BUNDLE_FETCH_PAIR_WINDOW_SECONDS },
       perRequester: { points: parsed.BUNDLE_FETCHES_PER_REQUESTER, windowSeconds: parsed.BUNDLE_FETCH_REQUESTER_WINDOW_SECONDS },
+    },
+    maxDevicesPerAccount: parsed.MAX_DEVICES_PER_ACCOUNT,
+    provisioningLimits: {
+      slotsPerIp: { points: parsed.PROVISIONING_SLOTS_PER_IP, windowSeconds: parsed.PROVISIONING_SLOT_WINDOW_SECONDS },
+      receivesPerIp: { points: parsed.PROVISIONING_RECEIVES_PER_IP, windowSeconds: parsed.PROVISIONING_RECEIVE_WINDOW_SECONDS },
     },
     maxInflightDeliveries: parsed.MAX_INFLIGHT_DELIVERIES,
     retention: { messageDays: parsed.MESSAGE_RETENTION_DAYS, sweepIntervalMs: parsed.RETENTION_SWEEP_INTERVAL_MS },

@@ -6,8 +6,10 @@ import {
   BUNDLE_FETCH_REQUESTER_WINDOW_SECONDS,
   BUNDLE_FETCHES_PER_PAIR,
   BUNDLE_FETCHES_PER_REQUESTER,
+  DEFAULT_MAX_DEVICES_PER_ACCOUNT,
   DEFAULT_MAX_INFLIGHT_DELIVERIES,
   DEFAULT_MESSAGE_RETENTION_DAYS,
+  MAX_DEVICES_PER_ACCOUNT,
   USERNAME_COOLING_OFF_DAYS,
 } from '@chat/protocol';
 
@@ -131,6 +133,41 @@ export class RelayEnv {
   @Min(0)
   @Max(36500)
   USERNAME_COOLING_OFF_DAYS = USERNAME_COOLING_OFF_DAYS;
+
+  /** Devices one account may have (the primary included); at most the wire's cap. */
+  @IsOptional()
+  @Type(() => Number)
+  @IsInt()
+  @Min(1)
+  @Max(MAX_DEVICES_PER_ACCOUNT)
+  MAX_DEVICES_PER_ACCOUNT = DEFAULT_MAX_DEVICES_PER_ACCOUNT;
+
+  // Unauthenticated provisioning requests allowed per client IP and window:
+  // slots created (POST /v1/provisioning), and reads of a slot
+  // (POST /v1/provisioning/:id/receive and POST /v1/devices/link together).
+  @IsOptional()
+  @Type(() => Number)
+  @IsInt()
+  @Min(1)
+  PROVISIONING_SLOTS_PER_IP = 10;
+
+  @IsOptional()
+  @Type(() => Number)
+  @IsInt()
+  @Min(1)
+  PROVISIONING_SLOT_WINDOW_SECONDS = 600;
+
+  @IsOptional()
+  @Type(() => Number)
+  @IsInt()
+  @Min(1)
+  PROVISIONING_RECEIVES_PER_IP = 120;
+
+  @IsOptional()
+  @Type(() => Number)
+  @IsInt()
+  @Min(1)
+  PROVISIONING_RECEIVE_WINDOW_SECONDS = 60;
 
   /** Message frames sent to one connection and not yet acked, at most (the delivery window). */
   @IsOptional()
