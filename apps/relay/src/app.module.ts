@@ -3,6 +3,7 @@ import { AuthModule } from './auth/auth.module.js';
 import { BackupModule } from './backup/backup.module.js';
 import { RequestLoggerMiddleware } from './common/request-logger.middleware.js';
 import { ConfigModule } from './config/config.module.js';
+import { DevicesModule } from './devices/devices.module.js';
 import type { RelayConfig } from './config/relay-config.js';
 import { GatewayModule } from './gateway/gateway.module.js';
 import { KeysModule } from './keys/keys.module.js';
@@ -15,7 +16,7 @@ export class AppModule implements NestModule {
   static forRoot(config: RelayConfig): DynamicModule {
     return {
       module: AppModule,
-      imports: [ConfigModule.forRoot(config), PrismaModule, AuthModule, KeysModule, MessagesModule, BackupModule, GatewayModule],
+      imports: [ConfigModule.forRoot(config), PrismaModule, AuthModule, DevicesModule, KeysModule, MessagesModule, BackupModule, GatewayModule],
     };
   }
 

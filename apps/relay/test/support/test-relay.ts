@@ -74,6 +74,9 @@ export async function startTestRelay(overrides: RelayEnvOverrides = {}): Promise
       // The rate-limit spec sets tight limits (or '' for the defaults) itself.
       BUNDLE_FETCHES_PER_PAIR: '100000',
       BUNDLE_FETCHES_PER_REQUESTER: '100000',
+      // Likewise for provisioning, limited per client IP (every test client is 127.0.0.1).
+      PROVISIONING_SLOTS_PER_IP: '100000',
+      PROVISIONING_RECEIVES_PER_IP: '100000',
       ...overrides,
       DATABASE_URL: serverUrl ? await createTestDatabase(serverUrl, cleanups) : undefined,
     };
