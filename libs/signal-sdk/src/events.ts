@@ -27,6 +27,46 @@ export enum ChatEvent {
    * verifies the safety number.
    */
   IdentityChanged = 'identityChanged',
+  /**
+   * A peer's device says it received (`delivery`) or the user read (`read`)
+   * messages this account sent, named by their content timestamps. Never a
+   * `message`; acked once the listeners have returned.
+   */
+  Receipt = 'receipt',
+  /**
+   * A peer's device says the user started or stopped typing to this
+   * account. Only ever delivered live (ephemeral): one sent while this
+   * install was offline is gone.
+   */
+  Typing = 'typing',
+  /**
+   * The relay accepted a send from the outbox that no `send()` call awaits
+   * any more: one queued in an earlier run, or one whose `send()` already
+   * rejected (a transient failure while not connected) while it stayed queued.
+   */
+  Sent = 'sent',
+  /** The relay refused such a send for good (or it could not be encrypted); it left the outbox. */
+  SendFailed = 'sendFailed',
+}
+
+/** What `receipt` reports. */
+export interface Receipt {
+  /** The receipt's sender (canonical username): the recipient of the acknowledged messages. */
+  readonly sender: string;
+  readonly senderDevice: DeviceId;
+  readonly type: 'delivery' | 'read';
+  /** The `timestamp`s (`SentMessage.timestamp`) of the acknowledged messages, as the sender listed them (1..100). */
+  readonly timestamps: readonly number[];
+}
+
+/** What `typing` reports. */
+export interface Typing {
+  readonly sender: string;
+  readonly senderDevice: DeviceId;
+  /** true: started typing; false: stopped. */
+  readonly typing: boolean;
+  /** The sender's clock when it sent this (ms since the epoch). */
+  readonly timestamp: number;
 }
 
 /** Why a session was reset. */
@@ -63,9 +103,22 @@ export enum ConnectionState {
 export interface IncomingMessage {
   /** The relay's id of the stored envelope. */
   readonly id: MessageId;
-  /** The sender's username (canonical, lower case), as the relay authenticated it. */
+  /**
+   * The sender's username (canonical, lower case), as the relay
+   * authenticated it. For a sync copy (`outgoing: true`), this account's own.
+   */
   readonly sender: string;
   readonly senderDevice: DeviceId;
+  /**
+   * true: a message this account sent from another of its devices (a sync
+   * copy), shown on this one as sent; false: a message from `sender`.
+   */
+  readonly outgoing: boolean;
+  /**
+   * The other party of the conversation the message belongs to (canonical):
+   * the destination of a sync copy, else `sender`.
+   */
+  readonly conversation: string;
   /** The sender's clock when it sent (ms since the epoch), from inside the encrypted content. */
   readonly timestamp: number;
   /** When the relay stored the message (ms since the epoch). */
@@ -89,6 +142,25 @@ export interface IncomingMessage {
   ack(): Promise<void>;
 }
 
+/** What `sent` reports: an outbox message the relay accepted. */
+export interface OutboxSent {
+  /** The send's UUID (`SentMessage.id`). */
+  readonly id: string;
+  /** Canonical username. */
+  readonly recipient: string;
+  /** The timestamp inside the encrypted content. */
+  readonly timestamp: number;
+  readonly serverTimestamp: number;
+}
+
+/** What `sendFailed` reports: an outbox message that will never be sent. */
+export interface OutboxSendFailed {
+  readonly id: string;
+  readonly recipient: string;
+  readonly timestamp: number;
+  readonly error: SecureChatError;
+}
+
 export interface ChatEventHandlerMap {
   /** May return a promise; with `autoAck` the message is acked after it settles (not if it rejects). */
   [ChatEvent.Message]: (message: IncomingMessage) => void | Promise<void>;
@@ -97,6 +169,10 @@ export interface ChatEventHandlerMap {
   [ChatEvent.Error]: (error: SecureChatError) => void;
   [ChatEvent.SessionReset]: (reset: SessionReset) => void;
   [ChatEvent.IdentityChanged]: (change: IdentityChanged) => void;
+  [ChatEvent.Sent]: (sent: OutboxSent) => void;
+  [ChatEvent.SendFailed]: (failed: OutboxSendFailed) => void;
+  [ChatEvent.Receipt]: (receipt: Receipt) => void;
+  [ChatEvent.Typing]: (typing: Typing) => void;
 }
 
 type Listener = (...args: never[]) => unknown;

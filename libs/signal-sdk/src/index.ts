@@ -21,7 +21,11 @@ export {
   TypedEventEmitter,
   type ChatEventHandlerMap,
   type IncomingMessage,
+  type OutboxSendFailed,
+  type OutboxSent,
+  type Receipt,
   type SessionReset,
+  type Typing,
 } from './events.js';
 export {
   SecureChatError,
@@ -33,15 +37,18 @@ export type { DeviceId, KyberPreKeyId, MessageId, PreKeyId, RegistrationId, Sign
 export {
   KeyIdKind,
   MAX_PENDING_MESSAGES,
+  MAX_PROCESSED_ENVELOPES,
   MAX_RECEIVED_MESSAGES,
   MAX_SENT_MESSAGES_PER_PEER,
   SESSION_REPAIR_WINDOW_MS,
   SecureChatIdentityKeyStore,
   SecureChatKyberPreKeyStore,
   SecureChatMetadataStore,
+  SecureChatSessionStore,
   SecureChatSignedPreKeyStore,
   type AccountRecord,
   type LocalIdentity,
+  type OutgoingMessageRecord,
   type PeerIdentityRecord,
   type PendingMessage,
   type ReceivedMessageRecord,
@@ -52,7 +59,14 @@ export {
   type TrustedIdentity,
 } from './stores/stores.js';
 export { amendStores } from './stores/memory-stores.js';
-export { CONTENT_VERSION, ContentKind, MAX_BODY_BYTES, PADDING_BLOCK, SESSION_RESET_REQUEST_BODY_BYTES } from './session/content.js';
+export {
+  CONTENT_VERSION,
+  ContentKind,
+  MAX_BODY_BYTES,
+  MAX_RECEIPT_TIMESTAMPS,
+  PADDING_BLOCK,
+  SESSION_RESET_REQUEST_BODY_BYTES,
+} from './session/content.js';
 export { DEFAULT_SESSION_RESET_INTERVAL_MS } from './session/session-repair.js';
 export { generateRecoverySecret } from './backup/recovery-secret.js';
 export {

@@ -1,7 +1,15 @@
 import { createHash, randomUUID } from 'node:crypto';
 import PQueue from 'p-queue';
-import { ProtocolAddress, PublicKey } from '@signalapp/libsignal-client';
-import type { AuthResponse, BackupResponse, Envelope, PreKeyBundleResponse, SendMessageRequest, ServerFrame } from '@chat/protocol';
+import { PrivateKey, ProtocolAddress, PublicKey } from '@signalapp/libsignal-client';
+import type {
+  AuthResponse,
+  BackupResponse,
+  Envelope,
+  PreKeyBundleResponse,
+  ProvisioningSlotResponse,
+  SendMessageRequest,
+  ServerFrame,
+} from '@chat/protocol';
 import {
   ClientFrameType,
   CloseCode,
@@ -12,6 +20,7 @@ import {
   MAX_PREKEYS_PER_UPLOAD,
   PASSWORD_MAX_LENGTH,
   PASSWORD_MIN_LENGTH,
+  PROVISIONING_SECRET_PATTERN,
   ServerFrameType,
   USERNAME_PATTERN,
   canonicalUsername,
@@ -19,6 +28,9 @@ import {
 import { exportAccountState, restoreAccountState } from './backup/account-backup.js';
 import { DEFAULT_BACKUP_KDF, isSupportedKdf, openBackup, sealBackup, type BackupKdfParams } from './backup/backup-format.js';
 import { parseRecoverySecret } from './backup/recovery-secret.js';
+import { DEFAULT_LINK_POLL_INTERVAL_MS, awaitProvisioningMessage } from './devices/device-linking.js';
+import { formatLinkUri, parseLinkUri } from './devices/link-uri.js';
+import { openProvisioningMessage, sealProvisioningMessage } from './devices/provisioning-message.js';
 import { SecureChatError, SecureChatErrorCode, type IncomingMessageContext } from './errors.js';
 import {
   ChatEvent,
@@ -27,7 +39,9 @@ import {
   TypedEventEmitter,
   type ChatEventHandlerMap,
   type IncomingMessage,
+  type Receipt,
   type SessionReset,
+  type Typing,
 } from './events.js';
 import {
   IDENTITY_POLICIES,
@@ -42,7 +56,7 @@ import {
 import type { SafetyNumber } from './identity/safety-number.js';
 import { asDeviceId, asMessageId, type DeviceId } from './ids.js';
 import { amendStores } from './stores/memory-stores.js';
-import { SESSION_REPAIR_WINDOW_MS, type AccountRecord, type LocalIdentity, type SecureChatStores } from './stores/stores.js';
+import { SESSION_REPAIR_WINDOW_MS, type OutgoingMessageRecord, type AccountRecord, type LocalIdentity, type SecureChatStores } from './stores/stores.js';
 import {
   ContentFormatError,
   ContentKind,
@@ -51,7 +65,16 @@ import {
   decodeText,
   encodeContent,
   encodeSessionResetRequest,
+  encodeSyncCopy,
   sessionResetSince,
+  MAX_RECEIPT_TIMESTAMPS,
+  ReceiptType,
+  TypingAction,
+  encodeReceipt,
+  encodeTyping,
+  receiptOf,
+  syncCopyOf,
+  typingOf,
   type MessageContent,
 } from './session/content.js';
 import { DecryptFailure, DecryptFailureKind, PeerSessions } from './session/peer-sessions.js';
@@ -64,7 +87,7 @@ import {
 } from './keys/key-maintenance.js';
 import { generateLocalIdentity } from './keys/prekeys.js';
 import { BackOff, type BackOffOptions } from './transport/back-off.js';
-import { HttpRelayTransport, relayUrlsOf } from './transport/http-relay-transport.js';
+import { HttpRelayTransport, deviceListsOf, relayUrlsOf } from './transport/http-relay-transport.js';
 import type { RelaySocket, RelayTransport } from './transport/relay-transport.js';
 import { RetryAfterMemory } from './transport/retry-after.js';
 
@@ -134,6 +157,12 @@ export interface SecureChatClientOptions {
    * (default 60 s). Lower it only in tests.
    */
   sessionResetIntervalMs?: number;
+  /**
+   * Send a delivery receipt to the sender of each message once the `message`
+   * listeners have returned (default true); receipts for one sender are
+   * batched while more messages are waiting. Never for a sync copy.
+   */
+  deliveryReceipts?: boolean;
 }
 
 /** A peer's identity key as this install knows it. */
@@ -146,12 +175,68 @@ export interface PeerIdentity {
 
 /** What `send` returns. */
 export interface SentMessage {
+  /** The send's UUID: the one passed to `send`, or a fresh one. The relay stores a repeat of it only once. */
+  id: string;
   /** The timestamp put inside the encrypted content. */
   timestamp: number;
   /** When the relay stored the message. */
   serverTimestamp: number;
   /** The recipient devices the message was encrypted for. */
   devices: DeviceId[];
+  /** This account's other devices that got a sync copy. */
+  syncDevices: DeviceId[];
+}
+
+/** Options of `send`. */
+export interface SendOptions {
+  /**
+   * The send's UUID (default: a fresh one). Pass the id of an earlier send
+   * to make a retry of it: while that send is still in the outbox, this call
+   * waits for it (the new body is not used); once the relay accepted it, the
+   * relay stores nothing again and answers as it did then.
+   */
+  id?: string;
+}
+
+/** A `send()` call of this run waiting for its outbox entry. */
+interface OutboxWaiter {
+  promise: Promise<SentMessage>;
+  resolve(sent: SentMessage): void;
+  reject(error: SecureChatError): void;
+}
+
+/** What a fan-out sends besides `messages`. */
+interface FanOutOptions {
+  /** The relay request's `id` (idempotency). */
+  id?: string;
+  /** Content for the sender's other devices (`sync`); none when the recipient is this account. */
+  syncContent?: Uint8Array<ArrayBuffer>;
+  ephemeral?: boolean;
+}
+
+interface FanOutResult {
+  serverTimestamp: number;
+  devices: DeviceId[];
+  syncDevices: DeviceId[];
+}
+
+/** What `beginLinking` returns. */
+export interface LinkingSession {
+  /** The link URI to show (as a QR code) to a signed-in device of the account, for `approveLink`. */
+  uri: string;
+  /** Resolves once this install is the account's new device, signed in with its keys uploaded. */
+  completion: Promise<void>;
+}
+
+/** One device of the account, as `listDevices` returns it. */
+export interface AccountDevice {
+  deviceId: DeviceId;
+  /** When it was registered or linked, ms since the epoch. */
+  createdAt: number;
+  /** Whether it has uploaded its keys (only such devices receive messages). */
+  hasKeys: boolean;
+  /** This install's own device. */
+  current: boolean;
 }
 
 interface AuthSession {
@@ -177,6 +262,7 @@ type OpenedMessage = (
   | { malformed: ContentFormatError }
   | { resendOfDelivered: true }
   | { resetFromNewIdentity: true }
+  | { alreadyProcessed: true }
 ) & {
   fresh: boolean;
   /** The sender's key changed in this decryption. */
@@ -186,7 +272,12 @@ type OpenedMessage = (
 };
 
 /** What became of an envelope: a message for the app, nothing more to do (ack it), or unreadable (report, then ack). */
-type ReceivedEnvelope = { message: MessageContent; identity: IdentityStatus } | { handled: true } | { dropped: SecureChatError };
+type ReceivedEnvelope =
+  | { message: MessageContent; identity: IdentityStatus }
+  | { receipt: Receipt }
+  | { typing: Typing }
+  | { handled: true }
+  | { dropped: SecureChatError };
 
 /** Refresh this long before the access token expires (at most a fifth of its lifetime). */
 const REFRESH_MARGIN_MS = 60_000;
@@ -199,6 +290,12 @@ const RESET_REASON_OF: Partial<Record<DecryptFailureKind, SessionResetReason>> =
   [DecryptFailureKind.InvalidMessage]: SessionResetReason.InvalidMessage,
   [DecryptFailureKind.UnknownPreKey]: SessionResetReason.UnknownPreKey,
 };
+
+/** Correction rounds after a 409 or 410 before a fan-out gives up (docs/architecture.md, "Fan-out and device correction"). */
+const MAX_DEVICE_CORRECTIONS = 3;
+
+/** The relay's `@IsUUID()`: any version. */
+const UUID_PATTERN = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 
 const isUserContent = (kind: ContentKind) => kind === ContentKind.Text || kind === ContentKind.Bytes;
 const sha256 = (bytes: Uint8Array) => new Uint8Array(createHash('sha256').update(bytes).digest());
@@ -242,6 +339,10 @@ export class SecureChatClient extends TypedEventEmitter<ChatEvent, ChatEventHand
   private credentialChange: { done: Promise<unknown>; reconnect: boolean } | undefined;
   /** Set by `deleteAccount`: the account is gone, the client is of no further use. */
   private accountDeleted = false;
+  /** Set when the relay says this device was unlinked: like `accountDeleted`, the client is of no further use. */
+  private deviceUnlinked = false;
+  /** A `beginLinking` is under way. */
+  private linking = false;
 
   private state = ConnectionState.Disconnected;
   private wantConnected = false;
@@ -249,6 +350,16 @@ export class SecureChatClient extends TypedEventEmitter<ChatEvent, ChatEventHand
   private socketGeneration = 0;
   private reconnectTimer: NodeJS.Timeout | undefined;
   private readonly pendingSends = new Map<string, PendingSend>();
+  /** The `send()` calls of this run awaiting their outbox entry, by send id. */
+  private readonly outboxWaiters = new Map<string, OutboxWaiter>();
+  /** The one sender loop, while it runs (docs/architecture.md, "The outbox"). */
+  private outboxRun: Promise<void> | undefined;
+  /** A `send()` or a connect asked for the loop while it ran: it runs again when it stops. */
+  private outboxKicked = false;
+  /** Ends a loop's wait before a retry (a reconnect, or `close`). */
+  private outboxWake: (() => void) | undefined;
+  /** Spaces retries of a send the relay failed while the socket stayed open (timeout, 5xx). */
+  private readonly outboxBackOff: BackOff;
   /** Incoming frames are handled one at a time, in the order the relay sent them. */
   private readonly incoming = new PQueue({ concurrency: 1 });
   /**
@@ -257,6 +368,9 @@ export class SecureChatClient extends TypedEventEmitter<ChatEvent, ChatEventHand
    * content is kept in the metadata store's pending messages until the ack.
    */
   private readonly inFlight = new Set<string>();
+  private readonly deliveryReceipts: boolean;
+  /** Content timestamps of messages handed to the app whose delivery receipt is not sent yet, per sender. */
+  private readonly deliveryReceiptBatches = new Map<string, number[]>();
 
   private constructor(options: SecureChatClientOptions) {
     super();
@@ -264,6 +378,7 @@ export class SecureChatClient extends TypedEventEmitter<ChatEvent, ChatEventHand
     this.transport = options.transport ?? new HttpRelayTransport(options.relayUrl);
     this.autoAck = options.autoAck ?? true;
     this.backOff = new BackOff(options.backOff);
+    this.outboxBackOff = new BackOff(options.backOff);
     this.sendTimeoutMs = options.sendTimeoutMs ?? 30_000;
     this.now = options.now ?? Date.now;
     this.logger = options.logger ?? {};
@@ -274,6 +389,7 @@ export class SecureChatClient extends TypedEventEmitter<ChatEvent, ChatEventHand
       throw new SecureChatError(SecureChatErrorCode.InvalidOptions, 'sessionResetIntervalMs must be a positive integer');
     }
     this.repair = new SessionRepairLimiter(this.sessionResetIntervalMs, this.now);
+    this.deliveryReceipts = options.deliveryReceipts ?? true;
     const oneTimePreKeyBatch = options.oneTimePreKeyBatch ?? MAX_PREKEYS_PER_UPLOAD;
     if (!Number.isInteger(oneTimePreKeyBatch) || oneTimePreKeyBatch < 1 || oneTimePreKeyBatch > MAX_PREKEYS_PER_UPLOAD) {
       throw new SecureChatError(SecureChatErrorCode.InvalidOptions, `oneTimePreKeyBatch must be 1..${MAX_PREKEYS_PER_UPLOAD}`);
@@ -358,7 +474,8 @@ export class SecureChatClient extends TypedEventEmitter<ChatEvent, ChatEventHand
     if (stored && stored.username !== canonicalUsername(username)) {
       throw new SecureChatError(SecureChatErrorCode.InvalidState, 'the stores belong to another account');
     }
-    await this.keepAuth(await this.transport.login({ username, password: checkPassword(password) }));
+    // A linked install signs in as its own device, not the primary.
+    await this.keepAuth(await this.transport.login({ username, password: checkPassword(password) }, stored?.deviceId));
     await this.saveAccount();
     await this.maintainKeys();
   }
@@ -419,20 +536,34 @@ export class SecureChatClient extends TypedEventEmitter<ChatEvent, ChatEventHand
   }
 
   /**
-   * Encrypts `body` for every device of `username` and hands it to the relay:
-   * over the WebSocket when connected, else over HTTP. Without a session, the
-   * recipient's prekey bundle is fetched first (PQXDH); a bundle whose
-   * identity key differs from the one this install knows is an identity
-   * change (`identityChanged`), and under `identityPolicy: 'block'` nothing
-   * is sent to the new key until the app accepts it.
-   * @throws {SecureChatError} `InvalidArgument`, `InvalidState`, `RelayRejected` (e.g. `UNKNOWN_RECIPIENT`,
-   *   or `RATE_LIMITED` with `retryAfter` for the bundle fetch), `InvalidPreKeyBundle`, `IdentityChanged`,
-   *   `EncryptionFailed`, `Network`, `ConnectionLost`, `Timeout`, `CredentialsChanged`.
+   * Queues `body` for `username` in the outbox (the metadata store) and
+   * resolves once the relay accepted it. One sender loop sends the outbox in
+   * order, one message at a time, so messages to a peer arrive in the order
+   * sent (docs/architecture.md, "The outbox"). Each message is encrypted for
+   * every device of `username` and, as a sync copy, for this account's other
+   * devices; the relay's 409 and 410 answers are corrected and retried
+   * (fetching bundles, dropping sessions of devices that left). A session
+   * with a peer starts from its prekey bundle (PQXDH); a bundle whose
+   * identity key differs from the known one is an identity change
+   * (`identityChanged`), and under `identityPolicy: 'block'` nothing is sent
+   * to the new key until the app accepts it.
+   *
+   * A transient failure (`Network`, `ConnectionLost`, `Timeout`, a relay 5xx)
+   * after `connect()` keeps the message queued and this call waiting: it is
+   * sent again, same id, once reconnected (or after a back-off while the
+   * socket stays open). Without `connect()` (or after `close()`), this call
+   * rejects with the transient error and the message stays queued: the next
+   * `send` or `connect` sends it first, and reports it with `sent` or
+   * `sendFailed`. A permanent refusal removes it and rejects.
+   * @throws {SecureChatError} `InvalidArgument`, `InvalidState`, a store's failure (nothing queued);
+   *   then `RelayRejected` (e.g. `UNKNOWN_RECIPIENT`, `MISMATCHED_DEVICES` after 3 corrections, or
+   *   `RATE_LIMITED` with `retryAfter` for the bundle fetch), `InvalidPreKeyBundle`, `IdentityChanged`,
+   *   `EncryptionFailed` (removed from the outbox); `Network`, `ConnectionLost`, `Timeout` (not connected:
+   *   still queued); `CredentialsChanged`, `SessionExpired`, `DeviceUnlinked`, `StoreFailure` (still queued).
    */
-  async send(username: string, body: string | Uint8Array): Promise<SentMessage> {
+  async send(username: string, body: string | Uint8Array, options: SendOptions = {}): Promise<SentMessage> {
     this.requireAuth();
-    const to = canonicalUsername(username);
-    if (!USERNAME_PATTERN.test(to)) throw new SecureChatError(SecureChatErrorCode.InvalidArgument, 'not a valid username');
+    const to = checkUsername(username);
     const isText = typeof body === 'string';
     const bytes = isText ? new TextEncoder().encode(body) : body;
     if (!isText && !(bytes instanceof Uint8Array)) {
@@ -441,25 +572,21 @@ export class SecureChatClient extends TypedEventEmitter<ChatEvent, ChatEventHand
     if (bytes.length > MAX_BODY_BYTES) {
       throw new SecureChatError(SecureChatErrorCode.InvalidArgument, `body larger than ${MAX_BODY_BYTES} bytes`);
     }
-    const timestamp = this.nextContentTimestamp();
-    const plaintext = encodeContent({ kind: isText ? ContentKind.Text : ContentKind.Bytes, timestamp, body: bytes });
+    const id = options.id ?? randomUUID();
+    if (typeof id !== 'string' || !UUID_PATTERN.test(id)) throw new SecureChatError(SecureChatErrorCode.InvalidArgument, 'id must be a UUID');
 
-    return this.sessions.withPeer(to, async () => {
-      await this.trust.assertSendable(this.stores, to);
-      let devices = await this.devicesWithSession(to);
-      if (devices.length === 0) devices = await this.openSessions(to);
-      let serverTimestamp: number;
-      try {
-        serverTimestamp = await this.transmit(to, devices, plaintext);
-      } catch (error) {
-        if (!SecureChatError.isRelay(error, ErrorCode.MismatchedDevices)) throw error;
-        // The recipient added or removed a device: address exactly the devices its bundle names now.
-        devices = await this.openSessions(to);
-        serverTimestamp = await this.transmit(to, devices, plaintext);
-      }
-      await this.keepForResend(to, devices, timestamp, serverTimestamp, plaintext);
-      return { timestamp, devices, serverTimestamp };
-    });
+    const waiting = this.outboxWaiters.get(id);
+    if (waiting) return waiting.promise;
+    const queued = (await this.stores.metadata.getOutgoing()).some((message) => message.id === id);
+    if (!queued) {
+      const timestamp = this.nextContentTimestamp();
+      const content = encodeContent({ kind: isText ? ContentKind.Text : ContentKind.Bytes, timestamp, body: bytes });
+      await this.stores.metadata.saveOutgoing({ id, recipient: to, content, timestamp, queuedAt: this.now() });
+    }
+    const waiter = this.outboxWaiters.get(id) ?? newOutboxWaiter();
+    this.outboxWaiters.set(id, waiter);
+    this.kickOutbox();
+    return waiter.promise;
   }
 
   /** Closes the connection and stops reconnecting, refreshing and key maintenance. Unacked messages stay on the relay. */
@@ -473,6 +600,7 @@ export class SecureChatClient extends TypedEventEmitter<ChatEvent, ChatEventHand
     this.socket = null;
     socket?.close(CloseCode.Normal, 'client closed');
     this.failPendingSends();
+    this.wakeOutbox();
     this.incoming.clear();
     this.setState(ConnectionState.Disconnected);
   }
@@ -673,6 +801,152 @@ export class SecureChatClient extends TypedEventEmitter<ChatEvent, ChatEventHand
     await this.stores.metadata.saveRefreshToken(null);
   }
 
+  // --- devices ----------------------------------------------------------------
+
+  /**
+   * Makes this new install (empty stores, not signed in) a new device of an
+   * existing account (docs/architecture.md, "Linking a device"). Opens a
+   * provisioning slot at the relay and a fresh ephemeral key pair, whose
+   * private half stays in memory, and returns the link URI to show to a
+   * signed-in device of the account, which passes it to `approveLink`.
+   * `completion` then asks the relay every `pollIntervalMs` (default 2 s)
+   * whether the link was approved; once it was, opens the sealed message,
+   * links the device, saves the account's identity key pair with a fresh
+   * registration id, signs in as the new device (the refresh token is kept
+   * for `resume`) and uploads its keys. Afterwards `login` and `resume` work
+   * as for any install.
+   * @throws {SecureChatError} `InvalidArgument` (a `pollIntervalMs` that is not a positive integer),
+   *   `InvalidState` (the stores already hold an identity or account, this client is signed in, or a
+   *   linking is under way), `RelayRejected` (e.g. `RATE_LIMITED`), `Network`.
+   *   `completion` rejects with `LinkExpired` (not approved before the slot expired), `DecryptionFailed`
+   *   or `MalformedContent` (the sealed message does not open or is not a valid provisioning message),
+   *   `RelayRejected` (e.g. `TOO_MANY_DEVICES`), `Network`, or `signal.reason` once aborted; nothing is
+   *   saved in the stores before the relay has linked the device.
+   */
+  async beginLinking(options: { pollIntervalMs?: number; signal?: AbortSignal } = {}): Promise<LinkingSession> {
+    this.assertNotDeleted();
+    const pollIntervalMs = options.pollIntervalMs ?? DEFAULT_LINK_POLL_INTERVAL_MS;
+    if (!Number.isSafeInteger(pollIntervalMs) || pollIntervalMs < 1) {
+      throw new SecureChatError(SecureChatErrorCode.InvalidArgument, 'pollIntervalMs must be a positive integer');
+    }
+    if (this.auth || this.linking) throw new SecureChatError(SecureChatErrorCode.InvalidState, 'this client is signed in or already linking');
+    options.signal?.throwIfAborted();
+    this.linking = true;
+    let slot: ProvisioningSlotResponse;
+    const ephemeral = PrivateKey.generate();
+    let uri: string;
+    try {
+      await this.assertFreshInstall();
+      slot = checkProvisioningSlot(await this.transport.createProvisioningSlot());
+      uri = formatLinkUri({ slotId: slot.id, publicKey: ephemeral.getPublicKey() });
+    } catch (error) {
+      this.linking = false;
+      throw error;
+    }
+    const completion = this.completeLinking(slot, ephemeral, pollIntervalMs, options.signal).finally(() => {
+      this.linking = false;
+    });
+    // The app awaits `completion`; until it does, a rejection must not end the process.
+    completion.catch(() => undefined);
+    return { uri, completion };
+  }
+
+  /**
+   * Approves a new device's link request: seals this account's identity key
+   * pair and username to the key in `uri` (libsignal HPKE, bound to the
+   * slot) and hands the sealed message to the relay, which cannot read it.
+   * Only pass a URI the user scanned from their own new device: whoever
+   * holds its key gets the account's identity key.
+   * @throws {SecureChatError} `InvalidArgument` (not a link URI), `InvalidState` before sign-in,
+   *   `NoLocalIdentity`, `RelayRejected` (`PROVISIONING_NOT_FOUND`: unknown, expired or already approved;
+   *   `TOO_MANY_DEVICES`), `DeviceUnlinked`, `CredentialsChanged`, `Network`.
+   */
+  async approveLink(uri: string): Promise<void> {
+    this.requireAuth();
+    const link = parseLinkUri(uri);
+    const identity = await this.stores.identity.getLocalIdentity();
+    if (!identity) throw new SecureChatError(SecureChatErrorCode.NoLocalIdentity, 'the stores hold no identity key');
+    const sealed = sealProvisioningMessage({ username: this.localAccount().username, identityKeyPair: identity.identityKeyPair }, link.publicKey, link.slotId);
+    await this.authorized((token) => this.transport.putProvisioningMessage(token, link.slotId, { message: base64(sealed) }));
+  }
+
+  /**
+   * The account's devices, ascending by id.
+   * @throws {SecureChatError} `InvalidState` before sign-in, `RelayRejected`, `DeviceUnlinked`, `Network`.
+   */
+  async listDevices(): Promise<AccountDevice[]> {
+    this.requireAuth();
+    const answer = await this.authorized((token) => this.transport.listDevices(token));
+    if (!Array.isArray(answer?.devices)) throw new SecureChatError(SecureChatErrorCode.Network, 'the relay answered without a device list');
+    const own = this.account?.deviceId;
+    return answer.devices.map((device) => ({
+      deviceId: asDeviceId(device.deviceId),
+      createdAt: device.createdAt,
+      hasKeys: device.hasKeys,
+      current: device.deviceId === own,
+    }));
+  }
+
+  /**
+   * Unlinks a device of the account: the relay deletes it with its keys and
+   * queued messages, and that install stops with `DeviceUnlinked`. Peers
+   * learn of it at their next send (410) and drop their sessions with it.
+   * Unlinking this install's own device ends this client the same way.
+   * @throws {SecureChatError} `InvalidArgument` (not a device id), `InvalidState` before sign-in,
+   *   `RelayRejected` (`PRIMARY_DEVICE` for device 1, `DEVICE_NOT_FOUND`), `DeviceUnlinked`, `Network`.
+   */
+  async unlinkDevice(deviceId: number): Promise<void> {
+    this.requireAuth();
+    if (!Number.isInteger(deviceId) || deviceId < DEVICE_ID_MIN || deviceId > DEVICE_ID_MAX) {
+      throw new SecureChatError(SecureChatErrorCode.InvalidArgument, `deviceId must be ${DEVICE_ID_MIN}..${DEVICE_ID_MAX}`);
+    }
+    await this.authorized((token) => this.transport.unlinkDevice(token, deviceId));
+  }
+
+  private async completeLinking(slot: ProvisioningSlotResponse, ephemeral: PrivateKey, pollIntervalMs: number, signal?: AbortSignal): Promise<void> {
+    const sealed = await awaitProvisioningMessage(this.transport, slot, { pollIntervalMs, signal, now: this.now });
+    const contents = openProvisioningMessage(sealed, ephemeral, slot.id);
+    signal?.throwIfAborted();
+    await this.assertFreshInstall();
+    const auth = await this.transport.linkDevice({ provisioningId: slot.id, secret: slot.secret });
+    if (canonicalUsername(auth.username) !== contents.username) {
+      throw new SecureChatError(SecureChatErrorCode.MalformedContent, 'the provisioning message names another account than the relay linked');
+    }
+    const account: AccountRecord = { username: contents.username, deviceId: asDeviceId(auth.deviceId) };
+    // Every device of the account shares its identity key; the registration id is the device's own.
+    const identity: LocalIdentity = { identityKeyPair: contents.identityKeyPair, registrationId: generateLocalIdentity().registrationId };
+    await this.transaction(async (stores) => {
+      await stores.identity.saveLocalIdentity(identity);
+      await stores.metadata.saveAccount(account);
+    });
+    await this.keepAuth(auth);
+    await this.keys.uploadInitialKeys();
+  }
+
+  /** @throws {SecureChatError} `InvalidState` when the stores already hold an identity or an account. */
+  private async assertFreshInstall(): Promise<void> {
+    if ((await this.stores.identity.getLocalIdentity()) || (await this.stores.metadata.getAccount())) {
+      throw new SecureChatError(SecureChatErrorCode.InvalidState, 'linking needs empty stores; these already hold an identity or account');
+    }
+  }
+
+  /**
+   * The relay says this device was unlinked: its tokens are dead for good.
+   * Stops like a credential change (connection, refresh, keys; the stored
+   * refresh token is cleared), closes the client and tells the app once.
+   */
+  private stopForUnlinkedDevice(cause?: unknown): SecureChatError {
+    const error = new SecureChatError(SecureChatErrorCode.DeviceUnlinked, 'this device was unlinked from the account', {
+      cause,
+      relayCode: ErrorCode.DeviceUnlinked,
+    });
+    const first = !this.deviceUnlinked;
+    this.deviceUnlinked = true;
+    this.stopForChangedCredentials(false);
+    if (first) this.emit(ChatEvent.Error, error);
+    return error;
+  }
+
   // --- keys and account -----------------------------------------------------
 
   private async ensureLocalIdentity(): Promise<LocalIdentity> {
@@ -745,6 +1019,7 @@ export class SecureChatClient extends TypedEventEmitter<ChatEvent, ChatEventHand
 
   private assertNotDeleted(): void {
     if (this.accountDeleted) throw new SecureChatError(SecureChatErrorCode.InvalidState, 'the account was deleted; this client is closed');
+    if (this.deviceUnlinked) throw new SecureChatError(SecureChatErrorCode.InvalidState, 'this device was unlinked; this client is closed');
   }
 
   private requireAuth(): AuthSession {
@@ -800,6 +1075,7 @@ export class SecureChatClient extends TypedEventEmitter<ChatEvent, ChatEventHand
         return await request(this.requireAuth().accessToken);
       }
     } catch (error) {
+      if (SecureChatError.isRelay(error, ErrorCode.DeviceUnlinked)) throw this.stopForUnlinkedDevice(error);
       if (!SecureChatError.isRelay(error, ErrorCode.CredentialsChanged)) throw error;
       const change = this.credentialChange;
       if (change && !ownCredentialChange) {
@@ -873,6 +1149,9 @@ export class SecureChatClient extends TypedEventEmitter<ChatEvent, ChatEventHand
     this.socket = socket;
     this.backOff.reset();
     this.setState(ConnectionState.Connected);
+    // A loop waiting for the connection retries now; an outbox left from an earlier run starts.
+    this.wakeOutbox();
+    this.kickOutbox();
     void this.pruneMessageLogsIfDue();
     this.keys.start((error) => this.report(error));
     this.maintainKeysInBackground();
@@ -901,6 +1180,10 @@ export class SecureChatClient extends TypedEventEmitter<ChatEvent, ChatEventHand
         },
         () => this.stopForChangedCredentials(),
       );
+      return;
+    }
+    if (code === CloseCode.DeviceUnlinked) {
+      this.stopForUnlinkedDevice();
       return;
     }
     if (code === CloseCode.ConnectionReplaced) {
@@ -981,7 +1264,7 @@ export class SecureChatClient extends TypedEventEmitter<ChatEvent, ChatEventHand
         const error = new SecureChatError(
           frame.requestId ? SecureChatErrorCode.RelayRejected : SecureChatErrorCode.RelayError,
           `relay error frame (${frame.code})`,
-          { relayCode: frame.code, details: frame.details },
+          { relayCode: frame.code, details: frame.details, ...deviceListsOf(frame) },
         );
         const pending = frame.requestId ? this.pendingSends.get(frame.requestId) : undefined;
         if (pending && frame.requestId) {
@@ -1000,10 +1283,318 @@ export class SecureChatClient extends TypedEventEmitter<ChatEvent, ChatEventHand
 
   // --- sending --------------------------------------------------------------
 
-  private async devicesWithSession(username: string): Promise<DeviceId[]> {
+  // The outbox (docs/architecture.md, "The outbox"). One loop sends the
+  // oldest queued message until the outbox is empty or a failure stops it.
+
+  /** Starts the sender loop, or has it run again once the running pass stops. */
+  private kickOutbox(): void {
+    if (this.outboxRun) {
+      this.outboxKicked = true;
+      return;
+    }
+    this.outboxKicked = false;
+    this.outboxRun = this.runOutbox()
+      .catch((error: unknown) => this.report(error))
+      .finally(() => {
+        this.outboxRun = undefined;
+        if (this.outboxKicked && this.auth) this.kickOutbox();
+      });
+  }
+
+  private async runOutbox(): Promise<void> {
+    for (;;) {
+      if (!this.auth || this.accountDeleted) {
+        this.rejectOutboxWaiters(new SecureChatError(SecureChatErrorCode.InvalidState, 'signed out; the message stays in the outbox'));
+        return;
+      }
+      let next: OutgoingMessageRecord | undefined;
+      try {
+        [next] = await this.stores.metadata.getOutgoing();
+      } catch (cause) {
+        this.rejectOutboxWaiters(storeFailure(cause, 'the outbox could not be read'));
+        return;
+      }
+      if (!next) return;
+      const outcome = await this.sendOutgoing(next);
+      if (outcome === 'stop') return;
+      if (outcome === 'retry') {
+        await this.waitToRetryOutbox();
+        if (!this.wantConnected) {
+          this.rejectOutboxWaiters(
+            new SecureChatError(SecureChatErrorCode.ConnectionLost, 'the client closed before the relay accepted the message; it stays in the outbox'),
+          );
+          return;
+        }
+      }
+    }
+  }
+
+  /**
+   * One attempt at the oldest outbox message. `next`: it left the outbox
+   * (sent, or refused for good); `retry`: a transient failure while
+   * connected, try again; `stop`: it stays queued and the loop stops.
+   */
+  private async sendOutgoing(message: OutgoingMessageRecord): Promise<'next' | 'retry' | 'stop'> {
+    let result: FanOutResult;
+    let syncContent: Uint8Array<ArrayBuffer> | undefined;
+    const content = new Uint8Array(message.content);
+    try {
+      const own = this.localAccount().username;
+      if (message.recipient !== own) {
+        try {
+          syncContent = encodeSyncCopy(message.recipient, decodeContent(content));
+        } catch (cause) {
+          throw new SecureChatError(SecureChatErrorCode.EncryptionFailed, 'the queued content is not a message this version sends', { cause });
+        }
+      }
+      result = await this.withSendLocks(message.recipient, syncContent !== undefined, () =>
+        this.fanOut(message.recipient, content, { id: message.id, syncContent }),
+      );
+    } catch (cause) {
+      const error = SecureChatError.is(cause) ? cause : new SecureChatError(SecureChatErrorCode.EncryptionFailed, 'the send failed', { cause });
+      const kind = outboxFailureKind(error);
+      if (kind === 'transient' && this.wantConnected) {
+        this.logger.debug?.(`send ${message.id} failed (${error.code}); kept in the outbox for a retry`);
+        return 'retry';
+      }
+      if (kind !== 'permanent') {
+        this.rejectOutboxWaiters(error);
+        return 'stop';
+      }
+      try {
+        await this.stores.metadata.removeOutgoing(message.id);
+      } catch (removal) {
+        this.rejectOutboxWaiters(storeFailure(removal, 'a refused message could not be removed from the outbox'));
+        return 'stop';
+      }
+      this.settleOutgoing(message, { error });
+      return 'next';
+    }
+    this.outboxBackOff.reset();
+    const sent: SentMessage = { id: message.id, timestamp: message.timestamp, ...result };
+    await this.keepForResend(message.recipient, result.devices, message.timestamp, result.serverTimestamp, content);
+    if (syncContent && result.syncDevices.length > 0) {
+      await this.keepForResend(this.localAccount().username, result.syncDevices, message.timestamp, result.serverTimestamp, syncContent);
+    }
+    try {
+      await this.stores.metadata.removeOutgoing(message.id);
+    } catch (cause) {
+      // Sent: the caller learns so. A later attempt repeats the id, which the relay stores only once.
+      this.settleOutgoing(message, { sent });
+      this.rejectOutboxWaiters(storeFailure(cause, 'a sent message could not be removed from the outbox'));
+      return 'stop';
+    }
+    this.settleOutgoing(message, { sent });
+    return 'next';
+  }
+
+  /** Resolves or rejects the `send()` call waiting for `message`, or, when none waits, emits `sent` or `sendFailed`. */
+  private settleOutgoing(message: OutgoingMessageRecord, outcome: { sent: SentMessage } | { error: SecureChatError }): void {
+    const waiter = this.outboxWaiters.get(message.id);
+    this.outboxWaiters.delete(message.id);
+    try {
+      if ('sent' in outcome) {
+        if (waiter) waiter.resolve(outcome.sent);
+        else {
+          const { id, timestamp, serverTimestamp } = outcome.sent;
+          this.emit(ChatEvent.Sent, { id, recipient: message.recipient, timestamp, serverTimestamp });
+        }
+      } else if (waiter) {
+        waiter.reject(outcome.error);
+      } else {
+        this.emit(ChatEvent.SendFailed, { id: message.id, recipient: message.recipient, timestamp: message.timestamp, error: outcome.error });
+      }
+    } catch (cause) {
+      this.emit(ChatEvent.Error, new SecureChatError(SecureChatErrorCode.ListenerFailed, 'a sent or sendFailed listener threw', { cause }));
+    }
+  }
+
+  /** Every `send()` of this run still waiting rejects with `error`; their messages stay queued. */
+  private rejectOutboxWaiters(error: SecureChatError): void {
+    for (const [id, waiter] of this.outboxWaiters) {
+      this.outboxWaiters.delete(id);
+      waiter.reject(error);
+    }
+  }
+
+  /**
+   * After a transient failure while connected: until the socket is open
+   * again (the reconnect has its own back-off with jitter), or, when it is
+   * open (a timeout, a 5xx), a back-off delay; `close` ends it too.
+   */
+  private waitToRetryOutbox(): Promise<void> {
+    return new Promise((resolve) => {
+      let timer: NodeJS.Timeout | undefined;
+      const done = () => {
+        clearTimeout(timer);
+        if (this.outboxWake === done) this.outboxWake = undefined;
+        resolve();
+      };
+      this.outboxWake = done;
+      if (this.socket?.isOpen) timer = setTimeout(done, this.outboxBackOff.next());
+    });
+  }
+
+  private wakeOutbox(): void {
+    this.outboxWake?.();
+  }
+
+  // Fan-out (docs/architecture.md, "Fan-out and device correction").
+
+  /**
+   * Runs `task` in the recipient's serial queue and, with `sync`, then in
+   * this account's own: the order is always recipient first, own account
+   * last, and nothing takes another peer's queue while holding the own one,
+   * so two fan-outs cannot wait on each other.
+   */
+  private withSendLocks<T>(to: string, sync: boolean, task: () => Promise<T>): Promise<T> {
+    const own = this.localAccount().username;
+    if (!sync || to === own) return this.sessions.withPeer(to, task);
+    return this.sessions.withPeer(to, () => this.sessions.withPeer(own, task));
+  }
+
+  /**
+   * For the receive side (receipts, typing): `plaintext` to every device of
+   * `to` and, with `sync`, the same content to this account's other devices;
+   * `ephemeral` is passed to the relay. Corrects 409/410 like `send`, but
+   * does not go through the outbox. Takes the serial queues itself: call it
+   * outside `withPeer`.
+   * @throws {SecureChatError} as `fanOut`.
+   */
+  private transmitContent(
+    to: string,
+    plaintext: Uint8Array<ArrayBuffer>,
+    options: { ephemeral?: boolean; sync?: boolean } = {},
+  ): Promise<FanOutResult> {
+    const sync = options.sync === true && to !== this.localAccount().username;
+    return this.withSendLocks(to, sync, () =>
+      this.fanOut(to, plaintext, { syncContent: sync ? plaintext : undefined, ephemeral: options.ephemeral }),
+    );
+  }
+
+  /**
+   * Encrypts `plaintext` for every device of `to` that this install has a
+   * session with (opening sessions from the bundle when it has none) and
+   * `syncContent` for every other device of this account, and hands both to
+   * the relay as one send. On 409 (`mismatched`) sessions are opened for the
+   * missing devices and dropped for the extra ones; on 410 (`stale`) the
+   * stale devices' sessions are dropped and opened again from a fresh
+   * bundle; then it is sent again, at most `MAX_DEVICE_CORRECTIONS` times.
+   * Each attempt encrypts afresh. Run under `withSendLocks`.
+   * @throws {SecureChatError} `InvalidArgument` (sending to this account, which has no other device),
+   *   `IdentityChanged`, `InvalidPreKeyBundle`, `EncryptionFailed`, the relay's refusal, `Network`, ...
+   */
+  private async fanOut(to: string, plaintext: Uint8Array<ArrayBuffer>, options: FanOutOptions): Promise<FanOutResult> {
+    const own = this.localAccount().username;
+    await this.trust.assertSendable(this.stores, to);
+    for (let round = 0; ; round++) {
+      let devices = await this.addressedDevices(to);
+      if (devices.length === 0) devices = await this.openSessions(to);
+      if (devices.length === 0) {
+        throw new SecureChatError(SecureChatErrorCode.InvalidArgument, 'this account has no other device to send to');
+      }
+      const syncDevices = options.syncContent ? await this.addressedDevices(own) : [];
+      const request = await this.transaction(async (stores): Promise<SendMessageRequest> => {
+        const request: SendMessageRequest = { to, messages: await this.encryptFor(to, devices, plaintext, stores) };
+        if (options.id) request.id = options.id;
+        if (options.syncContent) request.sync = await this.encryptFor(own, syncDevices, options.syncContent, stores);
+        if (options.ephemeral) request.ephemeral = true;
+        return request;
+      });
+      try {
+        return { serverTimestamp: await this.post(request), devices, syncDevices };
+      } catch (error) {
+        if (round >= MAX_DEVICE_CORRECTIONS || !(await this.correctDevices(to, error))) throw error;
+        this.logger.debug?.(`the relay corrected the devices of a send (${(error as SecureChatError).relayCode}); sending again`);
+      }
+    }
+  }
+
+  /**
+   * One ciphertext per device, each with the registration id its session
+   * has (the relay answers 410 when it is not the device's current one).
+   * One transaction: the ratchets step forward together or not at all.
+   */
+  private async encryptFor(username: string, devices: DeviceId[], plaintext: Uint8Array<ArrayBuffer>, stores: SecureChatStores) {
+    const perDevice: SendMessageRequest['messages'] = [];
+    for (const deviceId of devices) {
+      const { type, ciphertext } = await this.sessions.encrypt(username, deviceId, plaintext, stores);
+      const session = await stores.session.getSession(ProtocolAddress.new(username, deviceId));
+      if (!session) throw new SecureChatError(SecureChatErrorCode.EncryptionFailed, `no session with ${username} device ${deviceId}`);
+      perDevice.push({ deviceId, registrationId: session.remoteRegistrationId(), type, ciphertext: base64(ciphertext) });
+    }
+    return perDevice;
+  }
+
+  /**
+   * Applies the relay's 409 or 410 to the sessions and device lists of the
+   * accounts it names (only `to` and this account are taken). False when
+   * `error` is neither, so there is nothing to correct.
+   */
+  private async correctDevices(to: string, error: unknown): Promise<boolean> {
+    const own = this.localAccount().username;
+    const concerned = (username: string) => username === to || username === own;
+    if (SecureChatError.isRelay(error, ErrorCode.MismatchedDevices)) {
+      const mismatched = (error.mismatched ?? []).filter((entry) => concerned(entry.username));
+      if (mismatched.length === 0) {
+        // No lists (an older relay): take the recipient's devices from its bundle.
+        await this.refreshDevices(to);
+        return true;
+      }
+      for (const { username, missing, extra } of mismatched) {
+        await this.forgetDevices(username, extra.map(asDeviceId));
+        if (missing.length > 0) await this.refreshDevices(username);
+      }
+      return true;
+    }
+    if (SecureChatError.isRelay(error, ErrorCode.StaleDevices)) {
+      const stale = (error.stale ?? []).filter((entry) => concerned(entry.username));
+      if (stale.length === 0) return false;
+      for (const { username, devices } of stale) {
+        await this.forgetDevices(username, devices.map(asDeviceId));
+        await this.refreshDevices(username);
+      }
+      return true;
+    }
+    return false;
+  }
+
+  /** Deletes the sessions with these devices of `username` and drops them from its device list. */
+  private async forgetDevices(username: string, deviceIds: DeviceId[]): Promise<void> {
+    if (deviceIds.length === 0) return;
+    await this.transaction(async (stores) => {
+      for (const deviceId of deviceIds) await stores.session.removeSession(ProtocolAddress.new(username, deviceId));
+      const known = await stores.metadata.getPeerDevices(username);
+      await stores.metadata.savePeerDevices(username, known.filter((deviceId) => !deviceIds.includes(deviceId)));
+    });
+  }
+
+  /**
+   * Takes `username`'s devices from a fresh bundle: opens sessions with the
+   * ones that have none, deletes the sessions of known devices the bundle no
+   * longer names. An own account with no other keyed device has no bundle
+   * (`UNKNOWN_RECIPIENT`): then it has no other devices.
+   */
+  private async refreshDevices(username: string): Promise<void> {
+    const known = await this.stores.metadata.getPeerDevices(username);
+    let current: DeviceId[];
+    try {
+      current = await this.openSessions(username);
+    } catch (error) {
+      if (!(username === this.localAccount().username && SecureChatError.isRelay(error, ErrorCode.UnknownRecipient))) throw error;
+      current = [];
+      await this.stores.metadata.savePeerDevices(username, []);
+    }
+    await this.forgetDevices(username, known.filter((deviceId) => !current.includes(deviceId)));
+  }
+
+  /** The devices of `username` this install has a session with; never this install's own device. */
+  private async addressedDevices(username: string): Promise<DeviceId[]> {
+    const self = this.localAccount();
     const known = await this.stores.metadata.getPeerDevices(username);
     const withSession: DeviceId[] = [];
     for (const deviceId of known) {
+      if (username === self.username && deviceId === self.deviceId) continue;
       if (await this.sessions.hasSession(username, deviceId)) withSession.push(deviceId);
     }
     return withSession;
@@ -1034,31 +1625,40 @@ export class SecureChatClient extends TypedEventEmitter<ChatEvent, ChatEventHand
     } catch (cause) {
       throw new SecureChatError(SecureChatErrorCode.InvalidPreKeyBundle, `the identity key in the bundle of ${username} is invalid`, { cause });
     }
+    if (username === this.localAccount().username) {
+      // Every device of this account shares its identity key: another one is a relay's forgery.
+      const local = await this.stores.identity.getLocalIdentity();
+      if (!local?.identityKeyPair.publicKey.equals(identityKey)) {
+        throw new SecureChatError(SecureChatErrorCode.InvalidPreKeyBundle, "the bundle of this account's devices names another identity key");
+      }
+      return bundle;
+    }
     const { change, sendable } = await this.transaction((stores) => this.trust.recordBundleKey(stores, username, identityKey));
     if (change) this.emitIdentityChanged(change);
     if (!sendable) throw identityChangedError(username);
     return bundle;
   }
 
+  /** Opens sessions with every device in `username`'s bundle that has none, and records them as its devices. */
   private async openSessions(username: string): Promise<DeviceId[]> {
+    const self = this.localAccount();
     const bundle = await this.fetchBundle(username);
+    // The relay leaves the asking device out of its own account's bundle; never address it anyway.
+    const addressable = username === self.username ? { ...bundle, devices: bundle.devices.filter((d) => d.deviceId !== self.deviceId) } : bundle;
     return this.transaction(async (stores) => {
-      const devices = await this.sessions.processBundle(bundle, stores);
+      const devices = await this.sessions.processBundle(addressable, stores);
       await stores.metadata.savePeerDevices(username, devices);
       return devices;
     });
   }
 
+  /**
+   * `plaintext` to exactly these devices of `to`, no correction, no sync
+   * (session repair's resends). Run in `to`'s serial queue. The relay
+   * answers 409 when `devices` is not all of `to`'s devices.
+   */
   private async transmit(to: string, devices: DeviceId[], plaintext: Uint8Array<ArrayBuffer>): Promise<number> {
-    // One transaction: each device's ratchet steps forward together or not at all.
-    const messages = await this.transaction(async (stores) => {
-      const perDevice = [];
-      for (const deviceId of devices) {
-        const { type, ciphertext } = await this.sessions.encrypt(to, deviceId, plaintext, stores);
-        perDevice.push({ deviceId, type, ciphertext: base64(ciphertext) });
-      }
-      return perDevice;
-    });
+    const messages = await this.transaction((stores) => this.encryptFor(to, devices, plaintext, stores));
     return this.post({ to, messages });
   }
 
@@ -1133,6 +1733,99 @@ export class SecureChatClient extends TypedEventEmitter<ChatEvent, ChatEventHand
   // --- receiving ------------------------------------------------------------
 
   /**
+   * Tells `username` that the user read its messages with these
+   * `timestamps` (`IncomingMessage.timestamp`): a read receipt to each of its
+   * devices, stored by the relay until they fetch it (more than
+   * `MAX_RECEIPT_TIMESTAMPS` timestamps go in several receipts).
+   * @throws {SecureChatError} `InvalidArgument` (a bad username, no timestamps, or one that is not an
+   *   integer >= 0), `InvalidState`, and what a send throws (`RelayRejected`, `IdentityChanged`, `Network`, ...).
+   */
+  async sendReadReceipt(username: string, timestamps: number[]): Promise<void> {
+    this.requireAuth();
+    const to = checkUsername(username);
+    if (!Array.isArray(timestamps) || timestamps.length === 0 || !timestamps.every((t) => Number.isSafeInteger(t) && t >= 0)) {
+      throw new SecureChatError(SecureChatErrorCode.InvalidArgument, 'timestamps must be a non-empty array of integers >= 0');
+    }
+    await this.sendReceipt(to, ReceiptType.Read, [...timestamps]);
+  }
+
+  /**
+   * Tells `username`'s devices that the user started (`true`) or stopped
+   * typing. Ephemeral: the relay hands it only to devices connected at that
+   * moment and stores nothing, so it is sent only while this client is
+   * connected, and a device offline then never sees it.
+   * @throws {SecureChatError} `InvalidArgument`, `InvalidState` (not signed in, or not connected), and
+   *   what a send throws.
+   */
+  async sendTyping(username: string, typing: boolean): Promise<void> {
+    this.requireAuth();
+    const to = checkUsername(username);
+    if (typeof typing !== 'boolean') throw new SecureChatError(SecureChatErrorCode.InvalidArgument, 'typing must be a boolean');
+    if (!this.socket?.isOpen) throw new SecureChatError(SecureChatErrorCode.InvalidState, 'typing is sent only while connected');
+    await this.transmitContent(to, encodeTyping(this.nextContentTimestamp(), typing), { ephemeral: true });
+  }
+
+  /** Receipts of one type for `to`'s messages, at most `MAX_RECEIPT_TIMESTAMPS` timestamps per receipt. */
+  private async sendReceipt(to: string, type: ReceiptType, timestamps: number[]): Promise<void> {
+    for (let i = 0; i < timestamps.length; i += MAX_RECEIPT_TIMESTAMPS) {
+      const plaintext = encodeReceipt(this.nextContentTimestamp(), { type, timestamps: timestamps.slice(i, i + MAX_RECEIPT_TIMESTAMPS) });
+      await this.transmitContent(to, plaintext);
+    }
+  }
+
+  /** Notes a message handed to the app for a delivery receipt; a full batch goes at once. */
+  private queueDeliveryReceipt(message: IncomingMessage): void {
+    if (!this.deliveryReceipts || message.outgoing || message.sender === this.account?.username) return;
+    const batch = this.deliveryReceiptBatches.get(message.sender) ?? [];
+    batch.push(message.timestamp);
+    this.deliveryReceiptBatches.set(message.sender, batch);
+    if (batch.length >= MAX_RECEIPT_TIMESTAMPS) this.flushDeliveryReceipts(message.sender);
+  }
+
+  /** Sends the batched delivery receipts (of `only` that sender), in the background. */
+  private flushDeliveryReceipts(only?: string): void {
+    for (const [sender, timestamps] of this.deliveryReceiptBatches) {
+      if (only !== undefined && sender !== only) continue;
+      this.deliveryReceiptBatches.delete(sender);
+      void this.sendDeliveryReceipts(sender, timestamps);
+    }
+  }
+
+  /**
+   * Delivery receipts for `timestamps`. What a transient failure (the
+   * connection dropped, a timeout) kept from going out is batched again and
+   * goes with the next flush, after the next envelope received.
+   */
+  private async sendDeliveryReceipts(sender: string, timestamps: number[]): Promise<void> {
+    for (let i = 0; i < timestamps.length; i += MAX_RECEIPT_TIMESTAMPS) {
+      const chunk = timestamps.slice(i, i + MAX_RECEIPT_TIMESTAMPS);
+      try {
+        await this.transmitContent(sender, encodeReceipt(this.nextContentTimestamp(), { type: ReceiptType.Delivery, timestamps: chunk }));
+      } catch (error) {
+        if (SecureChatError.is(error) && outboxFailureKind(error) === 'transient') {
+          this.deliveryReceiptBatches.set(sender, [...timestamps.slice(i), ...(this.deliveryReceiptBatches.get(sender) ?? [])]);
+          this.logger.debug?.(`delivery receipts to ${sender} not sent (${error.code}); kept for the next flush`);
+        } else if (SecureChatError.is(error, SecureChatErrorCode.IdentityChanged)) {
+          // Under identityPolicy 'block' nothing goes to a changed key; the app was told with identityChanged.
+          this.logger.debug?.(`no delivery receipt to ${sender}: its identity key changed`);
+        } else {
+          this.report(error);
+        }
+        return;
+      }
+    }
+  }
+
+  /**
+   * One envelope, then the batched delivery receipts once no more envelopes
+   * are waiting (so that a backlog is acknowledged in few receipts).
+   */
+  private async receive(envelope: Envelope): Promise<void> {
+    await this.receiveEnvelope(envelope);
+    if (this.incoming.size === 0) this.flushDeliveryReceipts();
+  }
+
+  /**
    * Decrypts one envelope and hands it to the app.
    *
    * Ack rules: a message is acked only once the app has it (every listener
@@ -1151,52 +1844,105 @@ export class SecureChatClient extends TypedEventEmitter<ChatEvent, ChatEventHand
    * request covers it); a session reset request is answered by resending.
    * Both run in the sender's serial queue, so no send to that peer
    * interleaves.
+   *
+   * Dedupe (docs/architecture.md, "Dedupe and acks"): the envelope id is
+   * recorded as processed in the decryption's transaction; a redelivery of
+   * a processed id with no pending copy (its ack was lost) is acked
+   * silently and never reaches the app.
+   *
+   * Receipts and typing are emitted as `receipt` and `typing` events, never
+   * as messages, and acked once the listeners have returned. An ephemeral
+   * envelope (`ephemeral: true`) was never stored: it is not acked, nothing
+   * of it is kept but the ratchet step, and only typing may come that way.
    */
-  private async receive(envelope: Envelope): Promise<void> {
+  private async receiveEnvelope(envelope: Envelope): Promise<void> {
     const context = envelopeContext(envelope);
     if (!context) {
       this.emit(ChatEvent.Error, new SecureChatError(SecureChatErrorCode.RelayError, 'the relay sent a malformed envelope'));
       return;
     }
     if (this.inFlight.has(context.messageId)) return;
+    const ephemeral = envelope.ephemeral === true;
 
     let received: ReceivedEnvelope;
     try {
-      received = await this.sessions.withPeer(context.sender, () => this.receiveFromPeer(envelope, context));
+      received = await this.sessions.withPeer(context.sender, () => this.receiveFromPeer(envelope, context, ephemeral));
     } catch (cause) {
       if (SecureChatError.is(cause, SecureChatErrorCode.SessionRepairFailed)) {
         this.emit(ChatEvent.Error, cause);
       } else {
         const code = SecureChatError.is(cause, SecureChatErrorCode.StoreTampered) ? cause.code : SecureChatErrorCode.StoreFailure;
-        this.emit(ChatEvent.Error, new SecureChatError(code, `message ${context.messageId} left for a retry`, { cause, incoming: context }));
+        const fate = ephemeral ? 'an ephemeral message, lost' : 'left for a retry';
+        this.emit(ChatEvent.Error, new SecureChatError(code, `message ${context.messageId}: ${fate}`, { cause, incoming: context }));
       }
       return;
     }
+    const done = () => (ephemeral ? Promise.resolve() : this.ackQuietly(context.messageId));
     if ('dropped' in received) {
       this.emit(ChatEvent.Error, received.dropped);
-      await this.ackQuietly(context.messageId);
+      await done();
       return;
     }
     if ('handled' in received) {
-      await this.ackQuietly(context.messageId);
+      await done();
+      return;
+    }
+    if ('receipt' in received) {
+      this.emitToApp(ChatEvent.Receipt, received.receipt, context);
+      await done();
+      return;
+    }
+    if ('typing' in received) {
+      this.emitToApp(ChatEvent.Typing, received.typing, context);
+      await done();
       return;
     }
     this.inFlight.add(context.messageId);
     await this.deliver(this.incomingMessage(envelope, context, received.message, received.identity));
   }
 
+  /**
+   * A receipt or typing event. A listener that throws is reported; the
+   * event is not emitted again (it is acked all the same: unlike a message,
+   * the app has nothing to show from a second copy).
+   */
+  private emitToApp<E extends ChatEvent.Receipt | ChatEvent.Typing>(
+    event: E,
+    payload: Parameters<ChatEventHandlerMap[E]>[0],
+    context: IncomingMessageContext,
+  ): void {
+    try {
+      this.emit(event, ...([payload] as Parameters<ChatEventHandlerMap[E]>));
+    } catch (cause) {
+      this.emit(ChatEvent.Error, new SecureChatError(SecureChatErrorCode.ListenerFailed, `a ${event} listener threw`, { cause, incoming: context }));
+    }
+  }
+
   /** Everything about one envelope that needs the sender's serial queue. */
-  private async receiveFromPeer(envelope: Envelope, context: IncomingMessageContext): Promise<ReceivedEnvelope> {
+  private async receiveFromPeer(envelope: Envelope, context: IncomingMessageContext, ephemeral: boolean): Promise<ReceivedEnvelope> {
     const senderDevice = asDeviceId(context.senderDevice);
     let opened: OpenedMessage;
     try {
-      opened = await this.open(envelope, context);
+      opened = await this.open(envelope, context, ephemeral);
     } catch (cause) {
       if (!(cause instanceof DecryptFailure)) throw cause;
+      if (ephemeral) {
+        // Typing is not worth a session reset: the next stored message from the sender asks for one if needed.
+        return {
+          dropped: new SecureChatError(SecureChatErrorCode.DecryptionFailed, `ephemeral message ${context.messageId} did not decrypt (${cause.kind}); dropped`, {
+            cause,
+            incoming: context,
+          }),
+        };
+      }
       return this.onUndecryptable(envelope, context, cause);
     }
     if (opened.identityChange) this.emitIdentityChanged(opened.identityChange);
     if (opened.fresh) this.repair.heardFrom(context.sender, senderDevice);
+    if ('alreadyProcessed' in opened) {
+      this.logger.debug?.(`message ${context.messageId} was processed before; acked again`);
+      return { handled: true };
+    }
     if ('malformed' in opened) {
       return {
         dropped: new SecureChatError(SecureChatErrorCode.MalformedContent, `message ${context.messageId} has malformed content; dropped`, {
@@ -1221,11 +1967,30 @@ export class SecureChatClient extends TypedEventEmitter<ChatEvent, ChatEventHand
       this.logger.debug?.(`dropped message ${context.messageId}: a resend of a message already delivered`);
       return { handled: true };
     }
-    if (opened.content.kind === ContentKind.SessionResetRequest) {
-      await this.answerResetRequest(context, sessionResetSince(opened.content.body));
-      return { handled: true };
+    const { content } = opened;
+    if (ephemeral && content.kind !== ContentKind.Typing) {
+      return {
+        dropped: new SecureChatError(
+          SecureChatErrorCode.MalformedContent,
+          `ephemeral message ${context.messageId} of kind ${content.kind}: only typing may be ephemeral; dropped`,
+          { incoming: context },
+        ),
+      };
     }
-    return { message: opened.content, identity: opened.identity };
+    switch (content.kind) {
+      case ContentKind.SessionResetRequest:
+        await this.answerResetRequest(context, sessionResetSince(content.body));
+        return { handled: true };
+      case ContentKind.Receipt: {
+        const { type, timestamps } = receiptOf(content);
+        const kind = type === ReceiptType.Read ? 'read' : 'delivery';
+        return { receipt: { sender: context.sender, senderDevice, type: kind, timestamps } };
+      }
+      case ContentKind.Typing:
+        return { typing: { sender: context.sender, senderDevice, typing: typingOf(content) === TypingAction.Started, timestamp: content.timestamp } };
+      default:
+        return { message: content, identity: opened.identity };
+    }
   }
 
   /**
@@ -1236,19 +2001,28 @@ export class SecureChatClient extends TypedEventEmitter<ChatEvent, ChatEventHand
    * all of them or none: never a consumed prekey without its session, nor a
    * ratchet step without the message. An identity change the decryption
    * brought (libsignal saves the key it decrypted under, for any message
-   * type) is handled in it too.
+   * type) is handled in it too, and so is the envelope id, recorded as
+   * processed whatever the content turns out to be. An ephemeral envelope
+   * keeps only the ratchet step (and identity): no pending copy, no id.
+   * A sync copy from another account is malformed: only this account's own
+   * devices may say what it sent.
    * @throws {DecryptFailure} when libsignal refuses the message.
    */
-  private open(envelope: Envelope, context: IncomingMessageContext): Promise<OpenedMessage> {
+  private open(envelope: Envelope, context: IncomingMessageContext, ephemeral: boolean): Promise<OpenedMessage> {
     const senderDevice = asDeviceId(context.senderDevice);
     return this.transaction(async (stores) => {
       const identityNow = async () => {
         const record = await stores.identity.getPeerIdentity(context.sender);
         return record ? identityStatusOf(record) : IdentityStatus.Trusted;
       };
-      const pending = await stores.metadata.getPendingMessage(context.messageId);
-      if (pending && pending.sender === context.sender && pending.senderDevice === senderDevice) {
-        return { ...openContent(pending.content), fresh: false, identityChange: null, identity: await identityNow() };
+      if (!ephemeral) {
+        const pending = await stores.metadata.getPendingMessage(context.messageId);
+        if (pending && pending.sender === context.sender && pending.senderDevice === senderDevice) {
+          return { ...openContent(pending.content), fresh: false, identityChange: null, identity: await identityNow() };
+        }
+        if (await stores.metadata.hasProcessedEnvelope(context.messageId)) {
+          return { alreadyProcessed: true, fresh: false, identityChange: null, identity: await identityNow() };
+        }
       }
 
       const ciphertext = new Uint8Array(Buffer.from(envelope.ciphertext, 'base64'));
@@ -1257,17 +2031,21 @@ export class SecureChatClient extends TypedEventEmitter<ChatEvent, ChatEventHand
       await rememberPeerDevice(stores, context.sender, senderDevice);
       const identityChange = await this.trust.noticeDecrypted(stores, context.sender, senderDevice, before);
       const identity = identityChange ? IdentityStatus.Changed : await identityNow();
-      const opened = openContent(plaintext);
+      if (!ephemeral) await stores.metadata.saveProcessedEnvelope(context.messageId, this.now());
+      let opened = openContent(plaintext);
+      if ('content' in opened && opened.content.kind === ContentKind.SyncCopy && context.sender !== this.localAccount().username) {
+        opened = { malformed: new ContentFormatError(`a sync copy from ${context.sender}: only this account's devices send those`) };
+      }
       if (!('content' in opened)) return { ...opened, fresh: true, identityChange, identity };
       if (opened.content.kind === ContentKind.SessionResetRequest && identity === IdentityStatus.Changed) {
         return { resetFromNewIdentity: true, fresh: true, identityChange, identity };
       }
-      if (isUserContent(opened.content.kind)) {
+      if (isUserContent(opened.content.kind) || opened.content.kind === ContentKind.SyncCopy) {
         const received = { sender: context.sender, senderDevice, timestamp: opened.content.timestamp, contentDigest: sha256(plaintext) };
         if (await stores.metadata.hasReceivedMessage(received)) return { resendOfDelivered: true, fresh: true, identityChange, identity };
         await stores.metadata.saveReceivedMessage({ ...received, receivedAt: this.now() });
       }
-      await stores.metadata.savePendingMessage(context.messageId, { sender: context.sender, senderDevice, content: plaintext });
+      if (!ephemeral) await stores.metadata.savePendingMessage(context.messageId, { sender: context.sender, senderDevice, content: plaintext });
       return { ...opened, fresh: true, identityChange, identity };
     });
   }
@@ -1334,8 +2112,7 @@ export class SecureChatClient extends TypedEventEmitter<ChatEvent, ChatEventHand
       await this.sessions.replaceSession(bundle, device, stores);
       await rememberPeerDevice(stores, peer, device);
       const plaintext = encodeSessionResetRequest(this.nextContentTimestamp(), since);
-      const { type, ciphertext } = await this.sessions.encrypt(peer, device, plaintext, stores);
-      return { to: peer, messages: [{ deviceId: device, type, ciphertext: base64(ciphertext) }] } satisfies SendMessageRequest;
+      return { to: peer, messages: await this.encryptFor(peer, [device], plaintext, stores) } satisfies SendMessageRequest;
     });
     await this.post(request);
     this.repair.requested(peer, device, since);
@@ -1416,20 +2193,25 @@ export class SecureChatClient extends TypedEventEmitter<ChatEvent, ChatEventHand
       );
       return;
     }
+    this.queueDeliveryReceipt(message);
     if (this.autoAck) await message.ack().catch((error: unknown) => this.report(error));
   }
 
   private incomingMessage(envelope: Envelope, context: IncomingMessageContext, content: MessageContent, identity: IdentityStatus): IncomingMessage {
     let acked: Promise<void> | undefined;
-    const body = content.body.slice();
+    // A sync copy is this account's own message to its destination: shown as sent, in that conversation.
+    const copy = content.kind === ContentKind.SyncCopy ? syncCopyOf(content) : null;
+    const message = copy ? copy.message : content;
     return {
       id: asMessageId(context.messageId),
       sender: context.sender,
       senderDevice: asDeviceId(context.senderDevice),
-      timestamp: content.timestamp,
+      outgoing: copy !== null,
+      conversation: copy ? copy.destination : context.sender,
+      timestamp: message.timestamp,
       serverTimestamp: envelope.serverTimestamp,
-      body,
-      ...(content.kind === ContentKind.Text ? { text: decodeText(content.body) } : {}),
+      body: message.body.slice(),
+      ...(message.kind === ContentKind.Text ? { text: decodeText(message.body) } : {}),
       identity,
       ack: () => {
         acked ??= this.ack(context.messageId).catch((error: unknown) => {
@@ -1492,6 +2274,65 @@ function openContent(plaintext: Uint8Array): { content: MessageContent } | { mal
 async function rememberPeerDevice(stores: SecureChatStores, username: string, deviceId: DeviceId): Promise<void> {
   const devices = await stores.metadata.getPeerDevices(username);
   if (!devices.includes(deviceId)) await stores.metadata.savePeerDevices(username, [...devices, deviceId]);
+}
+
+/** The relay's answer to `POST /v1/provisioning`, checked: the slot id becomes part of the link URI and the sealed message's associated data. */
+function checkProvisioningSlot(slot: ProvisioningSlotResponse): ProvisioningSlotResponse {
+  if (
+    typeof slot?.id !== 'string' ||
+    !/^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/.test(slot.id) ||
+    typeof slot.secret !== 'string' ||
+    !PROVISIONING_SECRET_PATTERN.test(slot.secret) ||
+    !Number.isSafeInteger(slot.expiresIn) ||
+    slot.expiresIn < 1
+  ) {
+    throw new SecureChatError(SecureChatErrorCode.Network, 'the relay answered with a malformed provisioning slot');
+  }
+  return slot;
+}
+
+function newOutboxWaiter(): OutboxWaiter {
+  let resolve!: (sent: SentMessage) => void;
+  let reject!: (error: SecureChatError) => void;
+  const promise = new Promise<SentMessage>((res, rej) => {
+    resolve = res;
+    reject = rej;
+  });
+  return { promise, resolve, reject };
+}
+
+/**
+ * What an outbox send's failure means. `transient`: the relay may not have
+ * it, or failed; the same send can succeed later (kept, retried while
+ * connected). `held`: this install cannot send now (signed out, a store
+ * failed); kept for later. `permanent`: it would fail again; removed.
+ * `RATE_LIMITED` (a bundle fetch) counts as permanent: it would hold every
+ * later message, to every peer, for up to its `retryAfter`.
+ */
+function outboxFailureKind(error: SecureChatError): 'transient' | 'held' | 'permanent' {
+  switch (error.code) {
+    case SecureChatErrorCode.Network:
+    case SecureChatErrorCode.ConnectionLost:
+    case SecureChatErrorCode.Timeout:
+      return 'transient';
+    case SecureChatErrorCode.InvalidState:
+    case SecureChatErrorCode.SessionExpired:
+    case SecureChatErrorCode.CredentialsChanged:
+    case SecureChatErrorCode.DeviceUnlinked:
+    case SecureChatErrorCode.StoreFailure:
+    case SecureChatErrorCode.StoreTampered:
+    case SecureChatErrorCode.StoreLocked:
+      return 'held';
+    default:
+      break;
+  }
+  if (error.relayCode === ErrorCode.Internal || (error.status !== undefined && error.status >= 500)) return 'transient';
+  if (isAuthRefusal(error) || error.relayCode === ErrorCode.CredentialsChanged || error.relayCode === ErrorCode.DeviceUnlinked) return 'held';
+  return 'permanent';
+}
+
+function storeFailure(cause: unknown, message: string): SecureChatError {
+  return SecureChatError.is(cause) ? cause : new SecureChatError(SecureChatErrorCode.StoreFailure, message, { cause });
 }
 
 function positiveInteger(value: number, name: string): number {

@@ -1,6 +1,6 @@
 // Test support for the SDK's unit specs; not part of the built package
 // (tsconfig.lib.json excludes this folder).
-import { randomUUID } from 'node:crypto';
+import { randomBytes, randomUUID } from 'node:crypto';
 import type {
   AuthResponse,
   ClientFrame,
@@ -45,6 +45,24 @@ export class FakeRelay {
   bundleFailures = 0;
   /** While set, bundle fetches are refused with RATE_LIMITED and this `retryAfter` (seconds). */
   bundleRateLimit: { retryAfter?: number } | undefined;
+  /**
+   * Every send that reached the relay, accepted or not, in order: the
+   * request as sent (over HTTP or in a `send` frame).
+   */
+  readonly sends: Array<{ from: string; request: SendMessageRequest }> = [];
+  /** Asked before each send is checked: an error returned refuses it (a 409, 410 or 5xx the test stages). */
+  refuseSend: ((from: string, request: SendMessageRequest) => SecureChatError | undefined) | undefined;
+  /**
+   * Sends to store and then lose the answer of: over a socket the relay
+   * closes it (1006) instead of answering; over HTTP it throws `Network`.
+   */
+  loseAnswers = 0;
+  /** While true the relay cannot be reached: HTTP calls fail with `Network`, sockets do not open. */
+  unreachable = false;
+  /** Whether a send naming another registration id than the device's is refused with 410, as the relay does (a lying relay would not). */
+  checkRegistrationIds = true;
+  /** Accepted send ids per sender, with the `serverTimestamp` answered (the relay's idempotency). */
+  private readonly acceptedSends = new Map<string, number>();
   readonly backups = new Map<string, { blob: string; updatedAt: number }>();
   readonly accounts = new Map<string, FakeAccount>();
   readonly deleted = new Set<string>();
@@ -52,6 +70,13 @@ export class FakeRelay {
   credentialCloseDelayMs: number | undefined;
   /** Answer a password change this much after it took effect (a slow answer). */
   changePasswordAnswerDelayMs = 0;
+  /** Provisioning slots by id: the creator's secret, and once approved the approving account and sealed message. */
+  readonly provisioningSlots = new Map<string, { secret: string; username?: string; message?: string }>();
+  /**
+   * Devices linked through a slot, per account. The fake models no more than
+   * that: a linked device's tokens, keys and queue are its account's.
+   */
+  readonly linkedDevices = new Map<string, number[]>();
 
   transport(): RelayTransport {
     return this.transportOf(this);
@@ -167,7 +192,13 @@ export class FakeRelay {
         return relay.rewriteBundle ? relay.rewriteBundle(bundle) : bundle;
       },
       async sendMessage(token: string, message: SendMessageRequest) {
-        return { serverTimestamp: relay.store(who(token), message) };
+        if (relay.unreachable) throw new SecureChatError(SecureChatErrorCode.Network, 'relay unreachable');
+        const serverTimestamp = relay.accept(who(token), message);
+        if (relay.loseAnswers > 0) {
+          relay.loseAnswers--;
+          throw new SecureChatError(SecureChatErrorCode.Network, 'the answer was lost');
+        }
+        return { serverTimestamp };
       },
       async ackMessage(token: string, id: string) {
         relay.ack(who(token), id);
@@ -181,7 +212,47 @@ export class FakeRelay {
       async deleteBackup(token: string) {
         relay.backups.delete(who(token));
       },
+      // --- devices and linking ---
+      async createProvisioningSlot() {
+        const id = randomUUID();
+        relay.provisioningSlots.set(id, { secret: randomBytes(32).toString('base64url') });
+        return { id, secret: relay.provisioningSlots.get(id)!.secret, expiresIn: 600 };
+      },
+      async putProvisioningMessage(token: string, slotId: string, { message }: { message: string }) {
+        const username = who(token);
+        const slot = relay.provisioningSlots.get(slotId);
+        if (!slot || slot.message !== undefined) return reject(ErrorCode.ProvisioningNotFound);
+        Object.assign(slot, { username, message });
+      },
+      async receiveProvisioningMessage(slotId: string, secret: string) {
+        const slot = relay.provisioningSlots.get(slotId);
+        if (slot?.secret !== secret) return reject(ErrorCode.ProvisioningNotFound);
+        return slot.message === undefined ? null : { message: slot.message };
+      },
+      async linkDevice({ provisioningId, secret }: { provisioningId: string; secret: string }) {
+        const slot = relay.provisioningSlots.get(provisioningId);
+        if (slot?.secret !== secret || !slot.username) return reject(ErrorCode.ProvisioningNotFound);
+        relay.provisioningSlots.delete(provisioningId);
+        const linked = relay.linkedDevices.get(slot.username) ?? [];
+        let deviceId = 2;
+        while (linked.includes(deviceId)) deviceId++;
+        relay.linkedDevices.set(slot.username, [...linked, deviceId].sort((a, b) => a - b));
+        return { ...auth(slot.username), deviceId };
+      },
+      async listDevices(token: string) {
+        const username = who(token);
+        const ids = [1, ...(relay.linkedDevices.get(username) ?? [])];
+        return { devices: ids.map((deviceId) => ({ deviceId, createdAt: 0, hasKeys: true })) };
+      },
+      async unlinkDevice(token: string, deviceId: number) {
+        const username = who(token);
+        const linked = relay.linkedDevices.get(username) ?? [];
+        if (deviceId === 1) return reject(ErrorCode.PrimaryDevice);
+        if (!linked.includes(deviceId)) return reject(ErrorCode.DeviceNotFound);
+        relay.linkedDevices.set(username, linked.filter((id) => id !== deviceId));
+      },
       async openSocket(token: string, listener: RelaySocketListener): Promise<RelaySocket> {
+        if (relay.unreachable) throw new SecureChatError(SecureChatErrorCode.Network, 'WebSocket connection failed');
         const username = who(token);
         const account = relay.accounts.get(username)!;
         let open = true;
@@ -208,7 +279,27 @@ export class FakeRelay {
           send(frame: ClientFrame) {
             if (frame.type === 'ack') relay.ack(username, frame.id);
             else {
-              const serverTimestamp = relay.store(username, frame.message);
+              let serverTimestamp: number;
+              try {
+                serverTimestamp = relay.accept(username, frame.message);
+              } catch (error) {
+                const refusal = error as SecureChatError;
+                const code = refusal.relayCode ?? ErrorCode.Internal;
+                listener.onFrame({
+                  type: ServerFrameType.Error,
+                  requestId: frame.requestId,
+                  code,
+                  message: refusal.message,
+                  ...(refusal.mismatched ? { mismatched: refusal.mismatched } : {}),
+                  ...(refusal.stale ? { stale: refusal.stale } : {}),
+                });
+                return;
+              }
+              if (relay.loseAnswers > 0) {
+                relay.loseAnswers--;
+                queueMicrotask(() => close(1006, 'connection lost'));
+                return;
+              }
               listener.onFrame({ type: ServerFrameType.Sent, requestId: frame.requestId, serverTimestamp });
             }
           },
@@ -238,6 +329,52 @@ export class FakeRelay {
   /** Closes `username`'s socket as the relay would, with `code`. */
   closeSocketOf(username: string, code: number, reason = ''): void {
     this.accounts.get(username)?.socket?.close(code, reason);
+  }
+
+  /**
+   * A send as the relay takes it: the staged refusal if any; a repeat of an
+   * accepted id answered as before, storing nothing; else the device checks
+   * (409, 410), then stored. The fake models one device (1) per account:
+   * `messages` must address exactly device 1 of the recipient (none when it
+   * is the sender's own account), with its registration id, and `sync` no
+   * device at all.
+   */
+  private accept(from: string, request: SendMessageRequest): number {
+    this.sends.push({ from, request: structuredClone(request) });
+    const staged = this.refuseSend?.(from, request);
+    if (staged) throw staged;
+    const repeat = request.id === undefined ? undefined : this.acceptedSends.get(`${from}:${request.id}`);
+    if (repeat !== undefined) return repeat;
+    const recipient = this.accounts.get(request.to);
+    if (!recipient?.keys) throw new SecureChatError(SecureChatErrorCode.RelayRejected, 'UNKNOWN_RECIPIENT', { relayCode: ErrorCode.UnknownRecipient, status: 404 });
+    const current = request.to === from ? [] : [1];
+    const addressed = request.messages.map((m) => m.deviceId);
+    const mismatched = [];
+    const missing = current.filter((id) => !addressed.includes(id));
+    const extra = addressed.filter((id) => !current.includes(id));
+    if (missing.length > 0 || extra.length > 0) mismatched.push({ username: request.to, missing, extra });
+    const syncExtra = (request.sync ?? []).map((m) => m.deviceId);
+    if (syncExtra.length > 0) mismatched.push({ username: from, missing: [], extra: syncExtra });
+    if (mismatched.length > 0) {
+      throw new SecureChatError(SecureChatErrorCode.RelayRejected, 'MISMATCHED_DEVICES', { relayCode: ErrorCode.MismatchedDevices, status: 409, mismatched });
+    }
+    const stale = request.messages.filter(() => this.checkRegistrationIds).filter((m) => m.registrationId !== recipient.keys!.registrationId).map((m) => m.deviceId);
+    if (stale.length > 0) {
+      throw new SecureChatError(SecureChatErrorCode.RelayRejected, 'STALE_DEVICES', {
+        relayCode: ErrorCode.StaleDevices,
+        status: 410,
+        stale: [{ username: request.to, devices: stale }],
+      });
+    }
+    const serverTimestamp = request.ephemeral ? Date.now() : this.store(from, request);
+    if (request.ephemeral) {
+      for (const m of request.messages) {
+        const envelope: Envelope = { id: randomUUID(), source: from, sourceDevice: 1, type: m.type, ciphertext: m.ciphertext, serverTimestamp, ephemeral: true };
+        recipient.socket?.onFrame({ type: ServerFrameType.Message, envelope });
+      }
+    }
+    if (request.id !== undefined) this.acceptedSends.set(`${from}:${request.id}`, serverTimestamp);
+    return serverTimestamp;
   }
 
   private store(from: string, message: SendMessageRequest): number {
