@@ -341,8 +341,8 @@ export class SecureChatClient extends TypedEventEmitter<ChatEvent, ChatEventHand
   private accountDeleted = false;
   /** Set when the relay says this device was unlinked: like `accountDeleted`, the client is of no further use. */
   private deviceUnlinked = false;
-  /** A `beginLinking` is under way. */
-  private linking = false;
+  /** A `beginLinking` is under way; `close()` aborts it. */
+  private linking: AbortController | null = null;
 
   private state = ConnectionState.Disconnected;
   private wantConnected = false;
@@ -595,6 +595,7 @@ export class SecureChatClient extends TypedEventEmitter<ChatEvent, ChatEventHand
     clearTimeout(this.reconnectTimer);
     clearTimeout(this.refreshTimer);
     this.keys.stop();
+    this.linking?.abort(new SecureChatError(SecureChatErrorCode.InvalidState, 'the client was closed while linking'));
     this.socketGeneration++;
     const socket = this.socket;
     this.socket = null;
@@ -821,7 +822,7 @@ export class SecureChatClient extends TypedEventEmitter<ChatEvent, ChatEventHand
    *   `completion` rejects with `LinkExpired` (not approved before the slot expired), `DecryptionFailed`
    *   or `MalformedContent` (the sealed message does not open or is not a valid provisioning message),
    *   `RelayRejected` (e.g. `TOO_MANY_DEVICES`), `Network`, or `signal.reason` once aborted; nothing is
-   *   saved in the stores before the relay has linked the device.
+   *   saved in the stores before the relay has linked the device. `close()` aborts it too (`InvalidState`).
    */
   async beginLinking(options: { pollIntervalMs?: number; signal?: AbortSignal } = {}): Promise<LinkingSession> {
     this.assertNotDeleted();
@@ -831,7 +832,9 @@ export class SecureChatClient extends TypedEventEmitter<ChatEvent, ChatEventHand
     }
     if (this.auth || this.linking) throw new SecureChatError(SecureChatErrorCode.InvalidState, 'this client is signed in or already linking');
     options.signal?.throwIfAborted();
-    this.linking = true;
+    const linking = new AbortController();
+    this.linking = linking;
+    const signal = options.signal ? AbortSignal.any([options.signal, linking.signal]) : linking.signal;
     let slot: ProvisioningSlotResponse;
     const ephemeral = PrivateKey.generate();
     let uri: string;
@@ -840,11 +843,11 @@ export class SecureChatClient extends TypedEventEmitter<ChatEvent, ChatEventHand
       slot = checkProvisioningSlot(await this.transport.createProvisioningSlot());
       uri = formatLinkUri({ slotId: slot.id, publicKey: ephemeral.getPublicKey() });
     } catch (error) {
-      this.linking = false;
+      this.linking = null;
       throw error;
     }
-    const completion = this.completeLinking(slot, ephemeral, pollIntervalMs, options.signal).finally(() => {
-      this.linking = false;
+    const completion = this.completeLinking(slot, ephemeral, pollIntervalMs, signal).finally(() => {
+      this.linking = null;
     });
     // The app awaits `completion`; until it does, a rejection must not end the process.
     completion.catch(() => undefined);

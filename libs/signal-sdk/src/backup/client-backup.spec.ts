@@ -61,6 +61,12 @@ class BackupRelay {
       deleteBackup: async () => {
         this.backup = undefined;
       },
+      createProvisioningSlot: unused,
+      putProvisioningMessage: unused,
+      receiveProvisioningMessage: unused,
+      linkDevice: unused,
+      listDevices: unused,
+      unlinkDevice: unused,
     };
   }
 }

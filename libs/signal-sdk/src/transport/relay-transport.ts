@@ -4,8 +4,13 @@ import type {
   ChangePasswordRequest,
   ClientFrame,
   DeleteAccountRequest,
+  LinkDeviceRequest,
+  ListDevicesResponse,
   PreKeyBundleResponse,
   PreKeyCountResponse,
+  ProvisioningMessageRequest,
+  ProvisioningMessageResponse,
+  ProvisioningSlotResponse,
   SendMessageRequest,
   SendMessageResponse,
   ServerFrame,
@@ -40,7 +45,8 @@ export interface RelaySocket {
  */
 export interface RelayTransport {
   register(credentials: Credentials): Promise<AuthResponse>;
-  login(credentials: Credentials): Promise<AuthResponse>;
+  /** `deviceId`: the device to sign in as (the relay's default is 1, the primary). */
+  login(credentials: Credentials, deviceId?: number): Promise<AuthResponse>;
   refresh(refreshToken: string): Promise<AuthResponse>;
   /** Answers with the device's new tokens; every earlier token of the account stops working. */
   changePassword(accessToken: string, request: ChangePasswordRequest): Promise<AuthResponse>;
@@ -54,6 +60,19 @@ export interface RelayTransport {
   /** Rejects with the relay's `BACKUP_NOT_FOUND` when the account has none. */
   getBackup(accessToken: string): Promise<BackupResponse>;
   deleteBackup(accessToken: string): Promise<void>;
+
+  // --- devices and linking (docs/protocol.md, "Devices") ---
+  /** Opens a provisioning slot for a new device (no authentication). */
+  createProvisioningSlot(): Promise<ProvisioningSlotResponse>;
+  /** Approves the link: stores the sealed provisioning message in the slot (the approving device's token). */
+  putProvisioningMessage(accessToken: string, slotId: string, request: ProvisioningMessageRequest): Promise<void>;
+  /** The sealed message once the slot is approved (200), null before (204). */
+  receiveProvisioningMessage(slotId: string, secret: string): Promise<ProvisioningMessageResponse | null>;
+  /** Links the new device with the approved slot (one use); answers the new device's tokens. */
+  linkDevice(request: LinkDeviceRequest): Promise<AuthResponse>;
+  listDevices(accessToken: string): Promise<ListDevicesResponse>;
+  unlinkDevice(accessToken: string, deviceId: number): Promise<void>;
+
   /** Resolves once the WebSocket is open; rejects when the upgrade is refused or fails. */
   openSocket(accessToken: string, listener: RelaySocketListener): Promise<RelaySocket>;
 }
