@@ -2,6 +2,8 @@
 // not named here is internal and may change without notice.
 export {
   SecureChatClient,
+  type AccountDevice,
+  type LinkingSession,
   type PeerIdentity,
   type SecureChatClientOptions,
   type SecureChatLogger,
