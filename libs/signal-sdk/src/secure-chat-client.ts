@@ -390,6 +390,8 @@ export class SecureChatClient extends TypedEventEmitter<ChatEvent, ChatEventHand
     }
     this.repair = new SessionRepairLimiter(this.sessionResetIntervalMs, this.now);
     this.deliveryReceipts = options.deliveryReceipts ?? true;
+    // Once no incoming frame is waiting: a backlog is acknowledged in few receipts.
+    this.incoming.on('idle', () => this.flushDeliveryReceipts());
     const oneTimePreKeyBatch = options.oneTimePreKeyBatch ?? MAX_PREKEYS_PER_UPLOAD;
     if (!Number.isInteger(oneTimePreKeyBatch) || oneTimePreKeyBatch < 1 || oneTimePreKeyBatch > MAX_PREKEYS_PER_UPLOAD) {
       throw new SecureChatError(SecureChatErrorCode.InvalidOptions, `oneTimePreKeyBatch must be 1..${MAX_PREKEYS_PER_UPLOAD}`);
@@ -1797,7 +1799,7 @@ export class SecureChatClient extends TypedEventEmitter<ChatEvent, ChatEventHand
   /**
    * Delivery receipts for `timestamps`. What a transient failure (the
    * connection dropped, a timeout) kept from going out is batched again and
-   * goes with the next flush, after the next envelope received.
+   * goes with the next flush, once the next frame received was handled.
    */
   private async sendDeliveryReceipts(sender: string, timestamps: number[]): Promise<void> {
     for (let i = 0; i < timestamps.length; i += MAX_RECEIPT_TIMESTAMPS) {
@@ -1817,15 +1819,6 @@ export class SecureChatClient extends TypedEventEmitter<ChatEvent, ChatEventHand
         return;
       }
     }
-  }
-
-  /**
-   * One envelope, then the batched delivery receipts once no more envelopes
-   * are waiting (so that a backlog is acknowledged in few receipts).
-   */
-  private async receive(envelope: Envelope): Promise<void> {
-    await this.receiveEnvelope(envelope);
-    if (this.incoming.size === 0) this.flushDeliveryReceipts();
   }
 
   /**
@@ -1858,7 +1851,7 @@ export class SecureChatClient extends TypedEventEmitter<ChatEvent, ChatEventHand
    * envelope (`ephemeral: true`) was never stored: it is not acked, nothing
    * of it is kept but the ratchet step, and only typing may come that way.
    */
-  private async receiveEnvelope(envelope: Envelope): Promise<void> {
+  private async receive(envelope: Envelope): Promise<void> {
     const context = envelopeContext(envelope);
     if (!context) {
       this.emit(ChatEvent.Error, new SecureChatError(SecureChatErrorCode.RelayError, 'the relay sent a malformed envelope'));
