@@ -203,8 +203,11 @@ export class HttpRelayTransport implements RelayTransport {
         maxPayload: MAX_WS_FRAME_BYTES,
       });
       let opened = false;
+      /** The upgrade was refused: its answer, not the abort that follows, says why. */
+      let refused = false;
 
       socket.on('unexpected-response', (_request, response) => {
+        refused = true;
         const chunks: Buffer[] = [];
         response.on('data', (chunk: Buffer) => chunks.push(chunk));
         response.on('end', () => {
@@ -216,11 +219,16 @@ export class HttpRelayTransport implements RelayTransport {
           }
           const retryAfter = response.headers['retry-after'];
           reject(relayRejection(response.statusCode ?? 0, body, typeof retryAfter === 'string' ? retryAfter : undefined));
+          socket.terminate();
         });
-        socket.terminate();
+        // Aborting before the body is read would lose the relay's error code (DEVICE_UNLINKED, CREDENTIALS_CHANGED...).
+        response.on('error', (cause) => {
+          reject(new SecureChatError(SecureChatErrorCode.Network, 'the refused WebSocket upgrade was cut off', { cause }));
+          socket.terminate();
+        });
       });
       socket.on('error', (cause) => {
-        if (!opened) reject(new SecureChatError(SecureChatErrorCode.Network, 'WebSocket connection failed', { cause }));
+        if (!opened && !refused) reject(new SecureChatError(SecureChatErrorCode.Network, 'WebSocket connection failed', { cause }));
       });
       socket.on('open', () => {
         opened = true;
