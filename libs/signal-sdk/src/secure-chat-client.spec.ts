@@ -346,7 +346,14 @@ describe('session repair', () => {
     const relay = new FakeRelay();
     const make = async (name: string) => {
       const stores = createMemoryStores();
-      const client = SecureChatClient.create({ relayUrl: 'http://127.0.0.1:1', transport: relay.transport(), stores, ...options });
+      // No delivery receipts: these tests count what goes over the wire, repair traffic only.
+      const client = SecureChatClient.create({
+        relayUrl: 'http://127.0.0.1:1',
+        transport: relay.transport(),
+        stores,
+        deliveryReceipts: false,
+        ...options,
+      });
       await client.register(name, 'correct horse battery');
       return { client, stores, seen: watch(client) };
     };
@@ -532,3 +539,63 @@ describe('session repair', () => {
   });
 });
 
+
+describe('receipts, typing and ephemeral envelopes', () => {
+  async function pair(bobOptions: Partial<SecureChatClientOptions> = {}) {
+    const relay = new FakeRelay();
+    const make = async (name: string, options: Partial<SecureChatClientOptions> = {}) => {
+      const stores = createMemoryStores();
+      const client = SecureChatClient.create({ relayUrl: 'http://127.0.0.1:1', transport: relay.transport(), stores, ...options });
+      await client.register(name, 'correct horse battery');
+      await client.connect();
+      return { client, stores, seen: watch(client) };
+    };
+    return { relay, alice: await make('alice'), bob: await make('bob', bobOptions) };
+  }
+
+  it('emits typing from an ephemeral envelope without acking it; the next stored message is acked and recorded as processed', async () => {
+    const { relay, alice, bob } = await pair();
+    const typing: boolean[] = [];
+    bob.client.on(ChatEvent.Typing, (t) => void typing.push(t.typing));
+    const ackedBefore = relay.acked.length;
+
+    await alice.client.sendTyping('bob', true);
+    await until(() => typing.length === 1);
+    await alice.client.send('bob', 'after typing');
+    await until(() => bob.seen.texts.length === 1);
+    const stored = relay.stored.filter((s) => s.to === 'bob').map((s) => s.envelope.id);
+    await until(() => relay.acked.includes(stored.at(-1)!));
+
+    expect(typing).toEqual([true]);
+    // Only the stored message was acked; the typing envelope never was.
+    expect(relay.acked.slice(ackedBefore).filter((id) => !relay.stored.some((s) => s.envelope.id === id))).toEqual([]);
+    expect(relay.stored.filter((s) => s.to === 'bob')).toHaveLength(1);
+    await expect(bob.stores.metadata.hasProcessedEnvelope(stored[0]!)).resolves.toBe(true);
+    expect([...alice.seen.errors, ...bob.seen.errors]).toEqual([]);
+    await Promise.all([alice.client.close(), bob.client.close()]);
+  });
+
+  it('refuses sendTyping while not connected, and bad read receipt arguments', async () => {
+    const { alice, bob } = await pair();
+    await alice.client.close();
+    await expect(alice.client.sendTyping('bob', true)).rejects.toMatchObject({ code: SecureChatErrorCode.InvalidState });
+    for (const timestamps of [[], [-1], [1.5], [Number.MAX_SAFE_INTEGER + 1]]) {
+      await expect(bob.client.sendReadReceipt('alice', timestamps)).rejects.toMatchObject({ code: SecureChatErrorCode.InvalidArgument });
+    }
+    await expect(bob.client.sendReadReceipt('NOT a user!', [1])).rejects.toMatchObject({ code: SecureChatErrorCode.InvalidArgument });
+    await bob.client.close();
+  });
+
+  it('splits a read receipt of more than 100 timestamps into receipts of at most 100', async () => {
+    const { alice, bob } = await pair();
+    const receipts: number[][] = [];
+    alice.client.on(ChatEvent.Receipt, (r) => void receipts.push([...r.timestamps]));
+    const timestamps = Array.from({ length: 250 }, (_, i) => 1_000 + i);
+    await bob.client.sendReadReceipt('alice', timestamps);
+    await until(() => receipts.flat().length === 250);
+    expect(receipts.map((r) => r.length)).toEqual([100, 100, 50]);
+    expect(receipts.flat()).toEqual(timestamps);
+    expect(alice.seen.texts).toEqual([]);
+    await Promise.all([alice.client.close(), bob.client.close()]);
+  });
+});
