@@ -236,6 +236,35 @@ describe('fan-out, 409/410, idempotency and ephemeral sends (e2e)', () => {
     });
   });
 
+  describe('partial sends (session repair)', () => {
+    it('stores a send to some of the devices only, and still refuses extra and stale ones', async () => {
+      const [alice, bob] = [await keyedUser('alice'), await keyedUser('bob')];
+      await addDevice(bob, 2);
+      await addDevice(bob, 3);
+      await tombstone(bob, 4, 444);
+      const sent = await send(alice, { to: bob.username, partial: true, messages: [deviceMessage(bob, 2, 'resend')] });
+      expect(sent.status).toBe(201);
+      expect((await inbox(bob)).map(({ to, text }) => [to, text])).toEqual([[`${bob.username}:2`, 'resend']]);
+
+      const extra = await send(alice, { to: bob.username, partial: true, messages: [deviceMessage(bob, 2, 'x'), deviceMessage(bob, 9, 'x', 99)] });
+      expect(extra.status).toBe(409);
+      expect(extra.body.mismatched).toEqual([{ username: bob.username, missing: [], extra: [9] }]);
+      const stale = await send(alice, { to: bob.username, partial: true, messages: [deviceMessage(bob, 4, 'x', 444)] });
+      expect(stale.status).toBe(410);
+      expect(stale.body.stale).toEqual([{ username: bob.username, devices: [4] }]);
+      expect(await inbox(bob)).toHaveLength(1);
+    });
+
+    it('refuses sync on a partial send with VALIDATION_FAILED', async () => {
+      const [alice, bob] = [await keyedUser('alice'), await keyedUser('bob')];
+      await addDevice(alice, 2);
+      const { status, body } = await send(alice, { to: bob.username, partial: true, messages: [deviceMessage(bob, 1, 'x')], sync: [deviceMessage(alice, 2, 'x')] });
+      expect(status).toBe(400);
+      expect(body.code).toBe(ErrorCode.ValidationFailed);
+      expect(await inbox(alice, bob)).toEqual([]);
+    });
+  });
+
   describe('idempotent sends', () => {
     it('stores a repeated id once and answers it with the first serverTimestamp', async () => {
       const [alice, bob] = [await keyedUser('alice'), await keyedUser('bob')];

@@ -93,6 +93,15 @@ export class SendMessageRequest {
   sync?: OutgoingDeviceMessage[];
 
   /**
+   * Session repair: the send addresses only some of `to`'s devices (a
+   * session reset request, or a resend to the device that asked for it), so
+   * no device counts as missing. Extra and stale devices are still refused;
+   * `sync` must be absent.
+   */
+  @IsOptional() @IsBoolean()
+  partial?: boolean;
+
+  /**
    * Ephemeral (typing indicators): handed only to devices connected right
    * now, never stored, never queued for an offline device, not acked. The
    * answer's `serverTimestamp` says it was taken, not that anyone got it.

@@ -39,6 +39,8 @@ interface AddressedSide {
   /** The account's keyed devices the list must address: all, less the sender's own device. */
   devices: AddressedAccount['devices'];
   messages: OutgoingDeviceMessage[];
+  /** A session-repair send to some of the devices: none is missing. */
+  partial: boolean;
 }
 
 interface Classification {
@@ -59,7 +61,7 @@ function classify(side: AddressedSide): Classification {
   const current = new Map(side.devices.map((device) => [device.deviceId, device.registrationId]));
   const addressed = new Set(side.messages.map((message) => message.deviceId));
   const result: Classification = {
-    missing: side.devices.map((device) => device.deviceId).filter((deviceId) => !addressed.has(deviceId)),
+    missing: side.partial ? [] : side.devices.map((device) => device.deviceId).filter((deviceId) => !addressed.has(deviceId)),
     extra: [],
     stale: [],
   };
@@ -109,6 +111,9 @@ export class MessagesService {
     // A retry of an accepted send is answered before anything else is checked: the devices may have changed since.
     if (senderDevice.previousServerTimestamp) return { serverTimestamp: senderDevice.previousServerTimestamp.getTime() };
 
+    if (request.partial && request.sync) {
+      throw new RelayException(ErrorCode.ValidationFailed, 'The request is invalid', ['sync: must be absent from a partial send']);
+    }
     const recipient = await this.messages.findAccountByUsername(request.to);
     if (recipient && recipient.accountId === sender.accountId && request.sync) {
       throw new RelayException(ErrorCode.ValidationFailed, 'The request is invalid', [
@@ -120,11 +125,13 @@ export class MessagesService {
     const recipientDevices = recipient ? others(recipient) : [];
     if (!recipient || recipientDevices.length === 0) throw unknownRecipient();
 
-    const sides: AddressedSide[] = [{ list: 'messages', account: recipient, devices: recipientDevices, messages: request.messages }];
+    const sides: AddressedSide[] = [
+      { list: 'messages', account: recipient, devices: recipientDevices, messages: request.messages, partial: request.partial === true },
+    ];
     if (request.sync) {
       const own = await this.messages.findAccountById(sender.accountId);
       if (!own) throw new RelayException(ErrorCode.InvalidToken, 'The token names a device that does not exist');
-      sides.push({ list: 'sync', account: own, devices: others(own), messages: request.sync });
+      sides.push({ list: 'sync', account: own, devices: others(own), messages: request.sync, partial: false });
     }
     this.assertAddressedExactly(sides);
 
