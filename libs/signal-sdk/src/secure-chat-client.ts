@@ -1658,13 +1658,13 @@ export class SecureChatClient extends TypedEventEmitter<ChatEvent, ChatEventHand
   }
 
   /**
-   * `plaintext` to exactly these devices of `to`, no correction, no sync
-   * (session repair's resends). Run in `to`'s serial queue. The relay
-   * answers 409 when `devices` is not all of `to`'s devices.
+   * `plaintext` to these devices of `to` only, as a partial send (session
+   * repair's resends: the relay does not require `to`'s other devices), no
+   * correction, no sync. Run in `to`'s serial queue.
    */
   private async transmit(to: string, devices: DeviceId[], plaintext: Uint8Array<ArrayBuffer>): Promise<number> {
     const messages = await this.transaction((stores) => this.encryptFor(to, devices, plaintext, stores));
-    return this.post({ to, messages });
+    return this.post({ to, partial: true, messages });
   }
 
   /** Hands a send to the relay and returns its `serverTimestamp`. */
@@ -2108,7 +2108,8 @@ export class SecureChatClient extends TypedEventEmitter<ChatEvent, ChatEventHand
       await this.sessions.replaceSession(bundle, device, stores);
       await rememberPeerDevice(stores, peer, device);
       const plaintext = encodeSessionResetRequest(this.nextContentTimestamp(), since);
-      return { to: peer, messages: await this.encryptFor(peer, [device], plaintext, stores) } satisfies SendMessageRequest;
+      // Partial: the request goes to the one device whose message did not decrypt.
+      return { to: peer, partial: true, messages: await this.encryptFor(peer, [device], plaintext, stores) } satisfies SendMessageRequest;
     });
     await this.post(request);
     this.repair.requested(peer, device, since);

@@ -350,7 +350,7 @@ export class FakeRelay {
     const current = request.to === from ? [] : [1];
     const addressed = request.messages.map((m) => m.deviceId);
     const mismatched = [];
-    const missing = current.filter((id) => !addressed.includes(id));
+    const missing = request.partial ? [] : current.filter((id) => !addressed.includes(id));
     const extra = addressed.filter((id) => !current.includes(id));
     if (missing.length > 0 || extra.length > 0) mismatched.push({ username: request.to, missing, extra });
     const syncExtra = (request.sync ?? []).map((m) => m.deviceId);
