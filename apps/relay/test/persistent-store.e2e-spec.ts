@@ -55,9 +55,12 @@ describe('SDK clients on persistent SQLite stores through the real relay', () =>
     return stores;
   }
 
-  /** A client on `stores` that acks by hand, so a test can look at each stored envelope before it goes. */
+  /**
+   * A client on `stores` that acks by hand, so a test can look at each stored envelope before it goes.
+   * No delivery receipts: the tests read each device's queue at the relay and expect only messages.
+   */
   function clientOn(stores: SecureChatStores): { client: SecureChatClient; inbox: MessageCollector } {
-    const client = SecureChatClient.create({ relayUrl: fixture.relay.baseUrl, stores, autoAck: false });
+    const client = SecureChatClient.create({ relayUrl: fixture.relay.baseUrl, stores, autoAck: false, deliveryReceipts: false });
     clients.push(client);
     return { client, inbox: new MessageCollector(client) };
   }
