@@ -134,10 +134,13 @@ export interface IncomingMessage {
    */
   readonly identity: IdentityStatus;
   /**
-   * Tells the relay to delete the message. With `autoAck` (the default) the
-   * client does this itself once every `message` listener has returned.
-   * Idempotent.
-   * @throws {SecureChatError} `AckFailed` when the relay could not be told.
+   * Marks the message handled and tells the relay to delete it. With
+   * `autoAck` (the default) the client does this itself once every
+   * `message` listener has returned. From then on the message is never
+   * emitted again, also when the relay delivers it again because the ack
+   * was lost (the SDK acks such a redelivery silently). Idempotent.
+   * @throws {SecureChatError} `AckFailed` when the relay could not be told
+   *   (it delivers the message again later, and the SDK acks it then).
    */
   ack(): Promise<void>;
 }

@@ -2220,8 +2220,23 @@ export class SecureChatClient extends TypedEventEmitter<ChatEvent, ChatEventHand
     };
   }
 
-  /** @throws {SecureChatError} `AckFailed`. */
+  /**
+   * The app has the message: its pending copy is dropped first, so that
+   * from here on a redelivery of the envelope (its id is among the processed
+   * ones) is acked silently and never shown again, whatever becomes of the
+   * ack on its way to the relay. Then the relay is told.
+   * @throws {SecureChatError} `AckFailed` when the relay could not be told; it
+   *   delivers the envelope again later and the SDK acks it then.
+   */
   private async ack(messageId: string): Promise<void> {
+    await this.stores.metadata.removePendingMessage(messageId).catch((cause: unknown) => {
+      // A leftover copy means a redelivery is shown again (at least once, never lost); it ages out of the bounded store.
+      this.emit(
+        ChatEvent.Error,
+        new SecureChatError(SecureChatErrorCode.StoreFailure, `message ${messageId} handled; its pending copy was not removed`, { cause }),
+      );
+    });
+    this.inFlight.delete(messageId);
     try {
       if (this.socket?.isOpen) {
         this.socket.send({ type: ClientFrameType.Ack, id: messageId });
@@ -2231,17 +2246,11 @@ export class SecureChatClient extends TypedEventEmitter<ChatEvent, ChatEventHand
     } catch (cause) {
       // Already deleted (acked over a socket that then dropped): the goal is met.
       if (!SecureChatError.isRelay(cause, ErrorCode.MessageNotFound)) {
-        throw new SecureChatError(SecureChatErrorCode.AckFailed, `ack of message ${messageId} failed`, { cause });
+        throw new SecureChatError(SecureChatErrorCode.AckFailed, `ack of message ${messageId} failed; the relay will deliver it again and it is acked then`, {
+          cause,
+        });
       }
     }
-    this.inFlight.delete(messageId);
-    await this.stores.metadata.removePendingMessage(messageId).catch((cause: unknown) => {
-      // The relay has the ack; a leftover copy is harmless and ages out of the bounded store.
-      this.emit(
-        ChatEvent.Error,
-        new SecureChatError(SecureChatErrorCode.StoreFailure, `message ${messageId} acked; its pending copy was not removed`, { cause }),
-      );
-    });
   }
 
   private async ackQuietly(messageId: string): Promise<void> {
