@@ -5,6 +5,7 @@ import { ClientFrameType, type ListMessagesResponse } from '@chat/protocol';
 import { startChaosProxy, type ChaosProxy } from './support/chaos-proxy.js';
 import { startRelayProcess, type RelayProcess } from './support/relay-process.js';
 import { DEFAULT_TEST_PASSWORD, httpJson, uniqueUsername } from './support/test-relay.js';
+import { seededRandom } from './support/wait.js';
 
 // The delivery guarantee under faults (issue 5, acceptance 2): a message the
 // relay accepted reaches the recipient's app exactly once and in per-sender
@@ -20,18 +21,6 @@ const MESSAGES_PER_SENDER = 250;
 const TOTAL = USERS * MESSAGES_PER_SENDER;
 /** Delivered-message counts at which the relay is killed. */
 const KILL_AT = [150, 450, 750];
-
-/** A small seeded PRNG (mulberry32), so that a failing run can be replayed with its seed. */
-function seededRandom(seed: number): () => number {
-  let state = seed >>> 0;
-  return () => {
-    state = (state + 0x6d2b79f5) >>> 0;
-    let t = state;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 

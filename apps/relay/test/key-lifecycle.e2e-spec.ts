@@ -14,6 +14,7 @@ import {
 } from '@chat/signal-sdk';
 import { MessageCollector, createMemoryStores } from '@chat/signal-sdk/testing';
 import { DEFAULT_TEST_PASSWORD, httpJson, registerUser, startTestRelay, uniqueUsername, type TestRelay } from './support/test-relay.js';
+import { until } from './support/wait.js';
 
 // Key life cycle end to end: SDK clients on the real relay, one of them on a
 // clock the test moves, rotating its signed keys and topping up its one-time
@@ -41,14 +42,6 @@ class HeldPosts extends HttpRelayTransport {
 function manualClock() {
   const clock = { now: Date.now(), advance: (ms: number) => void (clock.now += ms) };
   return clock;
-}
-
-async function until(condition: () => boolean | Promise<boolean>, timeoutMs = 10_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await condition())) {
-    if (Date.now() > deadline) throw new Error('condition not met in time');
-    await new Promise((resolve) => setTimeout(resolve, 20));
-  }
 }
 
 describe('key life cycle through the real relay', () => {

@@ -5,6 +5,7 @@ import { createMemoryStores, waitForEvent } from '@chat/signal-sdk/testing';
 import { startRewritingProxy, type ProxiedAnswer } from './support/rewriting-proxy.js';
 import { useSdkRelay } from './support/sdk-relay.js';
 import { DEFAULT_TEST_PASSWORD, uniqueUsername } from './support/test-relay.js';
+import { until } from './support/wait.js';
 
 // Issue 5, acceptance 1: a user on three devices chats with a user on two.
 // Every device sees every message of the conversation, the sync copies of
@@ -23,14 +24,6 @@ interface Device {
 
 /** A message as a device's app shows it: who wrote it, in which conversation, what. */
 const line = (message: IncomingMessage) => `${message.outgoing ? 'me' : 'peer'}@${message.conversation}:${message.text}`;
-
-async function waitUntil(condition: () => boolean, what: string, timeoutMs = 15_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!condition()) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((resolve) => setTimeout(resolve, 20));
-  }
-}
 
 describe('a user on three devices chatting with a user on two', () => {
   function newDevice(name: string, relayUrl = fixture.relay.baseUrl): Device {
@@ -99,7 +92,7 @@ describe('a user on three devices chatting with a user on two', () => {
       sent.push([from, text]);
       // One at a time: each device must have it before the next is sent, so the expected order is the script's.
       const others = everyone.filter((device) => device !== from);
-      await waitUntil(() => others.every((device) => device.seen.some((message) => message.text === text)), `"${text}" on every other device`);
+      await until(() => others.every((device) => device.seen.some((message) => message.text === text)), `"${text}" on every other device`);
     }
     const burst = async (from: Device, count: number) => {
       const to = from.client.username === alice ? bob : alice;
@@ -110,7 +103,7 @@ describe('a user on three devices chatting with a user on two', () => {
       }
     };
     await Promise.all([burst(a2, 15), burst(b2, 15)]);
-    await waitUntil(() => everyone.every((device) => device.seen.length === sent.filter(([from]) => from !== device).length), 'every burst message on every device');
+    await until(() => everyone.every((device) => device.seen.length === sent.filter(([from]) => from !== device).length), 'every burst message on every device');
 
     for (const device of everyone) {
       const mine = device.client.username;
@@ -153,7 +146,7 @@ describe('a user on three devices chatting with a user on two', () => {
     expect((sends[0]?.body as { stale: unknown }).stale).toEqual([{ username: alice, devices: [3] }]);
     expect(await b2.client.stores.session.getSession(address3)).toBeNull();
 
-    await waitUntil(() => [a1, a2, b1].every((device) => device.seen.length === (before.get(device) ?? 0) + 1), 'the message after the unlink on alice 1, 2 and bob 1');
+    await until(() => [a1, a2, b1].every((device) => device.seen.length === (before.get(device) ?? 0) + 1), 'the message after the unlink on alice 1, 2 and bob 1');
     for (const device of [a1, a2]) expect(line(device.seen.at(-1) as IncomingMessage)).toBe(`peer@${bob}:after the unlink`);
     expect(line(b1.seen.at(-1) as IncomingMessage)).toBe(`me@${alice}:after the unlink`);
     expect(a3.seen.length).toBe(before.get(a3));

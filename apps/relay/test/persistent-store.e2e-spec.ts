@@ -17,6 +17,7 @@ import { SqliteStores, type StoreKdfParams } from '@chat/signal-sdk/sqlite';
 import { MessageCollector } from '@chat/signal-sdk/testing';
 import { useSdkRelay } from './support/sdk-relay.js';
 import { DEFAULT_TEST_PASSWORD, uniqueUsername } from './support/test-relay.js';
+import { seededRandom } from './support/wait.js';
 
 // Persistent encrypted stores end to end: SDK clients on SQLite stores talk
 // through the real relay (AppModule, real database, HTTP and WebSocket), are
@@ -232,18 +233,6 @@ const worker = fileURLToPath(new URL('./support/store-crash-worker.mjs', import.
 const KILLS = 30;
 const ONE_TIME_KEYS = 300;
 const KYBER_ID_OFFSET = 1000;
-
-/** mulberry32: the kill delays are random but the same on every run. */
-function seededRandom(seed: number): () => number {
-  let state = seed >>> 0;
-  return () => {
-    state = (state + 0x6d2b79f5) >>> 0;
-    let t = state;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 describe('a store written by a process killed at random points', () => {
   let dir: string;

@@ -13,6 +13,7 @@ import {
 import { MessageCollector, createMemoryStores } from '@chat/signal-sdk/testing';
 import { startRewritingProxy, type RewritingProxy } from './support/rewriting-proxy.js';
 import { DEFAULT_TEST_PASSWORD, httpJson, startTestRelay, uniqueUsername, type TestRelay } from './support/test-relay.js';
+import { failure, until } from './support/wait.js';
 
 // The SDK's side of password changes, account deletion and bundle fetch
 // limits, on the real relay: it closes an account's sockets with 4403 before
@@ -20,20 +21,6 @@ import { DEFAULT_TEST_PASSWORD, httpJson, startTestRelay, uniqueUsername, type T
 // CREDENTIALS_CHANGED, and answers too many bundle fetches with RATE_LIMITED.
 
 const NEW_PASSWORD = 'an entirely new passphrase';
-
-async function until(condition: () => boolean | Promise<boolean>, timeoutMs = 10_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await condition())) {
-    if (Date.now() > deadline) throw new Error('condition not met in time');
-    await new Promise((resolve) => setTimeout(resolve, 20));
-  }
-}
-
-async function failure(promise: Promise<unknown>): Promise<SecureChatError> {
-  const error = await promise.then(() => undefined, (e: unknown) => e);
-  expect(error).toBeInstanceOf(SecureChatError);
-  return error as SecureChatError;
-}
 
 function harness(relayUrl: () => string) {
   const clients: SecureChatClient[] = [];

@@ -15,6 +15,7 @@ import { MessageCollector, createMemoryStores } from '@chat/signal-sdk/testing';
 import { startRewritingProxy, type ProxiedAnswer } from './support/rewriting-proxy.js';
 import { useSdkRelay } from './support/sdk-relay.js';
 import { DEFAULT_TEST_PASSWORD, uniqueUsername } from './support/test-relay.js';
+import { failure, until } from './support/wait.js';
 
 // The SDK's device linking and device management on the real relay, real
 // database and real sockets: a new install linked through the URI chats as
@@ -40,20 +41,6 @@ class WatchedTransport extends HttpRelayTransport {
     this.polls++;
     return super.receiveProvisioningMessage(slotId, secret);
   }
-}
-
-async function until(condition: () => boolean | Promise<boolean>, what: string, timeoutMs = 15_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await condition())) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((resolve) => setTimeout(resolve, 20));
-  }
-}
-
-async function failure(promise: Promise<unknown>): Promise<SecureChatError> {
-  const error = await promise.then(() => undefined, (e: unknown) => e);
-  expect(error).toBeInstanceOf(SecureChatError);
-  return error as SecureChatError;
 }
 
 function install(options: { relayUrl?: string; transport?: HttpRelayTransport; stores?: SecureChatStores } = {}) {

@@ -7,6 +7,7 @@ import { createMemoryStores } from './stores/memory-stores.js';
 import type { SecureChatStores } from './stores/stores.js';
 import { FakeRelay } from './test-support/fake-relay.js';
 import { MessageCollector } from './testing/wait-for.js';
+import { failure, until } from './test-support/spec-helpers.js';
 
 const PASSWORD = 'correct horse battery';
 const NEW_PASSWORD = 'a much longer new passphrase';
@@ -23,20 +24,6 @@ function client(relay: FakeRelay, options: Partial<SecureChatClientOptions> = {}
   made.on(ChatEvent.Error, (error) => void seen.errors.push(error));
   made.on(ChatEvent.ConnectionState, (state) => void seen.states.push(state));
   return { client: made, stores, seen };
-}
-
-async function failure(promise: Promise<unknown>): Promise<SecureChatError> {
-  const error = await promise.then(() => undefined, (e: unknown) => e);
-  expect(error).toBeInstanceOf(SecureChatError);
-  return error as SecureChatError;
-}
-
-async function until(condition: () => boolean, timeoutMs = 5_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!condition()) {
-    if (Date.now() > deadline) throw new Error('condition not met in time');
-    await new Promise((resolve) => setTimeout(resolve, 5));
-  }
 }
 
 describe('changePassword', () => {

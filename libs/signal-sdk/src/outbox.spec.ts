@@ -7,6 +7,7 @@ import { SecureChatClient } from './secure-chat-client.js';
 import { createMemoryStores } from './stores/memory-stores.js';
 import type { SecureChatStores } from './stores/stores.js';
 import { FakeRelay } from './test-support/fake-relay.js';
+import { until } from './test-support/spec-helpers.js';
 
 // The outbox and the fan-out's device correction (docs/architecture.md,
 // "The outbox" and "Fan-out and device correction"), against the fake relay,
@@ -36,14 +37,6 @@ async function setUp() {
   const bobTexts: string[] = [];
   bob.on(ChatEvent.Message, (message: IncomingMessage) => void bobTexts.push(message.text ?? ''));
   return { relay, alice, aliceStores, bob, bobTexts, make };
-}
-
-async function until(condition: () => boolean | Promise<boolean>, timeoutMs = 5_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await condition())) {
-    if (Date.now() > deadline) throw new Error('condition not met in time');
-    await new Promise((resolve) => setTimeout(resolve, 5));
-  }
 }
 
 const storedFrom = (relay: FakeRelay, from: string) => relay.stored.filter((s) => s.from === from);

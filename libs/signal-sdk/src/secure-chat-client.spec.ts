@@ -9,6 +9,7 @@ import { MemorySessionStore, createMemoryStores } from './stores/memory-stores.j
 import { SESSION_REPAIR_WINDOW_MS, type SecureChatStores } from './stores/stores.js';
 import { FakeRelay } from './test-support/fake-relay.js';
 import { waitForEvent, waitForMessage } from './testing/wait-for.js';
+import { until } from './test-support/spec-helpers.js';
 
 const settle = () => new Promise((resolve) => setTimeout(resolve, 20));
 
@@ -312,15 +313,6 @@ describe('SecureChatClient on stores that outlive it', () => {
     await bob.close();
   });
 });
-
-/** Polls `condition` until it holds; rejects after `timeoutMs`. */
-async function until(condition: () => boolean, timeoutMs = 5_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!condition()) {
-    if (Date.now() > deadline) throw new Error('condition not met in time');
-    await new Promise((resolve) => setTimeout(resolve, 5));
-  }
-}
 
 /** What one client's app saw. */
 function watch(client: SecureChatClient) {

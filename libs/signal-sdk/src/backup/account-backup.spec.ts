@@ -1,12 +1,13 @@
 import { describe, expect, it } from '@jest/globals';
 import { Direction, IdentityKeyPair, ProtocolAddress } from '@signalapp/libsignal-client';
 import { KEY_ID_MAX } from '@chat/protocol';
-import { SecureChatError, SecureChatErrorCode } from '../errors.js';
+import { SecureChatErrorCode } from '../errors.js';
 import { asDeviceId, asRegistrationId } from '../ids.js';
 import { createMemoryStores } from '../stores/memory-stores.js';
 import { KeyIdKind, type SecureChatStores } from '../stores/stores.js';
 import { RESTORE_KEY_ID_MARGIN, exportAccountState, restoreAccountState } from './account-backup.js';
 import type { BackupContents } from './backup-format.js';
+import { failure } from '../test-support/spec-helpers.js';
 
 const alice = { username: 'alice', deviceId: asDeviceId(1) };
 const bobAddress = ProtocolAddress.new('bob', 1);
@@ -27,12 +28,6 @@ async function usedStores() {
 }
 
 const nextIdOf = (stores: SecureChatStores, kind: KeyIdKind) => stores.metadata.allocateKeyIds(kind, 1);
-
-async function failure(promise: Promise<unknown>): Promise<SecureChatError> {
-  const error = await promise.then(() => undefined, (e: unknown) => e);
-  expect(error).toBeInstanceOf(SecureChatError);
-  return error as SecureChatError;
-}
 
 describe('exportAccountState', () => {
   it('reads the identity, the account, the next id of each key kind and every trusted peer identity', async () => {

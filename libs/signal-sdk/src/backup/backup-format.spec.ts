@@ -1,7 +1,7 @@
 import { describe, expect, it } from '@jest/globals';
 import { IdentityKeyPair, PrivateKey, PublicKey } from '@signalapp/libsignal-client';
 import { MAX_BACKUP_BYTES } from '@chat/protocol';
-import { SecureChatError, SecureChatErrorCode } from '../errors.js';
+import { SecureChatErrorCode } from '../errors.js';
 import { asDeviceId, asRegistrationId } from '../ids.js';
 import { KeyIdKind } from '../stores/stores.js';
 import {
@@ -15,6 +15,7 @@ import {
   type BackupContents,
 } from './backup-format.js';
 import { generateRecoverySecret, parseRecoverySecret } from './recovery-secret.js';
+import { failure } from '../test-support/spec-helpers.js';
 
 /** 1 MiB of scrypt instead of 128: the format is the same, only slower to attack. */
 const CHEAP_KDF = { logN: 10, r: 8, p: 1 };
@@ -36,12 +37,6 @@ function contentsFor(username: string, peers = 2): BackupContents {
 
 const secret = () => parseRecoverySecret(generateRecoverySecret());
 const seal = (contents: BackupContents, key: Uint8Array) => sealBackup(contents, key, CHEAP_KDF);
-
-async function failure(promise: Promise<unknown>): Promise<SecureChatError> {
-  const error = await promise.then(() => undefined, (e: unknown) => e);
-  expect(error).toBeInstanceOf(SecureChatError);
-  return error as SecureChatError;
-}
 
 const hex = (bytes: Uint8Array) => Buffer.from(bytes).toString('hex');
 

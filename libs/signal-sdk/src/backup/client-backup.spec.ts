@@ -7,6 +7,7 @@ import type { SecureChatStores } from '../stores/stores.js';
 import type { Credentials, RelayTransport } from '../transport/relay-transport.js';
 import { RESTORE_KEY_ID_MARGIN } from './account-backup.js';
 import { generateRecoverySecret } from './recovery-secret.js';
+import { failure } from '../test-support/spec-helpers.js';
 
 const PASSWORD = 'correct horse battery';
 const CHEAP_KDF = { logN: 10, r: 8, p: 1 };
@@ -83,12 +84,6 @@ async function backedUp() {
   const secret = generateRecoverySecret();
   await old.client.createBackup(secret);
   return { relay, old, secret };
-}
-
-async function failure(promise: Promise<unknown>): Promise<SecureChatError> {
-  const error = await promise.then(() => undefined, (e: unknown) => e);
-  expect(error).toBeInstanceOf(SecureChatError);
-  return error as SecureChatError;
 }
 
 async function expectEmpty(stores: SecureChatStores) {

@@ -8,6 +8,7 @@ import type { SecureChatStores } from '../stores/stores.js';
 import { FakeRelay } from '../test-support/fake-relay.js';
 import type { RelayTransport } from '../transport/relay-transport.js';
 import { parseLinkUri } from './link-uri.js';
+import { failure, until } from '../test-support/spec-helpers.js';
 
 const PASSWORD = 'correct horse battery';
 
@@ -16,20 +17,6 @@ function client(transport: RelayTransport, stores: SecureChatStores = createMemo
   const errors: SecureChatError[] = [];
   made.on(ChatEvent.Error, (error) => void errors.push(error));
   return { client: made, stores, errors };
-}
-
-async function failure(promise: Promise<unknown>): Promise<SecureChatError> {
-  const error = await promise.then(() => undefined, (e: unknown) => e);
-  expect(error).toBeInstanceOf(SecureChatError);
-  return error as SecureChatError;
-}
-
-async function until(condition: () => boolean, timeoutMs = 5_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!condition()) {
-    if (Date.now() > deadline) throw new Error('condition not met in time');
-    await new Promise((resolve) => setTimeout(resolve, 5));
-  }
 }
 
 async function registeredAlice(relay: FakeRelay, transport: RelayTransport = relay.transport()) {

@@ -8,6 +8,7 @@ import { createMemoryStores } from '../stores/memory-stores.js';
 import { FakeRelay } from '../test-support/fake-relay.js';
 import { MessageCollector } from '../testing/wait-for.js';
 import { IdentityStatus, type IdentityChanged } from './identity-trust.js';
+import { failure, until } from '../test-support/spec-helpers.js';
 
 const PASSWORD = 'correct horse battery';
 const base64 = (bytes: Uint8Array) => Buffer.from(bytes).toString('base64');
@@ -24,20 +25,6 @@ function client(relay: FakeRelay, options: Partial<SecureChatClientOptions> = {}
   made.on(ChatEvent.Error, (error) => void seen.errors.push(error));
   made.on(ChatEvent.Message, (message) => void seen.order.push(`message ${message.text} (${message.identity})`));
   return { client: made, stores, seen };
-}
-
-async function failure(promise: Promise<unknown>): Promise<SecureChatError> {
-  const error = await promise.then(() => undefined, (e: unknown) => e);
-  expect(error).toBeInstanceOf(SecureChatError);
-  return error as SecureChatError;
-}
-
-async function until(condition: () => boolean, timeoutMs = 5_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!condition()) {
-    if (Date.now() > deadline) throw new Error('condition not met in time');
-    await new Promise((resolve) => setTimeout(resolve, 5));
-  }
 }
 
 /**

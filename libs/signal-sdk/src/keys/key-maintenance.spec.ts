@@ -10,6 +10,7 @@ import type { SecureChatStores } from '../stores/stores.js';
 import { FakeRelay } from '../test-support/fake-relay.js';
 import { MessageCollector } from '../testing/wait-for.js';
 import { DEFAULT_KEY_GRACE_PERIOD_MS, DEFAULT_KEY_ROTATION_INTERVAL_MS } from './key-maintenance.js';
+import { until } from '../test-support/spec-helpers.js';
 
 const PASSWORD = 'correct horse battery';
 const DAY = 24 * 60 * 60 * 1000;
@@ -19,14 +20,6 @@ const CHEAP_KDF = { logN: 10, r: 8, p: 1 };
 function manualClock(start = 1_800_000_000_000) {
   const clock = { now: start, advance: (ms: number) => void (clock.now += ms) };
   return clock;
-}
-
-async function until(condition: () => boolean | Promise<boolean>, timeoutMs = 5_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await condition())) {
-    if (Date.now() > deadline) throw new Error('condition not met in time');
-    await new Promise((resolve) => setTimeout(resolve, 5));
-  }
 }
 
 function client(relay: FakeRelay, options: Partial<SecureChatClientOptions> = {}, stores: SecureChatStores = createMemoryStores()) {

@@ -5,6 +5,7 @@ import { ErrorCode } from '@chat/protocol';
 import { SecureChatError, SecureChatErrorCode } from '../errors.js';
 import { HttpRelayTransport } from './http-relay-transport.js';
 import { RetryAfterMemory } from './retry-after.js';
+import { failure } from '../test-support/spec-helpers.js';
 
 /** What the stand-in server saw of each request. */
 interface Seen {
@@ -38,12 +39,6 @@ beforeAll(async () => {
 afterAll(async () => {
   await new Promise((resolve) => server.close(resolve));
 });
-
-async function failure(promise: Promise<unknown>): Promise<SecureChatError> {
-  const error = await promise.then(() => undefined, (e: unknown) => e);
-  expect(error).toBeInstanceOf(SecureChatError);
-  return error as SecureChatError;
-}
 
 describe('HttpRelayTransport', () => {
   it('surfaces RATE_LIMITED with the retryAfter of the body, else of the Retry-After header', async () => {
