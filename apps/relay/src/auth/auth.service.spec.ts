@@ -10,6 +10,7 @@ import type { AccountCredentials, AuthRepository, ConsumedRefreshToken, DeviceId
 import type { AuthenticatedDevice } from './authenticated-device.js';
 import { AuthService } from './auth.service.js';
 import { TOKEN_AUDIENCE, TOKEN_ISSUER, TokenVerifier } from './token-verifier.js';
+import { codeOf } from '../../test/support/relay-errors.js';
 
 /** The repository's contract, in memory. */
 class InMemoryAuthRepository implements Pick<AuthRepository, keyof AuthRepository> {
@@ -125,16 +126,6 @@ const config = loadConfig({
   ARGON2_TIME_COST: '1',
   JWT_TTL_SECONDS: '600',
 });
-
-async function codeOf(promise: Promise<unknown>): Promise<ErrorCode | undefined> {
-  try {
-    await promise;
-  } catch (error) {
-    if (error instanceof RelayException) return error.code;
-    throw error;
-  }
-  return undefined;
-}
 
 describe('AuthService', () => {
   let repository: InMemoryAuthRepository;

@@ -1,9 +1,9 @@
 import { describe, expect, it } from '@jest/globals';
 import { ErrorCode } from '@chat/protocol';
 import type { AuthenticatedDevice } from '../auth/authenticated-device.js';
-import { RelayException } from '../common/relay.exception.js';
 import type { BackupRepository, StoredBackup } from './backup.repository.js';
 import { BackupService } from './backup.service.js';
+import { codeOf } from '../../test/support/relay-errors.js';
 
 const alice: AuthenticatedDevice = { accountId: 'acc-alice', username: 'alice', deviceId: 1, credentialVersion: 0, expiresAt: 0 };
 const bob: AuthenticatedDevice = { accountId: 'acc-bob', username: 'bob', deviceId: 1, credentialVersion: 0, expiresAt: 0 };
@@ -30,12 +30,6 @@ class InMemoryBackupRepository implements Pick<BackupRepository, keyof BackupRep
 
 const serviceWith = (repository: InMemoryBackupRepository) => new BackupService(repository as unknown as BackupRepository);
 const blob = (...bytes: number[]) => Buffer.from(bytes).toString('base64');
-
-async function codeOf(promise: Promise<unknown>): Promise<ErrorCode> {
-  const error = await promise.then(() => undefined, (e: unknown) => e);
-  expect(error).toBeInstanceOf(RelayException);
-  return (error as RelayException).code;
-}
 
 describe('BackupService', () => {
   it('stores the decoded bytes and hands them back as base64 with the time they were stored', async () => {

@@ -4,11 +4,11 @@ import { CloseCode, ErrorCode, PROVISIONING_TTL_SECONDS } from '@chat/protocol';
 import type { AuthService } from '../auth/auth.service.js';
 import type { AuthenticatedDevice } from '../auth/authenticated-device.js';
 import { Clock } from '../common/clock.js';
-import { RelayException } from '../common/relay.exception.js';
 import { loadConfig } from '../config/relay-config.js';
 import type { DeliveryService } from '../gateway/delivery.service.js';
 import { smallestFreeDeviceId, type DevicesRepository, type ProvisioningSlotRecord } from './devices.repository.js';
 import { DevicesService, hashSecret } from './devices.service.js';
+import { codeOf } from '../../test/support/relay-errors.js';
 
 const config = loadConfig({ JWT_SECRET: 'unit-test-secret-unit-test-secret-0123', MAX_DEVICES_PER_ACCOUNT: '4' });
 const alice: AuthenticatedDevice = { accountId: 'acc-alice', username: 'alice', deviceId: 1, credentialVersion: 0, expiresAt: 0 };
@@ -47,16 +47,6 @@ function serviceWith(repository: DevicesRepository, clock = new FixedClock(new D
   const auth = {} as AuthService;
   const service = new DevicesService(repository, auth, delivery as unknown as DeliveryService, clock, config);
   return { service, closed, clock };
-}
-
-async function codeOf(promise: Promise<unknown>): Promise<ErrorCode | undefined> {
-  try {
-    await promise;
-  } catch (error) {
-    if (error instanceof RelayException) return error.code;
-    throw error;
-  }
-  return undefined;
 }
 
 describe('DevicesService', () => {

@@ -17,6 +17,7 @@ import type {
   StoreKeysOutcome,
 } from './keys.repository.js';
 import { KeysService } from './keys.service.js';
+import { codeOf } from '../../test/support/relay-errors.js';
 
 const b64 = (bytes: Uint8Array) => Buffer.from(bytes).toString('base64');
 const device: AuthenticatedDevice = { accountId: 'acc-1', username: 'alice', deviceId: 1, credentialVersion: 0, expiresAt: 0 };
@@ -87,12 +88,6 @@ function validUpload(identity = IdentityKeyPair.generate()): UploadKeysRequest {
     preKeys: [{ keyId: 10, publicKey: b64(PrivateKey.generate().getPublicKey().serialize()) }],
     kyberPreKeys: [{ keyId: 10, ...kyber() }, { keyId: 11, ...kyber() }],
   };
-}
-
-async function codeOf(promise: Promise<unknown>): Promise<ErrorCode> {
-  const error = await promise.then(() => undefined, (e: unknown) => e);
-  expect(error).toBeInstanceOf(RelayException);
-  return (error as RelayException).code;
 }
 
 describe('KeysService.upload', () => {

@@ -25,15 +25,20 @@ async function registeredAlice(relay: FakeRelay, transport: RelayTransport = rel
   return alice;
 }
 
+/** Links `newInstall` to `approver`'s account through the link URI. */
+async function linkApproved(newInstall: SecureChatClient, approver: SecureChatClient): Promise<void> {
+  const { uri, completion } = await newInstall.beginLinking({ pollIntervalMs: 5 });
+  await approver.approveLink(uri);
+  await completion;
+}
+
 describe('device linking', () => {
   it('a new install linked through the URI holds the account identity key pair, its own registration id, device 2, and has uploaded its keys', async () => {
     const relay = new FakeRelay();
     const alice = await registeredAlice(relay);
     const second = client(relay.transport());
 
-    const { uri, completion } = await second.client.beginLinking({ pollIntervalMs: 5 });
-    await alice.client.approveLink(uri);
-    await completion;
+    await linkApproved(second.client, alice.client);
 
     const aliceIdentity = (await alice.stores.identity.getLocalIdentity())!;
     const linkedIdentity = (await second.stores.identity.getLocalIdentity())!;
@@ -159,9 +164,7 @@ describe('device linking', () => {
       },
     };
     const second = client(transport);
-    const { uri, completion } = await second.client.beginLinking({ pollIntervalMs: 5 });
-    await alice.client.approveLink(uri);
-    await completion;
+    await linkApproved(second.client, alice.client);
 
     const restarted = client(transport, second.stores);
     await restarted.client.login('alice', PASSWORD);
@@ -172,9 +175,7 @@ describe('device linking', () => {
     const relay = new FakeRelay();
     const alice = await registeredAlice(relay);
     const second = client(relay.transport());
-    const { uri, completion } = await second.client.beginLinking({ pollIntervalMs: 5 });
-    await alice.client.approveLink(uri);
-    await completion;
+    await linkApproved(second.client, alice.client);
 
     expect((await alice.client.listDevices()).map((d) => [d.deviceId, d.current])).toEqual([
       [1, true],
