@@ -334,6 +334,9 @@ function expectedColumn(table: string, field: DmmfField): string {
   } else if (typeof fieldDefault === 'number' && field.type === 'Int') {
     // information_schema shows an integer literal default as its digits.
     defaultValue = String(fieldDefault);
+  } else if (typeof fieldDefault === 'boolean' && field.type === 'Boolean') {
+    // ... and a boolean literal default as true or false.
+    defaultValue = String(fieldDefault);
   } else if (fieldDefault !== undefined) {
     throw new Error(`unmapped literal default of ${table}.${field.name}`);
   }

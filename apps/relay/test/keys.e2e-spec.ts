@@ -51,6 +51,7 @@ describe('keys (e2e)', () => {
     const request = keys.uploadRequest();
     expect(body).toEqual({
       username: user.username,
+      accountId: user.accountId,
       identityKey: request.identityKey,
       devices: [
         {

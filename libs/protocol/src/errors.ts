@@ -58,6 +58,13 @@ export enum ErrorCode {
   DeviceUnlinked = 'DEVICE_UNLINKED',
   /** Device 1, the account's primary device, cannot be unlinked; delete the account instead. */
   PrimaryDevice = 'PRIMARY_DEVICE',
+  /**
+   * An unauthenticated (sealed) send without the recipient's access key, or
+   * with a wrong one, to a recipient that does not accept sealed messages
+   * from anyone; also for a recipient that does not exist (unauthenticated
+   * callers learn nothing about which accounts exist).
+   */
+  SealedSenderRefused = 'SEALED_SENDER_REFUSED',
   /** No stored message of that id for this device. */
   MessageNotFound = 'MESSAGE_NOT_FOUND',
 

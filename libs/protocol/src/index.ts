@@ -10,4 +10,5 @@ export * from './keys.dto.js';
 export * from './messages.dto.js';
 export * from './backup.dto.js';
 export * from './devices.dto.js';
+export * from './sealed-sender.dto.js';
 export * from './frames.js';

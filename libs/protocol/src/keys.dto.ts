@@ -99,6 +99,8 @@ export interface DeviceBundle {
 /** `GET /v1/keys/:username` */
 export interface PreKeyBundleResponse {
   username: string;
+  /** The account's id: the UUID its sender certificates name, and its address in a multi-recipient send. */
+  accountId: string;
   identityKey: string;
   devices: DeviceBundle[];
 }

@@ -100,3 +100,14 @@ export const BUNDLE_FETCH_REQUESTER_WINDOW_SECONDS = 3600;
 
 /** Days a deleted account's username stays unavailable, so that no one else can pose as its owner. */
 export const USERNAME_COOLING_OFF_DAYS = 30;
+
+/** An unidentified access key (libsignal zkgroup `ProfileKey.deriveAccessKey()`), bytes. */
+export const ACCESS_KEY_BYTES = 16;
+/** A profile key (zkgroup `ProfileKey`), bytes; shared only inside end-to-end encrypted messages. */
+export const PROFILE_KEY_BYTES = 32;
+/** Days a sender certificate is valid unless the relay's operator says otherwise (Signal: 7). */
+export const DEFAULT_SENDER_CERTIFICATE_TTL_DAYS = 7;
+/** Largest multi-recipient sealed-sender payload (`POST /v1/messages/multi-recipient`), bytes. */
+export const MAX_MULTI_RECIPIENT_PAYLOAD_BYTES = 256 * 1024;
+/** Header of unauthenticated (sealed) sends: the recipient's access key, or for a multi-recipient send the XOR of every recipient's. */
+export const UNIDENTIFIED_ACCESS_KEY_HEADER = 'Unidentified-Access-Key';

@@ -21,6 +21,7 @@ import {
   MAX_CIPHERTEXT_BYTES,
   MAX_DEVICES_PER_ACCOUNT,
   MAX_MESSAGES_PER_PAGE,
+  MAX_MULTI_RECIPIENT_PAYLOAD_BYTES,
   REGISTRATION_ID_MAX,
   REGISTRATION_ID_MIN,
   USERNAME_PATTERN,
@@ -33,6 +34,12 @@ export enum EnvelopeType {
   PreKey = 'prekey',
   /** `SignalMessage` (`CiphertextMessageType.Whisper`, 2): a Double Ratchet message. */
   Signal = 'signal',
+  /**
+   * A sealed-sender message (libsignal `sealedSenderEncrypt`, or one
+   * recipient's part of a multi-recipient message): the sender is inside
+   * the ciphertext. Only envelopes carry it; an authenticated send may not.
+   */
+  Sealed = 'sealed',
 }
 
 /** One recipient device's ciphertext within a send. */
@@ -119,9 +126,12 @@ export interface SendMessageResponse {
 export interface Envelope {
   /** UUID; ack it to delete the message. */
   id: string;
-  /** The sender's username. */
-  source: string;
-  sourceDevice: number;
+  /** The sender's username; absent for a sealed envelope (`type: 'sealed'`), whose sender only the recipient learns. */
+  source?: string;
+  /** Absent for a sealed envelope. */
+  sourceDevice?: number;
+  /** The sender's account id (the UUID in its sender certificates); absent for a sealed envelope. */
+  sourceAccountId?: string;
   type: EnvelopeType;
   ciphertext: string;
   serverTimestamp: number;
@@ -142,4 +152,56 @@ export interface ListMessagesResponse {
   messages: Envelope[];
   /** True when more are stored than this page holds. */
   more: boolean;
+}
+
+/** One recipient device's sealed-sender ciphertext (`sealedSenderEncrypt`) in a sealed send. */
+export class SealedDeviceMessage {
+  @IsInt() @Min(DEVICE_ID_MIN) @Max(DEVICE_ID_MAX)
+  deviceId!: number;
+
+  @IsInt() @Min(REGISTRATION_ID_MIN) @Max(REGISTRATION_ID_MAX)
+  registrationId!: number;
+
+  @IsBase64Bytes(1, MAX_CIPHERTEXT_BYTES)
+  ciphertext!: string;
+}
+
+/**
+ * `POST /v1/messages/sealed`: unauthenticated, with the recipient's access
+ * key in the `Unidentified-Access-Key` header. The relay learns the
+ * recipient, not the sender. Device checks as for `POST /v1/messages`.
+ */
+export class SealedSendRequest {
+  @Transform(({ value }) => (typeof value === 'string' ? canonicalUsername(value) : value))
+  @IsString()
+  @Matches(USERNAME_PATTERN, { message: 'to must be a username' })
+  to!: string;
+
+  /** Client-chosen UUID; a repeat of an accepted sealed send with this id stores nothing (ids of sealed sends are one space, not per sender). */
+  @IsOptional() @IsUUID()
+  id?: string;
+
+  @IsArray() @ArrayMinSize(1) @ArrayMaxSize(MAX_DEVICES_PER_ACCOUNT)
+  @ValidateNested({ each: true }) @Type(() => SealedDeviceMessage)
+  messages!: SealedDeviceMessage[];
+
+  /** As for `POST /v1/messages`: session repair to some of the devices. */
+  @IsOptional() @IsBoolean()
+  partial?: boolean;
+}
+
+/**
+ * `POST /v1/messages/multi-recipient`: unauthenticated, with the XOR of
+ * every recipient account's access key in `Unidentified-Access-Key`. One
+ * upload (libsignal `sealedSenderMultiRecipientEncrypt`, recipients
+ * addressed by account id) that the relay splits into one sealed envelope
+ * per recipient device.
+ */
+export class MultiRecipientSendRequest {
+  /** Client-chosen UUID, as for a sealed send. */
+  @IsOptional() @IsUUID()
+  id?: string;
+
+  @IsBase64Bytes(1, MAX_MULTI_RECIPIENT_PAYLOAD_BYTES)
+  payload!: string;
 }

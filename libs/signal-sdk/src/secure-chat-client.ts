@@ -2375,6 +2375,7 @@ function envelopeContext(envelope: Envelope): IncomingMessageContext | null {
     typeof envelope.id !== 'string' ||
     typeof envelope.source !== 'string' ||
     !USERNAME_PATTERN.test(envelope.source) ||
+    typeof envelope.sourceDevice !== 'number' ||
     !Number.isInteger(envelope.sourceDevice) ||
     envelope.sourceDevice < DEVICE_ID_MIN ||
     envelope.sourceDevice > DEVICE_ID_MAX ||

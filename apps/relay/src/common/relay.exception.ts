@@ -64,6 +64,7 @@ export const HTTP_STATUS_OF: Record<ErrorCode, number> = {
   [ErrorCode.DeviceNotFound]: 404,
   [ErrorCode.DeviceUnlinked]: 401,
   [ErrorCode.PrimaryDevice]: 409,
+  [ErrorCode.SealedSenderRefused]: 401,
   [ErrorCode.MessageNotFound]: 404,
   [ErrorCode.BackupNotFound]: 404,
   [ErrorCode.UnknownFrameType]: 400,

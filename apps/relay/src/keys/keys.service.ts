@@ -105,7 +105,7 @@ export class KeysService {
     }
     const bundles: DeviceBundle[] = [];
     for (const device of devices) bundles.push(await this.claimDeviceBundle(device));
-    return { username: account.username, identityKey: base64Of(account.identityKey), devices: bundles };
+    return { username: account.username, accountId: account.accountId, identityKey: base64Of(account.identityKey), devices: bundles };
   }
 
   private async claimDeviceBundle(device: KeyedDevice): Promise<DeviceBundle> {

@@ -37,6 +37,7 @@ function bundleOf(p: Party, options: { oneTimeIndex?: number; lastResort?: boole
   const { signedPreKey, kyberLastResortPreKey, preKeys = [], kyberPreKeys = [] } = p.upload;
   return {
     username: p.name,
+    accountId: '00000000-0000-4000-8000-000000000001',
     identityKey: p.upload.identityKey,
     devices: [
       {

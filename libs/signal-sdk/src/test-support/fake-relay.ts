@@ -174,6 +174,7 @@ export class FakeRelay {
         if (!account || !keys) return reject(ErrorCode.UnknownRecipient);
         const bundle: PreKeyBundleResponse = {
           username,
+          accountId: username,
           identityKey: keys.identityKey,
           devices: [
             {
