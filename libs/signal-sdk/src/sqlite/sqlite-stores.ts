@@ -587,6 +587,12 @@ const REFRESH_TOKEN_ID = 'refresh-token';
 const SIGNED_KEYS_ID = 'signed-keys';
 const nextKeyIdOf = (kind: KeyIdKind) => `next-key-id:${kind}`;
 const peerDevicesOf = (username: string) => `peer-devices:${username}`;
+// Sealed sender: metadata records under these ids.
+const OWN_PROFILE_KEY_ID = 'own-profile-key';
+const peerProfileKeyOf = (username: string) => `peer-profile-key:${username}`;
+const profileKeySharedWith = (username: string) => `profile-key-shared:${username}`;
+const accountIdOf = (username: string) => `account-id:${username}`;
+const usernameOfAccount = (accountId: string) => `account-username:${accountId}`;
 
 interface StoredPendingMessage {
   sender: string;
@@ -799,6 +805,51 @@ class SqliteMetadataStore extends SecureChatMetadataStore {
 
   async removeOutgoing(id: string): Promise<void> {
     this.records.delete(RecordKind.OutgoingMessage, id);
+  }
+
+  // Sealed sender: profile keys (raw bytes) and the account id map (UTF-8), as metadata records.
+
+  async getOwnProfileKey(): Promise<Uint8Array | null> {
+    const payload = this.records.get(RecordKind.Metadata, OWN_PROFILE_KEY_ID);
+    return payload ? bytes(payload) : null;
+  }
+
+  async saveOwnProfileKey(profileKey: Uint8Array): Promise<void> {
+    this.records.put(RecordKind.Metadata, OWN_PROFILE_KEY_ID, Buffer.from(profileKey));
+  }
+
+  async getPeerProfileKey(username: string): Promise<Uint8Array | null> {
+    const payload = this.records.get(RecordKind.Metadata, peerProfileKeyOf(username));
+    return payload ? bytes(payload) : null;
+  }
+
+  async savePeerProfileKey(username: string, profileKey: Uint8Array | null): Promise<void> {
+    if (profileKey === null) this.records.delete(RecordKind.Metadata, peerProfileKeyOf(username));
+    else this.records.put(RecordKind.Metadata, peerProfileKeyOf(username), Buffer.from(profileKey));
+  }
+
+  async hasSharedProfileKey(username: string): Promise<boolean> {
+    return this.records.get(RecordKind.Metadata, profileKeySharedWith(username)) !== null;
+  }
+
+  async saveSharedProfileKey(username: string, shared: boolean): Promise<void> {
+    if (shared) this.records.put(RecordKind.Metadata, profileKeySharedWith(username), new Uint8Array(0));
+    else this.records.delete(RecordKind.Metadata, profileKeySharedWith(username));
+  }
+
+  async getAccountId(username: string): Promise<string | null> {
+    return this.records.get(RecordKind.Metadata, accountIdOf(username))?.toString('utf8') ?? null;
+  }
+
+  async getUsernameOfAccount(accountId: string): Promise<string | null> {
+    return this.records.get(RecordKind.Metadata, usernameOfAccount(accountId))?.toString('utf8') ?? null;
+  }
+
+  async saveAccountId(username: string, accountId: string): Promise<void> {
+    const previous = await this.getAccountId(username);
+    if (previous !== null && previous !== accountId) this.records.delete(RecordKind.Metadata, usernameOfAccount(previous));
+    this.records.put(RecordKind.Metadata, accountIdOf(username), Buffer.from(accountId, 'utf8'));
+    this.records.put(RecordKind.Metadata, usernameOfAccount(accountId), Buffer.from(username, 'utf8'));
   }
 
   private sentIndex(recipient: string): SentIndexEntry[] {

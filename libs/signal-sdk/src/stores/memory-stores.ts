@@ -295,6 +295,12 @@ export class MemoryMetadataStore extends SecureChatMetadataStore implements Snap
   private readonly processedEnvelopes = new Map<string, number>();
   /** The outbox by id, in the order queued (`Map.set` on a present key keeps its place). */
   private readonly outgoing = new Map<string, OutgoingMessageRecord>();
+  // Sealed sender: profile keys and account ids.
+  private ownProfileKey: Uint8Array | null = null;
+  private readonly peerProfileKeys = new Map<string, Uint8Array>();
+  private readonly sharedProfileKeys = new Set<string>();
+  private readonly accountIds = new Map<string, string>();
+  private readonly usernamesOfAccounts = new Map<string, string>();
 
   snapshot(): () => void {
     const { account, refreshToken, signedKeysState } = this;
@@ -307,8 +313,14 @@ export class MemoryMetadataStore extends SecureChatMetadataStore implements Snap
       snapshotMap(this.receivedMessages),
       snapshotMap(this.processedEnvelopes),
       snapshotMap(this.outgoing),
+      snapshotMap(this.peerProfileKeys),
+      snapshotSet(this.sharedProfileKeys),
+      snapshotMap(this.accountIds),
+      snapshotMap(this.usernamesOfAccounts),
     ];
+    const ownProfileKey = this.ownProfileKey;
     return () => {
+      this.ownProfileKey = ownProfileKey;
       this.account = account;
       this.refreshToken = refreshToken;
       this.signedKeysState = signedKeysState;
@@ -437,6 +449,47 @@ export class MemoryMetadataStore extends SecureChatMetadataStore implements Snap
 
   async removeOutgoing(id: string): Promise<void> {
     this.outgoing.delete(id);
+  }
+
+  async getOwnProfileKey(): Promise<Uint8Array | null> {
+    return this.ownProfileKey?.slice() ?? null;
+  }
+
+  async saveOwnProfileKey(profileKey: Uint8Array): Promise<void> {
+    this.ownProfileKey = profileKey.slice();
+  }
+
+  async getPeerProfileKey(username: string): Promise<Uint8Array | null> {
+    return this.peerProfileKeys.get(username)?.slice() ?? null;
+  }
+
+  async savePeerProfileKey(username: string, profileKey: Uint8Array | null): Promise<void> {
+    if (profileKey === null) this.peerProfileKeys.delete(username);
+    else this.peerProfileKeys.set(username, profileKey.slice());
+  }
+
+  async hasSharedProfileKey(username: string): Promise<boolean> {
+    return this.sharedProfileKeys.has(username);
+  }
+
+  async saveSharedProfileKey(username: string, shared: boolean): Promise<void> {
+    if (shared) this.sharedProfileKeys.add(username);
+    else this.sharedProfileKeys.delete(username);
+  }
+
+  async getAccountId(username: string): Promise<string | null> {
+    return this.accountIds.get(username) ?? null;
+  }
+
+  async getUsernameOfAccount(accountId: string): Promise<string | null> {
+    return this.usernamesOfAccounts.get(accountId) ?? null;
+  }
+
+  async saveAccountId(username: string, accountId: string): Promise<void> {
+    const previous = this.accountIds.get(username);
+    if (previous !== undefined && previous !== accountId) this.usernamesOfAccounts.delete(previous);
+    this.accountIds.set(username, accountId);
+    this.usernamesOfAccounts.set(accountId, username);
   }
 }
 

@@ -274,6 +274,32 @@ export abstract class SecureChatMetadataStore {
   abstract getOutgoing(): Promise<OutgoingMessageRecord[]>;
   /** Removes the send; resolves also when there is none. */
   abstract removeOutgoing(id: string): Promise<void>;
+
+  // Sealed sender (docs/protocol.md, "Sealed sender (client side)"): the
+  // account's profile key (its access key is derived from it), the profile
+  // keys peers shared in kind 7 records, and which account id (the UUID of
+  // sender certificates and multi-recipient sends) is which username.
+
+  /** This account's profile key (`PROFILE_KEY_BYTES`, the same on all its devices), or null before one is made. */
+  abstract getOwnProfileKey(): Promise<Uint8Array | null>;
+  abstract saveOwnProfileKey(profileKey: Uint8Array): Promise<void>;
+  /** The profile key `username` shared with this account, or null (none shared, or forgotten after a refused sealed send). */
+  abstract getPeerProfileKey(username: string): Promise<Uint8Array | null>;
+  /** Keeps `username`'s profile key, replacing an earlier one; null forgets it. */
+  abstract savePeerProfileKey(username: string, profileKey: Uint8Array | null): Promise<void>;
+  /** Whether this install has sent this account's profile key to `username` (kind 7). */
+  abstract hasSharedProfileKey(username: string): Promise<boolean>;
+  abstract saveSharedProfileKey(username: string, shared: boolean): Promise<void>;
+  /** The account id of `username`, or null when not known. */
+  abstract getAccountId(username: string): Promise<string | null>;
+  /** The username of the account `accountId` (lower-case UUID), or null when not known. */
+  abstract getUsernameOfAccount(accountId: string): Promise<string | null>;
+  /**
+   * Records that `username` is the account `accountId` (kept both ways). A
+   * username saved again with another account id (the name was taken by a
+   * new account after the old one was deleted) drops the old id's entry.
+   */
+  abstract saveAccountId(username: string, accountId: string): Promise<void>;
 }
 
 /** A send waiting in the outbox. */

@@ -702,6 +702,73 @@ export function describeStoreConformance(
       });
     });
 
+    describe('sealed sender metadata', () => {
+      const key = (fill: number) => new Uint8Array(32).fill(fill);
+
+      it('keeps the own profile key, as a copy', async () => {
+        await expect(stores.metadata.getOwnProfileKey()).resolves.toBeNull();
+        const own = key(1);
+        await stores.metadata.saveOwnProfileKey(own);
+        own.fill(9);
+        const read = (await stores.metadata.getOwnProfileKey())!;
+        expect(same(read, key(1))).toBe(true);
+        read.fill(9);
+        expect(same((await stores.metadata.getOwnProfileKey())!, key(1))).toBe(true);
+      });
+
+      it('keeps, replaces and forgets peer profile keys per username', async () => {
+        await expect(stores.metadata.getPeerProfileKey('bob')).resolves.toBeNull();
+        await stores.metadata.savePeerProfileKey('bob', key(2));
+        await stores.metadata.savePeerProfileKey('carol', key(3));
+        await stores.metadata.savePeerProfileKey('bob', key(4));
+        expect(same((await stores.metadata.getPeerProfileKey('bob'))!, key(4))).toBe(true);
+        await stores.metadata.savePeerProfileKey('bob', null);
+        await expect(stores.metadata.getPeerProfileKey('bob')).resolves.toBeNull();
+        expect(same((await stores.metadata.getPeerProfileKey('carol'))!, key(3))).toBe(true);
+      });
+
+      it('remembers with whom the profile key was shared', async () => {
+        await expect(stores.metadata.hasSharedProfileKey('bob')).resolves.toBe(false);
+        await stores.metadata.saveSharedProfileKey('bob', true);
+        await expect(stores.metadata.hasSharedProfileKey('bob')).resolves.toBe(true);
+        await expect(stores.metadata.hasSharedProfileKey('carol')).resolves.toBe(false);
+        await stores.metadata.saveSharedProfileKey('bob', false);
+        await expect(stores.metadata.hasSharedProfileKey('bob')).resolves.toBe(false);
+      });
+
+      it('maps usernames and account ids both ways; a username saved with a new id drops the old id', async () => {
+        const [first, second] = [randomUUID(), randomUUID()];
+        await expect(stores.metadata.getAccountId('bob')).resolves.toBeNull();
+        await expect(stores.metadata.getUsernameOfAccount(first)).resolves.toBeNull();
+        await stores.metadata.saveAccountId('bob', first);
+        await expect(stores.metadata.getAccountId('bob')).resolves.toBe(first);
+        await expect(stores.metadata.getUsernameOfAccount(first)).resolves.toBe('bob');
+        await stores.metadata.saveAccountId('bob', second);
+        await expect(stores.metadata.getAccountId('bob')).resolves.toBe(second);
+        await expect(stores.metadata.getUsernameOfAccount(second)).resolves.toBe('bob');
+        await expect(stores.metadata.getUsernameOfAccount(first)).resolves.toBeNull();
+      });
+
+      it('rolls profile keys and account ids back with a failed transaction', async () => {
+        const id = randomUUID();
+        const failure = new Error('fails after the sealed-sender writes');
+        await expect(
+          stores.transaction!(async (tx) => {
+            await tx.metadata.saveOwnProfileKey(key(5));
+            await tx.metadata.savePeerProfileKey('bob', key(6));
+            await tx.metadata.saveSharedProfileKey('bob', true);
+            await tx.metadata.saveAccountId('bob', id);
+            throw failure;
+          }),
+        ).rejects.toBe(failure);
+        await expect(stores.metadata.getOwnProfileKey()).resolves.toBeNull();
+        await expect(stores.metadata.getPeerProfileKey('bob')).resolves.toBeNull();
+        await expect(stores.metadata.hasSharedProfileKey('bob')).resolves.toBe(false);
+        await expect(stores.metadata.getAccountId('bob')).resolves.toBeNull();
+        await expect(stores.metadata.getUsernameOfAccount(id)).resolves.toBeNull();
+      });
+    });
+
     it('removes one session and leaves the others; removing a missing one resolves', async () => {
       const peer = await responder(createMemoryStores(), 'bob', { oneTime: false });
       const bob1 = ProtocolAddress.new('bob', 1);
@@ -827,6 +894,20 @@ export function describeStoreConformance(
           plainOutgoing(outgoing(ids[0]!, 'first', 10)),
           plainOutgoing(outgoing(ids[1]!, 'second', 20)),
         ]);
+      });
+
+      it('keeps profile keys and account ids across reopen', async () => {
+        const id = randomUUID();
+        await stores.metadata.saveOwnProfileKey(new Uint8Array(32).fill(7));
+        await stores.metadata.savePeerProfileKey('bob', new Uint8Array(32).fill(8));
+        await stores.metadata.saveSharedProfileKey('bob', true);
+        await stores.metadata.saveAccountId('bob', id);
+        await reopen();
+        expect(same((await stores.metadata.getOwnProfileKey())!, new Uint8Array(32).fill(7))).toBe(true);
+        expect(same((await stores.metadata.getPeerProfileKey('bob'))!, new Uint8Array(32).fill(8))).toBe(true);
+        await expect(stores.metadata.hasSharedProfileKey('bob')).resolves.toBe(true);
+        await expect(stores.metadata.getAccountId('bob')).resolves.toBe(id);
+        await expect(stores.metadata.getUsernameOfAccount(id)).resolves.toBe('bob');
       });
 
       it('keeps every kind of record across reopen, and a session continues', async () => {
