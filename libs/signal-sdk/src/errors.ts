@@ -69,6 +69,13 @@ export enum SecureChatErrorCode {
   SessionRepairFailed = 'SESSION_REPAIR_FAILED',
   /** An incoming message decrypted but its content is not valid; it was dropped (acked). */
   MalformedContent = 'MALFORMED_CONTENT',
+  /**
+   * A sealed-sender message was dropped (acked) for its sender certificate:
+   * not signed by a server the configured `trustRoot` certified (forged, or
+   * another root), expired, malformed, naming a key other than the identity
+   * key of the session it came over, or no `trustRoot` is configured.
+   */
+  InvalidSenderCertificate = 'INVALID_SENDER_CERTIFICATE',
   /** A store failed; the message is left on the relay and retried on the next connection. */
   StoreFailure = 'STORE_FAILURE',
   /**

@@ -1,5 +1,6 @@
 import WebSocket from 'ws';
 import type {
+  AccountLookupResponse,
   AuthResponse,
   BackupResponse,
   ChangePasswordRequest,
@@ -14,13 +15,18 @@ import type {
   ProvisioningMessageRequest,
   ProvisioningMessageResponse,
   ProvisioningSlotResponse,
+  MultiRecipientSendRequest,
+  SealedSendRequest,
+  SenderCertificateResponse,
   SendMessageRequest,
   SendMessageResponse,
   ServerFrame,
   StaleDeviceList,
   UploadBackupRequest,
+  UnidentifiedAccessRequest,
   UploadKeysRequest,
 } from '@chat/protocol';
+import { UNIDENTIFIED_ACCESS_KEY_HEADER } from '@chat/protocol';
 import { API_PREFIX, DEVICE_ID_MAX, DEVICE_ID_MIN, MAX_WS_FRAME_BYTES, WS_PATH, type ErrorCode } from '@chat/protocol';
 import { SecureChatError, SecureChatErrorCode } from '../errors.js';
 import type { Credentials, RelaySocket, RelaySocketListener, RelayTransport } from './relay-transport.js';
@@ -194,6 +200,30 @@ export class HttpRelayTransport implements RelayTransport {
     await this.request('DELETE', `/devices/${encodeURIComponent(String(deviceId))}`, { accessToken });
   }
 
+  // --- sealed sender ---
+
+  getSenderCertificate(accessToken: string): Promise<SenderCertificateResponse> {
+    return this.request('GET', '/certificate/delivery', { accessToken });
+  }
+
+  async putUnidentifiedAccess(accessToken: string, request: UnidentifiedAccessRequest): Promise<void> {
+    await this.request('PUT', '/account/unidentified-access', { accessToken, body: request });
+  }
+
+  /** No Authorization header: a sealed send must not name its sender. */
+  sendSealed(accessKey: string, request: SealedSendRequest): Promise<SendMessageResponse> {
+    return this.request('POST', '/messages/sealed', { body: request, headers: { [UNIDENTIFIED_ACCESS_KEY_HEADER]: accessKey } });
+  }
+
+  sendMultiRecipient(auth: { accessKey: string } | { accessToken: string }, request: MultiRecipientSendRequest): Promise<SendMessageResponse> {
+    if ('accessToken' in auth) return this.request('POST', '/messages/multi-recipient', { accessToken: auth.accessToken, body: request });
+    return this.request('POST', '/messages/multi-recipient', { body: request, headers: { [UNIDENTIFIED_ACCESS_KEY_HEADER]: auth.accessKey } });
+  }
+
+  lookupAccount(accessToken: string, accountId: string): Promise<AccountLookupResponse> {
+    return this.request('GET', `/accounts/${encodeURIComponent(accountId)}`, { accessToken });
+  }
+
   // --- the WebSocket ---
 
   openSocket(accessToken: string, listener: RelaySocketListener): Promise<RelaySocket> {
@@ -252,8 +282,8 @@ export class HttpRelayTransport implements RelayTransport {
     });
   }
 
-  private async request<T>(method: string, path: string, options: { accessToken?: string; body?: unknown }): Promise<T> {
-    const headers: Record<string, string> = { accept: 'application/json' };
+  private async request<T>(method: string, path: string, options: { accessToken?: string; body?: unknown; headers?: Record<string, string> }): Promise<T> {
+    const headers: Record<string, string> = { ...options.headers, accept: 'application/json' };
     if (options.body !== undefined) headers['content-type'] = 'application/json';
     if (options.accessToken) headers['authorization'] = `Bearer ${options.accessToken}`;
     let response: Response;

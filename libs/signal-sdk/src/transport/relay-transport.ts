@@ -1,4 +1,5 @@
 import type {
+  AccountLookupResponse,
   AuthResponse,
   BackupResponse,
   ChangePasswordRequest,
@@ -11,10 +12,14 @@ import type {
   ProvisioningMessageRequest,
   ProvisioningMessageResponse,
   ProvisioningSlotResponse,
+  MultiRecipientSendRequest,
+  SealedSendRequest,
+  SenderCertificateResponse,
   SendMessageRequest,
   SendMessageResponse,
   ServerFrame,
   UploadBackupRequest,
+  UnidentifiedAccessRequest,
   UploadKeysRequest,
 } from '@chat/protocol';
 
@@ -72,6 +77,25 @@ export interface RelayTransport {
   linkDevice(request: LinkDeviceRequest): Promise<AuthResponse>;
   listDevices(accessToken: string): Promise<ListDevicesResponse>;
   unlinkDevice(accessToken: string, deviceId: number): Promise<void>;
+
+  // --- sealed sender (docs/protocol.md, "Sealed sender") ---
+  /** `GET /v1/certificate/delivery`: this device's sender certificate. */
+  getSenderCertificate(accessToken: string): Promise<SenderCertificateResponse>;
+  /** `PUT /v1/account/unidentified-access`: the account's access key and whether it takes sealed mail from anyone. */
+  putUnidentifiedAccess(accessToken: string, request: UnidentifiedAccessRequest): Promise<void>;
+  /**
+   * `POST /v1/messages/sealed`: WITHOUT the access token (the relay must not
+   * learn the sender), with the recipient's access key (base64) in
+   * `Unidentified-Access-Key`. Rejects with `SEALED_SENDER_REFUSED` for a wrong key.
+   */
+  sendSealed(accessKey: string, request: SealedSendRequest): Promise<SendMessageResponse>;
+  /**
+   * `POST /v1/messages/multi-recipient`: either unauthenticated with the XOR
+   * of the recipients' access keys (base64), or, as a fallback, authenticated.
+   */
+  sendMultiRecipient(auth: { accessKey: string } | { accessToken: string }, request: MultiRecipientSendRequest): Promise<SendMessageResponse>;
+  /** `GET /v1/accounts/:accountId`: the username of an account id (`UNKNOWN_RECIPIENT` for none). */
+  lookupAccount(accessToken: string, accountId: string): Promise<AccountLookupResponse>;
 
   /** Resolves once the WebSocket is open; rejects when the upgrade is refused or fails. */
   openSocket(accessToken: string, listener: RelaySocketListener): Promise<RelaySocket>;
