@@ -29,9 +29,24 @@
  *   5 receipt     u8 type (1 delivery, 2 read) | u16 count (1..100) |
  *                 count x u64 timestamps of the messages it acknowledges.
  *   6 typing      u8 action (1 started, 2 stopped).
+ *
+ * Kind 7 (docs/protocol.md, "Sealed sender (client side)"):
+ *
+ *   7 profile key 32 bytes: the sender account's profile key (zkgroup
+ *                 `ProfileKey`), from which the access key of its sealed
+ *                 sends is derived. Never shown to the app.
+ *
+ * Kinds 8 to 10 (docs/protocol.md, "Groups"; bodies in `groups/group-wire.ts`):
+ *
+ *   8 group update   32 group id | u64 revision | u8 t | title | u8 m | m x
+ *                    (u8 n | username | 16 bytes account id | u8 role).
+ *   9 sender key     32 group id | libsignal SenderKeyDistributionMessage.
+ *   10 group message 32 group id | u8 inner kind (1 text or 2 bytes) | inner
+ *                    body; only ever the plaintext of a `groupEncrypt`.
  */
 
-import { USERNAME_MAX_LENGTH, USERNAME_PATTERN } from '@chat/protocol';
+import { PROFILE_KEY_BYTES, USERNAME_MAX_LENGTH, USERNAME_PATTERN } from '@chat/protocol';
+import { GroupWireError, parseGroupMessageBody, parseGroupUpdateBody, parseSenderKeyDistributionBody } from '../groups/group-wire.js';
 
 export const CONTENT_VERSION = 1;
 export const PADDING_BLOCK = 160;
@@ -56,6 +71,14 @@ export enum ContentKind {
   Receipt = 5,
   /** The sender started or stopped typing; sent ephemeral, never stored by the relay. */
   Typing = 6,
+  /** The sender account's profile key, so that this account can send to it sealed (control, never shown). */
+  ProfileKey = 7,
+  /** A group's whole new state (control, never shown; the `groupUpdated` event reports it). */
+  GroupUpdate = 8,
+  /** This sender device's sender key for a group (control, never shown). */
+  SenderKeyDistribution = 9,
+  /** A text or bytes message to a group, sender-key encrypted. */
+  GroupMessage = 10,
 }
 
 /** The kinds a user sends and reads: what a sync copy may wrap. */
@@ -84,7 +107,7 @@ const SYNC_COPY_MAX_PREFIX_BYTES = 1 + USERNAME_MAX_LENGTH + 1;
  */
 const MAX_RECORD_BODY_BYTES = MAX_BODY_BYTES + SYNC_COPY_MAX_PREFIX_BYTES;
 
-const isContentKind = (kind: number): kind is ContentKind => Number.isInteger(kind) && kind >= ContentKind.Text && kind <= ContentKind.Typing;
+const isContentKind = (kind: number): kind is ContentKind => Number.isInteger(kind) && kind >= ContentKind.Text && kind <= ContentKind.GroupMessage;
 export const isUserContentKind = (kind: number): kind is UserContentKind => kind === ContentKind.Text || kind === ContentKind.Bytes;
 
 export interface MessageContent {
@@ -149,7 +172,7 @@ export function decodeContent(bytes: Uint8Array): MessageContent {
   return { kind, timestamp: Number(timestamp), body };
 }
 
-const maxBodyBytes = (kind: ContentKind) => (kind === ContentKind.SyncCopy ? MAX_RECORD_BODY_BYTES : MAX_BODY_BYTES);
+const maxBodyBytes = (kind: ContentKind) => (kind === ContentKind.SyncCopy || kind === ContentKind.GroupMessage ? MAX_RECORD_BODY_BYTES : MAX_BODY_BYTES);
 
 /** Parses a control or sync body by its kind, so that `decodeContent` accepts only well-formed records. */
 function checkBody(kind: ContentKind, body: Uint8Array): void {
@@ -165,6 +188,14 @@ function checkBody(kind: ContentKind, body: Uint8Array): void {
       return;
     case ContentKind.Typing:
       parseTypingBody(body);
+      return;
+    case ContentKind.ProfileKey:
+      parseProfileKeyBody(body);
+      return;
+    case ContentKind.GroupUpdate:
+    case ContentKind.SenderKeyDistribution:
+    case ContentKind.GroupMessage:
+      checkGroupBody(kind, body);
       return;
     default:
       return;
@@ -297,6 +328,37 @@ function parseTypingBody(body: Uint8Array): TypingAction {
   const action = body[0];
   if (action !== TypingAction.Started && action !== TypingAction.Stopped) throw new ContentFormatError(`unknown typing action ${action}`);
   return action;
+}
+
+// --- kind 7: profile key --------------------------------------------------------
+
+/** A profile key record carrying this account's 32-byte profile key. */
+export function encodeProfileKey(timestamp: number, profileKey: Uint8Array): Uint8Array<ArrayBuffer> {
+  return encodeContent({ kind: ContentKind.ProfileKey, timestamp, body: parseProfileKeyBody(profileKey).slice() });
+}
+
+/** @throws {ContentFormatError} when `content` is not a well-formed profile key record. */
+export function profileKeyOf(content: MessageContent): Uint8Array {
+  if (content.kind !== ContentKind.ProfileKey) throw new ContentFormatError('not a profile key record');
+  return parseProfileKeyBody(content.body).slice();
+}
+
+function parseProfileKeyBody(body: Uint8Array): Uint8Array {
+  if (body.length !== PROFILE_KEY_BYTES) throw new ContentFormatError(`profile key body must be ${PROFILE_KEY_BYTES} bytes`);
+  return body;
+}
+
+// --- kinds 8 to 10: groups -------------------------------------------------------
+
+function checkGroupBody(kind: ContentKind, body: Uint8Array): void {
+  try {
+    if (kind === ContentKind.GroupUpdate) parseGroupUpdateBody(body);
+    else if (kind === ContentKind.SenderKeyDistribution) parseSenderKeyDistributionBody(body);
+    else parseGroupMessageBody(body);
+  } catch (cause) {
+    if (cause instanceof GroupWireError) throw new ContentFormatError(cause.message, { cause });
+    throw cause;
+  }
 }
 
 /** A session reset request asking for everything sent since `since` (a relay `serverTimestamp`). */
