@@ -68,6 +68,11 @@ class BackupRelay {
       linkDevice: unused,
       listDevices: unused,
       unlinkDevice: unused,
+      getSenderCertificate: unused,
+      putUnidentifiedAccess: unused,
+      sendSealed: unused,
+      sendMultiRecipient: unused,
+      lookupAccount: unused,
     };
   }
 }

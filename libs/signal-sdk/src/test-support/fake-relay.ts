@@ -1,20 +1,34 @@
 // Test support for the SDK's unit specs; not part of the built package
 // (tsconfig.lib.json excludes this folder).
-import { randomBytes, randomUUID } from 'node:crypto';
+import { randomBytes, randomUUID, timingSafeEqual } from 'node:crypto';
+import {
+  PrivateKey,
+  PublicKey,
+  SenderCertificate,
+  ServerCertificate,
+} from '@signalapp/libsignal-client';
+import SealedSenderMultiRecipientMessage from '@signalapp/libsignal-client/dist/SealedSenderMultiRecipientMessage.js';
 import type {
   AuthResponse,
   ClientFrame,
   Envelope,
+  MultiRecipientSendRequest,
   PreKeyBundleResponse,
+  SealedSendRequest,
   SendMessageRequest,
   ServerFrame,
   UploadKeysRequest,
 } from '@chat/protocol';
-import { CloseCode, ErrorCode, PREKEY_LOW_THRESHOLD, ServerFrameType } from '@chat/protocol';
+import { CloseCode, EnvelopeType, ErrorCode, PREKEY_LOW_THRESHOLD, ServerFrameType } from '@chat/protocol';
 import { SecureChatError, SecureChatErrorCode } from '../errors.js';
 import type { Credentials, RelaySocket, RelaySocketListener, RelayTransport } from '../transport/relay-transport.js';
 
 interface FakeAccount {
+  /** A UUID, as the relay's account ids. */
+  accountId: string;
+  /** `PUT /v1/account/unidentified-access`, base64. */
+  accessKey?: string;
+  unrestricted?: boolean;
   password: string;
   /** Bumped by a password change: tokens of an earlier version are refused with CREDENTIALS_CHANGED. */
   credentialVersion: number;
@@ -78,6 +92,53 @@ export class FakeRelay {
    */
   readonly linkedDevices = new Map<string, number[]>();
 
+  // --- sealed sender ---
+  /** The test trust root: its public key is the clients' `trustRoot` option. */
+  readonly trustRootKey = PrivateKey.generate();
+  /** The fake's server key, certified by `trustRootKey`. */
+  readonly serverKey = PrivateKey.generate();
+  readonly serverCertificate = ServerCertificate.new(1, this.serverKey.getPublicKey(), this.trustRootKey);
+  /** How long a sender certificate it hands out is valid, ms. */
+  senderCertificateTtlMs = 7 * 24 * 60 * 60 * 1000;
+  /** Every certificate fetch, by account. */
+  readonly certificateFetches: string[] = [];
+  /** Every sealed send that reached the relay, accepted or not: the access key presented and the request. */
+  readonly sealedSends: Array<{ accessKey: string; request: SealedSendRequest }> = [];
+  /** Every multi-recipient send that reached the relay: how it was authorized and the request. */
+  readonly multiRecipientSends: Array<{ auth: { accessKey: string } | { username: string }; request: MultiRecipientSendRequest }> = [];
+  /** Accepted sealed and multi-recipient send ids (one space, as at the relay). */
+  private readonly acceptedSealedSends = new Map<string, number>();
+
+  /** The trust root to configure clients with (base64 of the 33-byte public key). */
+  get trustRoot(): string {
+    return Buffer.from(this.trustRootKey.getPublicKey().serialize()).toString('base64');
+  }
+
+  /** The account id of `username`. */
+  accountIdOf(username: string): string {
+    const account = this.accounts.get(username);
+    if (!account) throw new Error(`no account ${username}`);
+    return account.accountId;
+  }
+
+  /** A sender certificate as the relay issues it (or with the given overrides, to forge one). */
+  issueSenderCertificate(
+    username: string,
+    options: { deviceId?: number; key?: PublicKey; expiration?: number; serverCertificate?: ServerCertificate; serverKey?: PrivateKey } = {},
+  ): SenderCertificate {
+    const account = this.accounts.get(username);
+    if (!account?.keys) throw new Error(`no keys for ${username}`);
+    return SenderCertificate.new(
+      account.accountId,
+      null,
+      options.deviceId ?? 1,
+      options.key ?? PublicKey.deserialize(new Uint8Array(Buffer.from(account.keys.identityKey, 'base64'))),
+      options.expiration ?? Date.now() + this.senderCertificateTtlMs,
+      options.serverCertificate ?? this.serverCertificate,
+      options.serverKey ?? this.serverKey,
+    );
+  }
+
   transport(): RelayTransport {
     return this.transportOf(this);
   }
@@ -87,7 +148,7 @@ export class FakeRelay {
     const auth = (username: string): AuthResponse => {
       const version = relay.accounts.get(username)?.credentialVersion ?? 0;
       return {
-        accountId: username,
+        accountId: relay.accounts.get(username)?.accountId ?? randomUUID(),
         username,
         deviceId: 1,
         accessToken: `token:${username}:${version}`,
@@ -109,7 +170,7 @@ export class FakeRelay {
     };
     return {
       async register({ username, password }: Credentials) {
-        relay.accounts.set(username, { password, credentialVersion: 0, queue: [] });
+        relay.accounts.set(username, { accountId: randomUUID(), password, credentialVersion: 0, queue: [] });
         return auth(username);
       },
       async login({ username, password }: Credentials) {
@@ -174,7 +235,7 @@ export class FakeRelay {
         if (!account || !keys) return reject(ErrorCode.UnknownRecipient);
         const bundle: PreKeyBundleResponse = {
           username,
-          accountId: username,
+          accountId: account.accountId,
           identityKey: keys.identityKey,
           devices: [
             {
@@ -212,6 +273,82 @@ export class FakeRelay {
       },
       async deleteBackup(token: string) {
         relay.backups.delete(who(token));
+      },
+      // --- sealed sender ---
+      async getSenderCertificate(token: string) {
+        const username = who(token);
+        relay.certificateFetches.push(username);
+        if (!relay.accounts.get(username)?.keys) return reject(ErrorCode.KeysIncomplete);
+        return { certificate: Buffer.from(relay.issueSenderCertificate(username).serialize()).toString('base64') };
+      },
+      async putUnidentifiedAccess(token: string, request) {
+        const account = relay.accounts.get(who(token))!;
+        account.accessKey = request.accessKey;
+        account.unrestricted = request.unrestricted;
+      },
+      async sendSealed(accessKey: string, request: SealedSendRequest) {
+        if (relay.unreachable) throw new SecureChatError(SecureChatErrorCode.Network, 'relay unreachable');
+        relay.sealedSends.push({ accessKey, request: structuredClone(request) });
+        const recipient = relay.accounts.get(request.to);
+        if (!recipient || !relay.mayAccess(recipient, accessKey)) {
+          return reject(ErrorCode.SealedSenderRefused);
+        }
+        const repeat = request.id === undefined ? undefined : relay.acceptedSealedSends.get(request.id);
+        if (repeat !== undefined) return { serverTimestamp: repeat };
+        // The fake models device 1 only (as for authenticated sends).
+        const addressed = request.messages.map((m) => m.deviceId);
+        const extra = addressed.filter((id) => id !== 1);
+        const missing = request.partial || addressed.includes(1) ? [] : [1];
+        if (extra.length > 0 || missing.length > 0) {
+          throw new SecureChatError(SecureChatErrorCode.RelayRejected, 'MISMATCHED_DEVICES', {
+            relayCode: ErrorCode.MismatchedDevices,
+            status: 409,
+            mismatched: [{ username: request.to, missing, extra }],
+          });
+        }
+        const serverTimestamp = Date.now();
+        for (const m of request.messages) relay.storeSealed(request.to, m.ciphertext, serverTimestamp);
+        if (request.id !== undefined) relay.acceptedSealedSends.set(request.id, serverTimestamp);
+        return { serverTimestamp };
+      },
+      async sendMultiRecipient(auth, request: MultiRecipientSendRequest) {
+        const from: { accessKey: string } | { username: string } = 'accessToken' in auth ? { username: who(auth.accessToken) } : { accessKey: auth.accessKey };
+        relay.multiRecipientSends.push({ auth: from, request: structuredClone(request) });
+        const repeat = request.id === undefined ? undefined : relay.acceptedSealedSends.get(request.id);
+        if (repeat !== undefined) return { serverTimestamp: repeat };
+        let message: SealedSenderMultiRecipientMessage;
+        try {
+          message = new SealedSenderMultiRecipientMessage(new Uint8Array(Buffer.from(request.payload, 'base64')));
+        } catch {
+          return reject(ErrorCode.ValidationFailed);
+        }
+        const recipients = Object.entries(message.recipientsByServiceIdString()).map(([serviceId, recipient]) => {
+          const entry = [...relay.accounts].find(([, account]) => account.accountId === serviceId.toLowerCase());
+          return { username: entry?.[0], account: entry?.[1], recipient };
+        });
+        if (recipients.some((r) => !r.account)) return 'accessKey' in from ? reject(ErrorCode.SealedSenderRefused) : reject(ErrorCode.UnknownRecipient);
+        if ('accessKey' in from) {
+          const combined = Buffer.alloc(16);
+          for (const { account } of recipients) {
+            const key = Buffer.from(account!.accessKey ?? '', 'base64');
+            if (key.length !== 16) return reject(ErrorCode.SealedSenderRefused);
+            for (let i = 0; i < 16; i++) combined[i]! ^= key[i]!;
+          }
+          const given = Buffer.from(from.accessKey, 'base64');
+          if (given.length !== 16 || !timingSafeEqual(given, combined)) return reject(ErrorCode.SealedSenderRefused);
+        }
+        const serverTimestamp = Date.now();
+        for (const { username, recipient } of recipients) {
+          const ciphertext = Buffer.from(message.messageForRecipient(recipient)).toString('base64');
+          for (let i = 0; i < recipient.deviceIds.length; i++) relay.storeSealed(username!, ciphertext, serverTimestamp);
+        }
+        if (request.id !== undefined) relay.acceptedSealedSends.set(request.id, serverTimestamp);
+        return { serverTimestamp };
+      },
+      async lookupAccount(token: string, accountId: string) {
+        who(token);
+        const entry = [...relay.accounts].find(([, account]) => account.accountId === accountId.toLowerCase());
+        return entry ? { accountId: entry[1].accountId, username: entry[0] } : reject(ErrorCode.UnknownRecipient);
       },
       // --- devices and linking ---
       async createProvisioningSlot() {
@@ -320,6 +457,23 @@ export class FakeRelay {
     return { preKeys, kyberPreKeys, threshold, refill: preKeys < threshold || kyberPreKeys < threshold };
   }
 
+  /** Whether a sealed send with `accessKey` (base64) may reach `account`: its own key, or it takes sealed mail from anyone. */
+  private mayAccess(account: FakeAccount, accessKey: string): boolean {
+    if (account.unrestricted) return true;
+    const given = Buffer.from(accessKey, 'base64');
+    const stored = Buffer.from(account.accessKey ?? '', 'base64');
+    return stored.length === 16 && given.length === 16 && timingSafeEqual(given, stored);
+  }
+
+  /** Stores a sealed envelope for `to`: no source fields. */
+  storeSealed(to: string, ciphertext: string, serverTimestamp = Date.now()): Envelope {
+    let envelope: Envelope = { id: randomUUID(), type: EnvelopeType.Sealed, ciphertext, serverTimestamp };
+    if (this.tamper) envelope = this.tamper(envelope);
+    this.stored.push({ from: '', to, envelope });
+    this.deliver(to, envelope);
+    return envelope;
+  }
+
   /** Puts an envelope in `to`'s queue and pushes it if connected. */
   deliver(to: string, envelope: Envelope): void {
     const account = this.accounts.get(to)!;
@@ -370,7 +524,16 @@ export class FakeRelay {
     const serverTimestamp = request.ephemeral ? Date.now() : this.store(from, request);
     if (request.ephemeral) {
       for (const m of request.messages) {
-        const envelope: Envelope = { id: randomUUID(), source: from, sourceDevice: 1, type: m.type, ciphertext: m.ciphertext, serverTimestamp, ephemeral: true };
+        const envelope: Envelope = {
+          id: randomUUID(),
+          source: from,
+          sourceDevice: 1,
+          sourceAccountId: this.accounts.get(from)?.accountId,
+          type: m.type,
+          ciphertext: m.ciphertext,
+          serverTimestamp,
+          ephemeral: true,
+        };
         recipient.socket?.onFrame({ type: ServerFrameType.Message, envelope });
       }
     }
@@ -381,7 +544,15 @@ export class FakeRelay {
   private store(from: string, message: SendMessageRequest): number {
     const serverTimestamp = Date.now();
     for (const m of message.messages) {
-      let envelope: Envelope = { id: randomUUID(), source: from, sourceDevice: 1, type: m.type, ciphertext: m.ciphertext, serverTimestamp };
+      let envelope: Envelope = {
+        id: randomUUID(),
+        source: from,
+        sourceDevice: 1,
+        sourceAccountId: this.accounts.get(from)?.accountId,
+        type: m.type,
+        ciphertext: m.ciphertext,
+        serverTimestamp,
+      };
       if (this.tamper) envelope = this.tamper(envelope);
       this.stored.push({ from, to: message.to, envelope });
       this.deliver(message.to, envelope);
