@@ -39,6 +39,8 @@ import {
 import { receivedMessageKey, sentMessageKey } from '../stores/message-log-keys.js';
 import { StoreGate, transactionalStores, type StoreSet } from '../stores/transactional-stores.js';
 import { RecordKind, RecordTable, fromSqliteError, sqlite } from './record-table.js';
+import type { GroupRecord } from '../groups/group-rules.js';
+import { groupIdFromString, groupIdToString, type GroupMember } from '../groups/group-wire.js';
 import {
   DEFAULT_STORE_KDF,
   STORE_FORMAT_VERSION,
@@ -593,6 +595,39 @@ const peerProfileKeyOf = (username: string) => `peer-profile-key:${username}`;
 const profileKeySharedWith = (username: string) => `profile-key-shared:${username}`;
 const accountIdOf = (username: string) => `account-id:${username}`;
 const usernameOfAccount = (accountId: string) => `account-username:${accountId}`;
+const GROUP_PREFIX = 'group:';
+const groupOf = (groupId: string) => `${GROUP_PREFIX}${groupId}`;
+
+/** A group record as JSON: the state with its id in base64url, this device's epoch and who has its key. */
+interface StoredGroupRecord {
+  id: string;
+  title: string;
+  revision: number;
+  members: GroupMember[];
+  admins: string[];
+  distributionId: string;
+  sharedWith: string[];
+}
+
+const encodeGroupRecord = ({ state, distributionId, sharedWith }: GroupRecord): Buffer =>
+  json({
+    id: groupIdToString(state.id),
+    title: state.title,
+    revision: state.revision,
+    members: state.members.map(({ username, accountId }) => ({ username, accountId })),
+    admins: [...state.admins],
+    distributionId,
+    sharedWith: [...sharedWith],
+  } satisfies StoredGroupRecord);
+
+function decodeGroupRecord(payload: Buffer): GroupRecord {
+  const stored = parseJson<StoredGroupRecord>(payload);
+  return {
+    state: { id: groupIdFromString(stored.id), title: stored.title, revision: stored.revision, members: stored.members, admins: stored.admins },
+    distributionId: stored.distributionId,
+    sharedWith: stored.sharedWith,
+  };
+}
 
 interface StoredPendingMessage {
   sender: string;
@@ -850,6 +885,22 @@ class SqliteMetadataStore extends SecureChatMetadataStore {
     if (previous !== null && previous !== accountId) this.records.delete(RecordKind.Metadata, usernameOfAccount(previous));
     this.records.put(RecordKind.Metadata, accountIdOf(username), Buffer.from(accountId, 'utf8'));
     this.records.put(RecordKind.Metadata, usernameOfAccount(accountId), Buffer.from(username, 'utf8'));
+  }
+
+  async getGroup(groupId: string): Promise<GroupRecord | null> {
+    const payload = this.records.get(RecordKind.Metadata, groupOf(groupId));
+    return payload ? decodeGroupRecord(payload) : null;
+  }
+
+  async saveGroup(record: GroupRecord): Promise<void> {
+    this.records.put(RecordKind.Metadata, groupOf(groupIdToString(record.state.id)), encodeGroupRecord(record));
+  }
+
+  async getGroups(): Promise<GroupRecord[]> {
+    return this.records
+      .list(RecordKind.Metadata)
+      .filter(({ id }) => id.startsWith(GROUP_PREFIX))
+      .map(({ payload }) => decodeGroupRecord(payload));
   }
 
   private sentIndex(recipient: string): SentIndexEntry[] {

@@ -37,6 +37,8 @@ import {
   type SignedKeysState,
 } from './stores.js';
 import { receivedMessageKey, sentMessageKey } from './message-log-keys.js';
+import type { GroupRecord } from '../groups/group-rules.js';
+import { groupIdToString } from '../groups/group-wire.js';
 import { STORE_NAMES, assertTransactionCoversStores, transactionalStores, type TransactionHooks } from './transactional-stores.js';
 
 // Memory stores keep `serialize()` bytes, never live records, so that every
@@ -295,6 +297,8 @@ export class MemoryMetadataStore extends SecureChatMetadataStore implements Snap
   private readonly processedEnvelopes = new Map<string, number>();
   /** The outbox by id, in the order queued (`Map.set` on a present key keeps its place). */
   private readonly outgoing = new Map<string, OutgoingMessageRecord>();
+  /** Group records by base64url group id; replaced whole on save. */
+  private readonly groups = new Map<string, GroupRecord>();
   // Sealed sender: profile keys and account ids.
   private ownProfileKey: Uint8Array | null = null;
   private readonly peerProfileKeys = new Map<string, Uint8Array>();
@@ -313,6 +317,7 @@ export class MemoryMetadataStore extends SecureChatMetadataStore implements Snap
       snapshotMap(this.receivedMessages),
       snapshotMap(this.processedEnvelopes),
       snapshotMap(this.outgoing),
+      snapshotMap(this.groups),
       snapshotMap(this.peerProfileKeys),
       snapshotSet(this.sharedProfileKeys),
       snapshotMap(this.accountIds),
@@ -490,6 +495,19 @@ export class MemoryMetadataStore extends SecureChatMetadataStore implements Snap
     if (previous !== undefined && previous !== accountId) this.usernamesOfAccounts.delete(previous);
     this.accountIds.set(username, accountId);
     this.usernamesOfAccounts.set(accountId, username);
+  }
+
+  async getGroup(groupId: string): Promise<GroupRecord | null> {
+    const record = this.groups.get(groupId);
+    return record ? structuredClone(record) : null;
+  }
+
+  async saveGroup(record: GroupRecord): Promise<void> {
+    this.groups.set(groupIdToString(record.state.id), structuredClone(record));
+  }
+
+  async getGroups(): Promise<GroupRecord[]> {
+    return [...this.groups.values()].map((record) => structuredClone(record));
   }
 }
 

@@ -16,6 +16,7 @@ import {
 } from '@signalapp/libsignal-client';
 import { SecureChatError, SecureChatErrorCode } from '../errors.js';
 import type { DeviceId, RegistrationId } from '../ids.js';
+import type { GroupRecord } from '../groups/group-rules.js';
 
 /** This install's own long-term identity: created once, never changed. */
 export interface LocalIdentity {
@@ -300,6 +301,17 @@ export abstract class SecureChatMetadataStore {
    * new account after the old one was deleted) drops the old id's entry.
    */
   abstract saveAccountId(username: string, accountId: string): Promise<void>;
+
+  // Groups (docs/architecture.md, "Groups"): each group's latest state and
+  // this device's sender key epoch in it. Not bounded: a group is kept also
+  // after this account was removed from it (so that it knows it was).
+
+  /** The record of the group `groupId` (base64url, `groupIdToString`), or null. */
+  abstract getGroup(groupId: string): Promise<GroupRecord | null>;
+  /** Replaces the record of `record.state.id`'s group. */
+  abstract saveGroup(record: GroupRecord): Promise<void>;
+  /** Every group record, in any order, as copies. */
+  abstract getGroups(): Promise<GroupRecord[]>;
 }
 
 /** A send waiting in the outbox. */

@@ -34,6 +34,7 @@ import {
 } from '@signalapp/libsignal-client';
 import { SecureChatError, SecureChatErrorCode } from '../errors.js';
 import { asDeviceId, asRegistrationId } from '../ids.js';
+import type { GroupRecord } from '../groups/group-rules.js';
 import { createMemoryStores } from '../stores/memory-stores.js';
 import {
   KeyIdKind,
@@ -769,6 +770,74 @@ export function describeStoreConformance(
       });
     });
 
+    describe('groups', () => {
+      const record = (fill: number, revision = 1): GroupRecord => ({
+        state: {
+          id: new Uint8Array(32).fill(fill),
+          title: `group ${fill}`,
+          revision,
+          members: [
+            { username: 'alice', accountId: '00000000-0000-4000-8000-000000000001' },
+            { username: 'bob', accountId: '00000000-0000-4000-8000-000000000002' },
+          ],
+          admins: ['alice'],
+        },
+        distributionId: randomUUID(),
+        sharedWith: ['bob.1'],
+      });
+      const idOf = (r: GroupRecord) => Buffer.from(r.state.id).toString('base64url');
+      const plain = (r: GroupRecord | null) => r && { ...r, state: { ...r.state, id: [...r.state.id] } };
+
+      it('keeps a group record by its base64url id, replaced whole, and lists every group, as copies', async () => {
+        const first = record(1);
+        const second = record(2);
+        await expect(stores.metadata.getGroup(idOf(first))).resolves.toBeNull();
+        await expect(stores.metadata.getGroups()).resolves.toEqual([]);
+        await expect(stores.metadata.saveGroup(first)).resolves.toBeUndefined();
+        await stores.metadata.saveGroup(second);
+        expect(plain(await stores.metadata.getGroup(idOf(first)))).toEqual(plain(first));
+
+        const replaced: GroupRecord = { ...record(1, 5), sharedWith: [] };
+        await stores.metadata.saveGroup(replaced);
+        expect(plain(await stores.metadata.getGroup(idOf(first)))).toEqual(plain(replaced));
+        const all = (await stores.metadata.getGroups()).map(plain).sort((a, b) => a!.state.id[0]! - b!.state.id[0]!);
+        expect(all).toEqual([plain(replaced), plain(second)]);
+
+        const copy = (await stores.metadata.getGroup(idOf(second)))!;
+        copy.state.members.pop();
+        copy.sharedWith.push('mallory.1');
+        expect(plain(await stores.metadata.getGroup(idOf(second)))).toEqual(plain(second));
+      });
+
+      it('rolls a group record back with a failed transaction', async () => {
+        const kept = record(3);
+        await stores.metadata.saveGroup(kept);
+        const failure = new Error('fails after touching a group');
+        await expect(
+          stores.transaction!(async (tx) => {
+            await tx.metadata.saveGroup(record(3, 9));
+            await tx.metadata.saveGroup(record(4));
+            throw failure;
+          }),
+        ).rejects.toBe(failure);
+        expect(plain(await stores.metadata.getGroup(idOf(kept)))).toEqual(plain(kept));
+        await expect(stores.metadata.getGroup(idOf(record(4)))).resolves.toBeNull();
+      });
+
+      it('rolls a sender key back with a failed transaction', async () => {
+        const sender = ProtocolAddress.new('alice', 1);
+        const distribution = randomUUID();
+        const failure = new Error('fails after making a sender key');
+        await expect(
+          stores.transaction!(async (tx) => {
+            await SenderKeyDistributionMessage.create(sender, distribution, tx.senderKey);
+            throw failure;
+          }),
+        ).rejects.toBe(failure);
+        await expect(stores.senderKey.getSenderKey(sender, distribution)).resolves.toBeNull();
+      });
+    });
+
     it('removes one session and leaves the others; removing a missing one resolves', async () => {
       const peer = await responder(createMemoryStores(), 'bob', { oneTime: false });
       const bob1 = ProtocolAddress.new('bob', 1);
@@ -908,6 +977,25 @@ export function describeStoreConformance(
         await expect(stores.metadata.hasSharedProfileKey('bob')).resolves.toBe(true);
         await expect(stores.metadata.getAccountId('bob')).resolves.toBe(id);
         await expect(stores.metadata.getUsernameOfAccount(id)).resolves.toBe('bob');
+      });
+
+      it('keeps group records across reopen', async () => {
+        const group: GroupRecord = {
+          state: {
+            id: new Uint8Array(32).fill(5),
+            title: 'kept',
+            revision: 3,
+            members: [{ username: 'alice', accountId: '00000000-0000-4000-8000-000000000001' }],
+            admins: ['alice'],
+          },
+          distributionId: randomUUID(),
+          sharedWith: ['alice.2'],
+        };
+        await stores.metadata.saveGroup(group);
+        await reopen();
+        const kept = (await stores.metadata.getGroup(Buffer.from(group.state.id).toString('base64url')))!;
+        expect({ ...kept, state: { ...kept.state, id: [...kept.state.id] } }).toEqual({ ...group, state: { ...group.state, id: [...group.state.id] } });
+        expect(await stores.metadata.getGroups()).toHaveLength(1);
       });
 
       it('keeps every kind of record across reopen, and a session continues', async () => {
