@@ -1,7 +1,8 @@
-import { mkdtemp, readFile, rm, stat } from 'node:fs/promises';
+import { mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from '@jest/globals';
+import { PublicKey, ServerCertificate } from '@signalapp/libsignal-client';
 import {
   BUNDLE_FETCH_PAIR_WINDOW_SECONDS,
   BUNDLE_FETCH_REQUESTER_WINDOW_SECONDS,
@@ -9,10 +10,22 @@ import {
   BUNDLE_FETCHES_PER_REQUESTER,
   USERNAME_COOLING_OFF_DAYS,
 } from '@chat/protocol';
-import { ConfigError, loadConfig, readOrCreateDevelopmentSecret } from './relay-config.js';
+import { generateTrustRootAndKeys } from '../sealed/sealed-sender-keys.js';
+import {
+  ConfigError,
+  loadConfig as loadConfigWithFiles,
+  readOrCreateDevelopmentSealedSenderKeys,
+  readOrCreateDevelopmentSecret,
+  type LoadConfigOptions,
+} from './relay-config.js';
 
 const SECRET = 'a'.repeat(32);
 const noSecretFile = () => ({ secret: 'generated-development-secret-0123456789', created: true });
+const DEVELOPMENT_SEALED_SENDER = generateTrustRootAndKeys();
+const noSealedSenderFile = () => ({ keys: DEVELOPMENT_SEALED_SENDER, created: true });
+/** `loadConfig` without files: the development sealed-sender keys come from memory unless `options` say otherwise. */
+const loadConfig = (env: Record<string, string | undefined>, options: LoadConfigOptions = {}) =>
+  loadConfigWithFiles(env, { developmentSealedSenderKeys: noSealedSenderFile, ...options });
 
 describe('loadConfig', () => {
   it('fills the documented defaults and picks the embedded database without DATABASE_URL', () => {
@@ -87,8 +100,9 @@ describe('loadConfig', () => {
     const warnings: string[] = [];
     const config = loadConfig({}, { developmentSecret: noSecretFile, warn: (message) => warnings.push(message) });
     expect(config.jwt.secret).toBe('generated-development-secret-0123456789');
-    expect(warnings).toHaveLength(1);
-    expect(warnings[0]).not.toContain(config.jwt.secret);
+    const jwtWarnings = warnings.filter((warning) => warning.includes('JWT_SECRET'));
+    expect(jwtWarnings).toHaveLength(1);
+    expect(warnings.join('\n')).not.toContain(config.jwt.secret);
   });
 
   it('treats empty variables as unset', () => {
@@ -99,6 +113,82 @@ describe('loadConfig', () => {
     const config = loadConfig({ JWT_SECRET: SECRET });
     expect(Object.isFrozen(config)).toBe(true);
     expect(Object.isFrozen(config.jwt)).toBe(true);
+  });
+});
+
+describe('loadConfig: sealed sender', () => {
+  const production = { NODE_ENV: 'production', JWT_SECRET: SECRET };
+  const keys = generateTrustRootAndKeys(7);
+
+  it('takes the configured server certificate and key, with SENDER_CERTIFICATE_TTL_DAYS (default 7)', () => {
+    const env = { ...production, SEALED_SENDER_SERVER_CERTIFICATE: keys.serverCertificate, SEALED_SENDER_SERVER_PRIVATE_KEY: keys.serverPrivateKey };
+    expect(loadConfig(env).sealedSender).toEqual({
+      serverCertificate: keys.serverCertificate,
+      serverPrivateKey: keys.serverPrivateKey,
+      certificateTtlDays: 7,
+    });
+    expect(loadConfig({ ...env, SENDER_CERTIFICATE_TTL_DAYS: '2' }).sealedSender.certificateTtlDays).toBe(2);
+  });
+
+  it('refuses to start in production without both, naming them', () => {
+    expect(() => loadConfig(production)).toThrow(/SEALED_SENDER_SERVER_CERTIFICATE and SEALED_SENDER_SERVER_PRIVATE_KEY are required/);
+    expect(() => loadConfig({ ...production, SEALED_SENDER_SERVER_CERTIFICATE: keys.serverCertificate })).toThrow(
+      /SEALED_SENDER_SERVER_PRIVATE_KEY is required/,
+    );
+    expect(() => loadConfig({ JWT_SECRET: SECRET, SEALED_SENDER_SERVER_PRIVATE_KEY: keys.serverPrivateKey })).toThrow(
+      /SEALED_SENDER_SERVER_CERTIFICATE is required/,
+    );
+  });
+
+  it.each([
+    ['SEALED_SENDER_SERVER_CERTIFICATE', { SEALED_SENDER_SERVER_CERTIFICATE: Buffer.from('not a certificate').toString('base64') }],
+    ['SEALED_SENDER_SERVER_PRIVATE_KEY', { SEALED_SENDER_SERVER_PRIVATE_KEY: Buffer.alloc(32, 0xff).toString('base64') }],
+    ['SEALED_SENDER_SERVER_PRIVATE_KEY', { SEALED_SENDER_SERVER_PRIVATE_KEY: generateTrustRootAndKeys().serverPrivateKey }],
+    ['SEALED_SENDER_SERVER_CERTIFICATE', { SEALED_SENDER_SERVER_CERTIFICATE: 'not base64!' }],
+    ['SENDER_CERTIFICATE_TTL_DAYS', { SENDER_CERTIFICATE_TTL_DAYS: '0' }],
+  ])('refuses a bad %s, naming it', (name, bad) => {
+    const load = () =>
+      loadConfig({ ...production, SEALED_SENDER_SERVER_CERTIFICATE: keys.serverCertificate, SEALED_SENDER_SERVER_PRIVATE_KEY: keys.serverPrivateKey, ...bad });
+    expect(load).toThrow(ConfigError);
+    expect(load).toThrow(new RegExp(`^${name}`, 'm'));
+  });
+
+  it('uses the development pair outside production and names its (public) trust root in a warning', () => {
+    const warnings: string[] = [];
+    const config = loadConfig({ JWT_SECRET: SECRET }, { warn: (message) => warnings.push(message) });
+    expect(config.sealedSender).toEqual({ ...noSealedSenderFile().keys, certificateTtlDays: 7 });
+    expect(warnings).toEqual([expect.stringContaining(DEVELOPMENT_SEALED_SENDER.trustRoot)]);
+    expect(warnings[0]).not.toContain(DEVELOPMENT_SEALED_SENDER.serverPrivateKey);
+  });
+});
+
+describe('readOrCreateDevelopmentSealedSenderKeys', () => {
+  it('creates a 0600 file once, certified by the trust root it names, and reads the same keys afterwards', async () => {
+    const dataDir = await mkdtemp(join(tmpdir(), 'relay-config-'));
+    try {
+      const first = readOrCreateDevelopmentSealedSenderKeys(dataDir);
+      const second = readOrCreateDevelopmentSealedSenderKeys(dataDir);
+      expect(first.created).toBe(true);
+      expect(second).toEqual({ keys: first.keys, created: false });
+      const certificate = ServerCertificate.deserialize(new Uint8Array(Buffer.from(first.keys.serverCertificate, 'base64')));
+      expect(PublicKey.deserialize(new Uint8Array(Buffer.from(first.keys.trustRoot, 'base64'))).verify(certificate.certificateData(), certificate.signature())).toBe(true);
+      const file = join(dataDir, 'sealed-sender-keys.json');
+      expect(JSON.parse(await readFile(file, 'utf8'))).toEqual(first.keys);
+      expect((await stat(file)).mode & 0o777).toBe(0o600);
+    } finally {
+      await rm(dataDir, { recursive: true, force: true });
+    }
+  });
+
+  it('refuses a damaged file instead of silently changing the trust root', async () => {
+    const dataDir = await mkdtemp(join(tmpdir(), 'relay-config-'));
+    try {
+      const { keys } = readOrCreateDevelopmentSealedSenderKeys(dataDir);
+      await writeFile(join(dataDir, 'sealed-sender-keys.json'), JSON.stringify({ ...keys, trustRoot: generateTrustRootAndKeys().trustRoot }));
+      expect(() => readOrCreateDevelopmentSealedSenderKeys(dataDir)).toThrow(/does not hold valid sealed-sender keys/);
+    } finally {
+      await rm(dataDir, { recursive: true, force: true });
+    }
   });
 });
 

@@ -3,6 +3,12 @@ import { chmodSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { plainToInstance } from 'class-transformer';
 import { validateSync, type ValidationError } from 'class-validator';
+import {
+  generateTrustRootAndKeys,
+  parseSealedSenderKeys,
+  type GeneratedSealedSenderKeys,
+  certifiedBy,
+} from '../sealed/sealed-sender-keys.js';
 import { JWT_SECRET_MIN_LENGTH, RelayEnv, type NodeEnvironment, type RelayLogLevel } from './relay-env.js';
 
 /** The relay's settings, validated once at start-up and frozen. */
@@ -28,6 +34,18 @@ export interface RelayConfig {
   /** Message frames a connection may hold sent and unacked. */
   readonly maxInflightDeliveries: number;
   readonly retention: { readonly messageDays: number; readonly sweepIntervalMs: number };
+  readonly sealedSender: {
+    /** Base64 libsignal `ServerCertificate`. */
+    readonly serverCertificate: string;
+    /** Base64 libsignal `PrivateKey` of the certificate's key. */
+    readonly serverPrivateKey: string;
+    /**
+     * The trust root's public key (base64), known only for keys generated
+     * in development; served at `GET /v1/certificate/trust-root` then.
+     */
+    readonly trustRoot?: string;
+    readonly certificateTtlDays: number;
+  };
 }
 
 /** At most `points` requests per fixed window of `windowSeconds`. */
@@ -52,6 +70,11 @@ export interface LoadConfigOptions {
   developmentSecret?: (dataDir: string) => { secret: string; created: boolean };
   /** Told (without the secret) when a development secret is in use. */
   warn?: (message: string) => void;
+  /**
+   * Where a development relay without SEALED_SENDER_SERVER_CERTIFICATE and
+   * SEALED_SENDER_SERVER_PRIVATE_KEY keeps its generated ones.
+   */
+  developmentSealedSenderKeys?: (dataDir: string) => { keys: GeneratedSealedSenderKeys; created: boolean };
 }
 
 type Env = Record<string, string | undefined>;
@@ -84,6 +107,8 @@ export function loadConfig(env: Env, options: LoadConfigOptions = {}): RelayConf
     );
   }
 
+  const sealedSender = sealedSenderKeysOf(parsed, dataDir, options);
+
   return deepFreeze<RelayConfig>({
     port: parsed.PORT,
     host: parsed.HOST,
@@ -113,10 +138,54 @@ export function loadConfig(env: Env, options: LoadConfigOptions = {}): RelayConf
     },
     maxInflightDeliveries: parsed.MAX_INFLIGHT_DELIVERIES,
     retention: { messageDays: parsed.MESSAGE_RETENTION_DAYS, sweepIntervalMs: parsed.RETENTION_SWEEP_INTERVAL_MS },
+    sealedSender: { ...sealedSender, certificateTtlDays: parsed.SENDER_CERTIFICATE_TTL_DAYS },
   });
 }
 
-const RELAY_VARIABLES = [...Object.keys(new RelayEnv()), 'DATABASE_URL', 'JWT_SECRET'];
+/**
+ * The configured server certificate and key (both, or neither outside
+ * production: then the development pair of DATA_DIR), checked to parse and
+ * to belong together.
+ */
+function sealedSenderKeysOf(
+  parsed: RelayEnv,
+  dataDir: string,
+  options: LoadConfigOptions,
+): { serverCertificate: string; serverPrivateKey: string; trustRoot?: string } {
+  const certificate = parsed.SEALED_SENDER_SERVER_CERTIFICATE;
+  const privateKey = parsed.SEALED_SENDER_SERVER_PRIVATE_KEY;
+  const invalid = (line: string) => new ConfigError(`Invalid relay configuration:\n${line}`);
+  if (certificate !== undefined || privateKey !== undefined) {
+    if (certificate === undefined) throw invalid('SEALED_SENDER_SERVER_CERTIFICATE is required with SEALED_SENDER_SERVER_PRIVATE_KEY');
+    if (privateKey === undefined) throw invalid('SEALED_SENDER_SERVER_PRIVATE_KEY is required with SEALED_SENDER_SERVER_CERTIFICATE');
+    const keys = { serverCertificate: certificate, serverPrivateKey: privateKey };
+    try {
+      parseSealedSenderKeys(keys);
+    } catch (error) {
+      throw invalid((error as Error).message);
+    }
+    return keys;
+  }
+  if (parsed.NODE_ENV === 'production') {
+    throw invalid(
+      'SEALED_SENDER_SERVER_CERTIFICATE and SEALED_SENDER_SERVER_PRIVATE_KEY are required when NODE_ENV=production (npm run -w apps/relay sealed-sender-keys)',
+    );
+  }
+  const stored = (options.developmentSealedSenderKeys ?? readOrCreateDevelopmentSealedSenderKeys)(dataDir);
+  options.warn?.(
+    `SEALED_SENDER_SERVER_CERTIFICATE is not set; using the ${stored.created ? 'newly generated' : 'stored'} development server certificate in ${join(dataDir, DEVELOPMENT_SEALED_SENDER_FILE)}, ` +
+      `signed by the trust root ${stored.keys.trustRoot} (public; configure clients with it). Set both SEALED_SENDER_* variables in production.`,
+  );
+  return stored.keys;
+}
+
+const RELAY_VARIABLES = [
+  ...Object.keys(new RelayEnv()),
+  'DATABASE_URL',
+  'JWT_SECRET',
+  'SEALED_SENDER_SERVER_CERTIFICATE',
+  'SEALED_SENDER_SERVER_PRIVATE_KEY',
+];
 
 const DEVELOPMENT_SECRET_FILE = 'jwt-secret';
 
@@ -135,6 +204,46 @@ export function readOrCreateDevelopmentSecret(dataDir: string): { secret: string
   // `mode` applies only when the file is created; an old, too short file keeps its bits.
   chmodSync(file, 0o600);
   return { secret, created: true };
+}
+
+const DEVELOPMENT_SEALED_SENDER_FILE = 'sealed-sender-keys.json';
+
+/**
+ * Keeps one generated trust root's server certificate and key per data
+ * directory (the trust root's private key is not kept: nothing certifies
+ * another key with it), so that clients configured with its public key go
+ * on working after a restart.
+ */
+export function readOrCreateDevelopmentSealedSenderKeys(dataDir: string): { keys: GeneratedSealedSenderKeys; created: boolean } {
+  const file = join(dataDir, DEVELOPMENT_SEALED_SENDER_FILE);
+  let text: string | undefined;
+  try {
+    text = readFileSync(file, 'utf8');
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code !== 'ENOENT') throw error;
+  }
+  if (text !== undefined) {
+    let keys: GeneratedSealedSenderKeys | undefined;
+    try {
+      const stored = JSON.parse(text) as Record<string, unknown>;
+      const { trustRoot, serverCertificate, serverPrivateKey } = stored;
+      if (typeof trustRoot === 'string' && typeof serverCertificate === 'string' && typeof serverPrivateKey === 'string') {
+        const candidate = { trustRoot, serverCertificate, serverPrivateKey };
+        if (certifiedBy(parseSealedSenderKeys(candidate).certificate, trustRoot)) keys = candidate;
+      }
+    } catch {
+      keys = undefined;
+    }
+    // Replacing it would silently change the trust root that clients were configured with.
+    if (!keys) throw new ConfigError(`Invalid relay configuration:\n${file} does not hold valid sealed-sender keys; delete it to generate new ones`);
+    return { keys, created: false };
+  }
+  mkdirSync(dataDir, { recursive: true });
+  const { trustRoot, serverCertificate, serverPrivateKey } = generateTrustRootAndKeys();
+  const keys = { trustRoot, serverCertificate, serverPrivateKey };
+  writeFileSync(file, `${JSON.stringify(keys, null, 2)}\n`, { mode: 0o600 });
+  chmodSync(file, 0o600);
+  return { keys, created: true };
 }
 
 function describe(errors: ValidationError[]): string {

@@ -1,6 +1,6 @@
 import 'reflect-metadata';
 import { Type } from 'class-transformer';
-import { IsIn, IsInt, IsOptional, IsString, Matches, Max, Min, MinLength } from 'class-validator';
+import { IsBase64, IsIn, IsInt, IsOptional, IsString, Matches, Max, Min, MinLength } from 'class-validator';
 import {
   BUNDLE_FETCH_PAIR_WINDOW_SECONDS,
   BUNDLE_FETCH_REQUESTER_WINDOW_SECONDS,
@@ -9,6 +9,7 @@ import {
   DEFAULT_MAX_DEVICES_PER_ACCOUNT,
   DEFAULT_MAX_INFLIGHT_DELIVERIES,
   DEFAULT_MESSAGE_RETENTION_DAYS,
+  DEFAULT_SENDER_CERTIFICATE_TTL_DAYS,
   MAX_DEVICES_PER_ACCOUNT,
   USERNAME_COOLING_OFF_DAYS,
 } from '@chat/protocol';
@@ -191,4 +192,28 @@ export class RelayEnv {
   @IsInt()
   @Min(1000)
   RETENTION_SWEEP_INTERVAL_MS = 3_600_000;
+
+  /**
+   * Sealed sender: the relay's server certificate (base64 libsignal
+   * `ServerCertificate`, signed by the trust root that clients are
+   * configured with) and its private key (base64 libsignal `PrivateKey`).
+   * Both required when NODE_ENV=production; elsewhere, when unset, a pair
+   * is generated once and kept in DATA_DIR. `npm run -w apps/relay
+   * sealed-sender-keys` prints a fresh set.
+   */
+  @IsOptional()
+  @IsBase64()
+  SEALED_SENDER_SERVER_CERTIFICATE?: string;
+
+  @IsOptional()
+  @IsBase64()
+  SEALED_SENDER_SERVER_PRIVATE_KEY?: string;
+
+  /** Days a sender certificate (GET /v1/certificate/delivery) is valid. */
+  @IsOptional()
+  @Type(() => Number)
+  @IsInt()
+  @Min(1)
+  @Max(365)
+  SENDER_CERTIFICATE_TTL_DAYS = DEFAULT_SENDER_CERTIFICATE_TTL_DAYS;
 }
