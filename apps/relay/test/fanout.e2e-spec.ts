@@ -330,6 +330,7 @@ describe('fan-out, 409/410, idempotency and ephemeral sends (e2e)', () => {
         id: expect.stringMatching(/^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/),
         source: alice.username,
         sourceDevice: 1,
+        sourceAccountId: alice.accountId,
         type: EnvelopeType.Signal,
         ciphertext: Buffer.from('typing').toString('base64'),
         serverTimestamp: sent.body.serverTimestamp,

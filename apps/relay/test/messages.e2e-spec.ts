@@ -60,6 +60,7 @@ describe('messages (e2e)', () => {
       id: expect.stringMatching(/^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/) as unknown as string,
       source: alice.username,
       sourceDevice: 1,
+      sourceAccountId: alice.accountId,
       type: EnvelopeType.Signal,
       ciphertext: ciphertext('first'),
       serverTimestamp: first.body.serverTimestamp,

@@ -11,6 +11,6 @@ import { RetentionService } from './retention.service.js';
   imports: [DeliveryModule],
   controllers: [MessagesController],
   providers: [MessagesService, MessagesRepository, RetentionService, RetentionRepository, Clock],
-  exports: [MessagesService],
+  exports: [MessagesService, MessagesRepository],
 })
 export class MessagesModule {}

@@ -43,10 +43,11 @@ export type StoreOutcome =
 export interface NewMessage {
   id: string;
   recipientDeviceRowId: string;
-  senderAccountId: string;
+  /** The sender's account, device and username; all null for a sealed message, whose sender the relay never knows. */
+  senderAccountId: string | null;
   /** Kept with the message so that it stays deliverable, with its source, if the sender's account is deleted. */
-  senderUsername: string;
-  senderDeviceId: number;
+  senderUsername: string | null;
+  senderDeviceId: number | null;
   type: EnvelopeType;
   ciphertext: Uint8Array<ArrayBuffer>;
   serverTimestamp: Date;
@@ -56,9 +57,10 @@ export interface StoredMessage {
   id: string;
   /** Queue position; delivery order. */
   seq: bigint;
-  /** The sender's username when it sent. */
-  source: string;
-  sourceDevice: number;
+  /** The sender's username when it sent; null for a sealed message. */
+  source: string | null;
+  sourceDevice: number | null;
+  sourceAccountId: string | null;
   type: EnvelopeType;
   ciphertext: Uint8Array;
   serverTimestamp: Date;
@@ -67,8 +69,9 @@ export interface StoredMessage {
 interface StoredMessageRow {
   id: string;
   seq: bigint;
-  source: string;
+  source: string | null;
   source_device: number | null;
+  source_account_id: string | null;
   type: EnvelopeType;
   ciphertext: Uint8Array;
   server_timestamp: Date;
@@ -78,7 +81,8 @@ const toStoredMessage = (row: StoredMessageRow): StoredMessage => ({
   id: row.id,
   seq: row.seq,
   source: row.source,
-  sourceDevice: row.source_device ?? 0,
+  sourceDevice: row.source_device,
+  sourceAccountId: row.source_account_id,
   type: row.type,
   ciphertext: row.ciphertext,
   serverTimestamp: row.server_timestamp,
@@ -90,16 +94,21 @@ export class MessagesRepository {
   constructor(private readonly prisma: PrismaService) {}
 
   /** The account of that username as a send addresses it; null when there is no such account. */
-  findAccountByUsername(username: string): Promise<AddressedAccount | null> {
-    return this.findAccount(Prisma.sql`a.username = ${username}`);
+  async findAccountByUsername(username: string): Promise<AddressedAccount | null> {
+    return (await this.findAccounts(Prisma.sql`a.username = ${username}`))[0] ?? null;
   }
 
-  findAccountById(accountId: string): Promise<AddressedAccount | null> {
-    return this.findAccount(Prisma.sql`a.id = ${accountId}::uuid`);
+  async findAccountById(accountId: string): Promise<AddressedAccount | null> {
+    return (await this.findAccounts(Prisma.sql`a.id = ${accountId}::uuid`))[0] ?? null;
+  }
+
+  /** The accounts of those ids that exist, as sends address them (a multi-recipient send). */
+  findAccountsByIds(accountIds: readonly string[]): Promise<AddressedAccount[]> {
+    return this.findAccounts(Prisma.sql`a.id = ANY(${[...accountIds]}::uuid[])`);
   }
 
   /** Keyed devices and tombstones in one round trip. */
-  private async findAccount(accountIs: Prisma.Sql): Promise<AddressedAccount | null> {
+  private async findAccounts(accountIs: Prisma.Sql): Promise<AddressedAccount[]> {
     const rows = await this.prisma.$queryRaw<
       { account_id: string; username: string; device_row_id: string | null; device_id: number | null; registration_id: number | null; unlinked: boolean }[]
     >`
@@ -110,14 +119,20 @@ export class MessagesRepository {
       SELECT a.id, a.username, NULL, u.device_id, u.registration_id, true
         FROM accounts a JOIN unlinked_devices u ON u.account_id = a.id
        WHERE ${accountIs}`;
-    const first = rows[0];
-    if (!first) return null;
-    const devices = rows
-      .filter((row) => !row.unlinked && row.device_row_id !== null)
-      .map((row) => ({ deviceRowId: row.device_row_id as string, deviceId: row.device_id as number, registrationId: row.registration_id as number }))
-      .sort((a, b) => a.deviceId - b.deviceId);
-    const unlinked = new Set(rows.filter((row) => row.unlinked).map((row) => row.device_id as number));
-    return { accountId: first.account_id, username: first.username, devices, unlinked };
+    const accounts = new Map<string, AddressedAccount>();
+    for (const row of rows) {
+      let account = accounts.get(row.account_id);
+      if (!account) {
+        account = { accountId: row.account_id, username: row.username, devices: [], unlinked: new Set() };
+        accounts.set(row.account_id, account);
+      }
+      if (row.unlinked) account.unlinked.add(row.device_id as number);
+      else if (row.device_row_id !== null) {
+        account.devices.push({ deviceRowId: row.device_row_id, deviceId: row.device_id as number, registrationId: row.registration_id as number });
+      }
+    }
+    for (const account of accounts.values()) account.devices.sort((a, b) => a.deviceId - b.deviceId);
+    return [...accounts.values()];
   }
 
   /** The sender's device row and the answer stored for `requestId`, in one round trip; null when the device no longer exists. */
@@ -162,6 +177,43 @@ export class MessagesRepository {
     }
   }
 
+  /** The answer kept for an accepted sealed (or multi-recipient) send of that id; null when there is none. */
+  async findSealedSendAnswer(requestId: string): Promise<Date | null> {
+    const [row] = await this.prisma.$queryRaw<{ server_timestamp: Date }[]>`
+      SELECT server_timestamp FROM sealed_send_requests WHERE request_id = ${requestId}::uuid`;
+    return row?.server_timestamp ?? null;
+  }
+
+  /**
+   * The messages of a sealed (or multi-recipient) send and, for a send with
+   * an id, its `sealed_send_requests` row, in one transaction, as `storeSend`
+   * does for authenticated sends. Nothing of the sender is written: the
+   * messages carry no sender, and the request row only its id and time.
+   */
+  async storeSealedSend(messages: NewMessage[], requestId: string | undefined, serverTimestamp: Date): Promise<StoreOutcome> {
+    try {
+      return await this.prisma.$transaction(async (tx): Promise<StoreOutcome> => {
+        if (requestId !== undefined) {
+          const inserted = await tx.$executeRaw`
+            INSERT INTO sealed_send_requests (request_id, server_timestamp)
+            VALUES (${requestId}::uuid, ${serverTimestamp})
+            ON CONFLICT DO NOTHING`;
+          if (inserted === 0) {
+            const [earlier] = await tx.$queryRaw<{ server_timestamp: Date }[]>`
+              SELECT server_timestamp FROM sealed_send_requests WHERE request_id = ${requestId}::uuid`;
+            // Only the retention sweep deleting it between the two statements leaves no row; the send is then new.
+            if (earlier) return { kind: 'duplicate', serverTimestamp: earlier.server_timestamp };
+          }
+        }
+        await tx.message.createMany({ data: messages });
+        return { kind: 'stored' };
+      });
+    } catch (error) {
+      if (error instanceof Prisma.PrismaClientKnownRequestError && error.code === 'P2003') return { kind: 'recipient-gone' };
+      throw error;
+    }
+  }
+
   async findDeviceRowId(accountId: string, deviceId: number): Promise<string | null> {
     const device = await this.prisma.device.findUnique({
       where: { accountId_deviceId: { accountId, deviceId } },
@@ -178,7 +230,7 @@ export class MessagesRepository {
   async findQueued(deviceRowId: string, excluding: readonly string[], limit: number): Promise<StoredMessage[]> {
     const rows = await this.prisma.$queryRaw<StoredMessageRow[]>`
       SELECT m.id, m.seq, m.sender_username AS source, m.sender_device_id AS source_device,
-             m.type, m.ciphertext, m.server_timestamp
+             m.sender_account_id::text AS source_account_id, m.type, m.ciphertext, m.server_timestamp
         FROM messages m
        WHERE m.recipient_device_row_id = ${deviceRowId}::uuid
          AND m.id <> ALL(${[...excluding]}::uuid[])

@@ -185,6 +185,7 @@ describe('MessagesService.send', () => {
       id: expect.stringMatching(/^[0-9a-f-]{36}$/),
       source: 'alice',
       sourceDevice: 1,
+      sourceAccountId: 'acc-alice',
       type: EnvelopeType.Signal,
       ciphertext: Buffer.from('to 1').toString('base64'),
       serverTimestamp,

@@ -2,6 +2,7 @@ import { randomUUID } from 'node:crypto';
 import { Injectable } from '@nestjs/common';
 import {
   DEFAULT_MESSAGES_PER_PAGE,
+  EnvelopeType,
   ErrorCode,
   type DeviceMismatch,
   type Envelope,
@@ -20,25 +21,39 @@ function unknownRecipient(): RelayException {
   return new RelayException(ErrorCode.UnknownRecipient, 'No such user, or it has no device with keys');
 }
 
+/**
+ * The envelope of a stored message. A sealed one names no sender (the row
+ * has none); an authenticated one names the sender's username, device and
+ * account id.
+ */
 export function envelopeOf(message: StoredMessage): Envelope {
+  const ciphertext = Buffer.from(message.ciphertext).toString('base64');
+  const serverTimestamp = message.serverTimestamp.getTime();
+  if (message.type === EnvelopeType.Sealed || message.source === null) {
+    return { id: message.id, type: message.type, ciphertext, serverTimestamp };
+  }
   return {
     id: message.id,
     source: message.source,
-    sourceDevice: message.sourceDevice,
+    sourceDevice: message.sourceDevice ?? 0,
+    ...(message.sourceAccountId !== null && { sourceAccountId: message.sourceAccountId }),
     type: message.type,
-    ciphertext: Buffer.from(message.ciphertext).toString('base64'),
-    serverTimestamp: message.serverTimestamp.getTime(),
+    ciphertext,
+    serverTimestamp,
   };
 }
 
+/** What the device checks read of an addressed device message. */
+export type AddressedDevice = Pick<OutgoingDeviceMessage, 'deviceId' | 'registrationId'>;
+
 /** One account's side of a send: the device messages addressed to it and the devices they may address. */
-interface AddressedSide {
+export interface AddressedSide<Message extends AddressedDevice = OutgoingDeviceMessage> {
   /** `messages` or `sync`, for `details`. */
   list: 'messages' | 'sync';
   account: AddressedAccount;
   /** The account's keyed devices the list must address: all, less the sender's own device. */
   devices: AddressedAccount['devices'];
-  messages: OutgoingDeviceMessage[];
+  messages: readonly Message[];
   /** A session-repair send to some of the devices: none is missing. */
   partial: boolean;
 }
@@ -57,7 +72,7 @@ const ascending = (a: number, b: number) => a - b;
  * (tombstoned) is stale too; anything else is extra. Current keyed devices
  * not addressed are missing.
  */
-function classify(side: AddressedSide): Classification {
+function classify(side: AddressedSide<AddressedDevice>): Classification {
   const current = new Map(side.devices.map((device) => [device.deviceId, device.registrationId]));
   const addressed = new Set(side.messages.map((message) => message.deviceId));
   const result: Classification = {
@@ -77,7 +92,7 @@ function classify(side: AddressedSide): Classification {
 }
 
 /** `details` lines: the recipient's unprefixed (`missing: 2`), the sender's own account's after `sync ` (`sync extra: 3`). */
-const detailLine = (side: AddressedSide, what: string, deviceIds: number[]) =>
+const detailLine = (side: AddressedSide<AddressedDevice>, what: string, deviceIds: number[]) =>
   `${side.list === 'sync' ? 'sync ' : ''}${what}: ${deviceIds.join(',')}`;
 
 /**
@@ -104,6 +119,8 @@ export class MessagesService {
   async send(sender: AuthenticatedDevice, request: SendMessageRequest): Promise<SendMessageResponse> {
     assertEachDeviceOnce('messages', request.messages);
     if (request.sync) assertEachDeviceOnce('sync', request.sync);
+    assertNotSealed('messages', request.messages);
+    if (request.sync) assertNotSealed('sync', request.sync);
 
     const durable = !request.ephemeral;
     const senderDevice = await this.messages.findSenderDevice(sender.accountId, sender.deviceId, durable ? request.id : undefined);
@@ -133,7 +150,7 @@ export class MessagesService {
       if (!own) throw new RelayException(ErrorCode.InvalidToken, 'The token names a device that does not exist');
       sides.push({ list: 'sync', account: own, devices: others(own), messages: request.sync, partial: false });
     }
-    this.assertAddressedExactly(sides);
+    assertAddressedExactly(sides);
 
     const serverTimestamp = new Date();
     const rowIdOf = new Map(sides.flatMap((side) => side.devices.map((device) => [`${side.list}:${device.deviceId}`, device.deviceRowId] as const)));
@@ -147,6 +164,7 @@ export class MessagesService {
           id: randomUUID(),
           source: sender.username,
           sourceDevice: sender.deviceId,
+          sourceAccountId: sender.accountId,
           type: message.type,
           ciphertext: message.ciphertext,
           serverTimestamp: serverTimestamp.getTime(),
@@ -175,41 +193,6 @@ export class MessagesService {
 
     for (const message of stored) this.delivery.notify(message.recipientDeviceRowId);
     return { serverTimestamp: serverTimestamp.getTime() };
-  }
-
-  /**
-   * Any missing or extra device, in either list: 409 with every account's
-   * mismatch (recipient first). Else any stale device: 410.
-   *
-   * @throws RelayException MISMATCHED_DEVICES, STALE_DEVICES
-   */
-  private assertAddressedExactly(sides: AddressedSide[]): void {
-    const classified = sides.map((side) => ({ side, ...classify(side) }));
-    const mismatched = classified.filter(({ missing, extra }) => missing.length > 0 || extra.length > 0);
-    if (mismatched.length > 0) {
-      throw new RelayException(
-        ErrorCode.MismatchedDevices,
-        'The send does not address exactly the devices of the account',
-        mismatched.flatMap(({ side, missing, extra }) => [
-          ...(missing.length > 0 ? [detailLine(side, 'missing', missing)] : []),
-          ...(extra.length > 0 ? [detailLine(side, 'extra', extra)] : []),
-        ]),
-        undefined,
-        {
-          mismatched: mismatched.map(({ side, missing, extra }): DeviceMismatch => ({ username: side.account.username, missing, extra })),
-        },
-      );
-    }
-    const stale = classified.filter((entry) => entry.stale.length > 0);
-    if (stale.length > 0) {
-      throw new RelayException(
-        ErrorCode.StaleDevices,
-        'The send names registration ids that are not the devices\' current ones',
-        stale.map(({ side, stale: devices }) => detailLine(side, 'stale', devices)),
-        undefined,
-        { stale: stale.map(({ side, stale: devices }): StaleDeviceList => ({ username: side.account.username, devices })) },
-      );
-    }
   }
 
   /** The oldest `limit` queued envelopes of the device. */
@@ -253,12 +236,56 @@ export class MessagesService {
 }
 
 /** @throws RelayException VALIDATION_FAILED when a device is addressed twice in one list */
-function assertEachDeviceOnce(list: 'messages' | 'sync', messages: OutgoingDeviceMessage[]): void {
+export function assertEachDeviceOnce(list: 'messages' | 'sync', messages: ReadonlyArray<Pick<OutgoingDeviceMessage, 'deviceId'>>): void {
   const addressed = messages.map((message) => message.deviceId);
   const repeated = addressed.filter((deviceId, index) => addressed.indexOf(deviceId) !== index);
   if (repeated.length > 0) {
     throw new RelayException(ErrorCode.ValidationFailed, 'The request is invalid', [
       `${list}: device ${[...new Set(repeated)].join(', ')} addressed more than once`,
+    ]);
+  }
+}
+
+/**
+ * Any missing or extra device, in either list: 409 with every account's
+ * mismatch (recipient first). Else any stale device: 410.
+ *
+ * @throws RelayException MISMATCHED_DEVICES, STALE_DEVICES
+ */
+export function assertAddressedExactly(sides: ReadonlyArray<AddressedSide<AddressedDevice>>): void {
+  const classified = sides.map((side) => ({ side, ...classify(side) }));
+  const mismatched = classified.filter(({ missing, extra }) => missing.length > 0 || extra.length > 0);
+  if (mismatched.length > 0) {
+    throw new RelayException(
+      ErrorCode.MismatchedDevices,
+      'The send does not address exactly the devices of the account',
+      mismatched.flatMap(({ side, missing, extra }) => [
+        ...(missing.length > 0 ? [detailLine(side, 'missing', missing)] : []),
+        ...(extra.length > 0 ? [detailLine(side, 'extra', extra)] : []),
+      ]),
+      undefined,
+      {
+        mismatched: mismatched.map(({ side, missing, extra }): DeviceMismatch => ({ username: side.account.username, missing, extra })),
+      },
+    );
+  }
+  const stale = classified.filter((entry) => entry.stale.length > 0);
+  if (stale.length > 0) {
+    throw new RelayException(
+      ErrorCode.StaleDevices,
+      'The send names registration ids that are not the devices\' current ones',
+      stale.map(({ side, stale: devices }) => detailLine(side, 'stale', devices)),
+      undefined,
+      { stale: stale.map(({ side, stale: devices }): StaleDeviceList => ({ username: side.account.username, devices })) },
+    );
+  }
+}
+
+/** @throws RelayException VALIDATION_FAILED when an authenticated send claims the sealed type, which only envelopes carry */
+function assertNotSealed(list: 'messages' | 'sync', messages: OutgoingDeviceMessage[]): void {
+  if (messages.some((message) => message.type === EnvelopeType.Sealed)) {
+    throw new RelayException(ErrorCode.ValidationFailed, 'The request is invalid', [
+      `${list}: type sealed is only for POST /v1/messages/sealed and /v1/messages/multi-recipient`,
     ]);
   }
 }
