@@ -64,6 +64,30 @@ describe('retention sweep (e2e)', () => {
   };
   const slotExists = async (id: string) => (await relay.sql('SELECT 1 FROM provisioning_slots WHERE id = $1::uuid', id)).length === 1;
 
+  it('deletes the answers of sealed sends older than the retention period, and keeps the recent ones', async () => {
+    // bob accepts sealed messages from anyone, so the sends need no access key.
+    const access = { accessKey: randomBytes(16).toString('base64'), unrestricted: true };
+    expect((await httpJson(relay, 'PUT', '/v1/account/unidentified-access', { token: bob.accessToken, body: access })).status).toBe(204);
+    const sealedSend = async (id: string) => {
+      const { status } = await httpJson(relay, 'POST', '/v1/messages/sealed', {
+        body: { id, to: bob.username, messages: [{ deviceId: 1, registrationId: bobRegistrationId, ciphertext: Buffer.from(`sealed ${id}`).toString('base64') }] },
+      });
+      expect(status).toBe(201);
+    };
+    const sealedRequestExists = async (requestId: string) =>
+      (await relay.sql('SELECT 1 FROM sealed_send_requests WHERE request_id = $1::uuid', requestId)).length === 1;
+    const [oldId, recentId] = [randomUUID(), randomUUID()];
+    await sealedSend(oldId);
+    await sealedSend(recentId);
+    await relay.sql('UPDATE sealed_send_requests SET created_at = $1 WHERE request_id = $2::uuid', new Date(Date.now() - (RETENTION_DAYS + 1) * DAY_MS), oldId);
+
+    const result = await relay.app.get(RetentionService).sweep();
+
+    expect(result.sealedSendRequests).toBe(1);
+    expect([await sealedRequestExists(oldId), await sealedRequestExists(recentId)]).toEqual([false, true]);
+    await relay.sql("DELETE FROM messages WHERE type = 'sealed'");
+  });
+
   it('deletes messages and send answers older than the retention period and expired provisioning slots, and keeps the rest', async () => {
     const [oldId, recentId] = [randomUUID(), randomUUID()];
     await send('old', oldId);
@@ -75,7 +99,7 @@ describe('retention sweep (e2e)', () => {
 
     const result = await relay.app.get(RetentionService).sweep();
 
-    expect(result).toEqual({ messages: 1, sentRequests: 1, provisioningSlots: 1 });
+    expect(result).toEqual({ messages: 1, sentRequests: 1, sealedSendRequests: 0, provisioningSlots: 1 });
     expect(await queuedTexts()).toEqual(['recent', 'almost old']);
     expect([await sentRequestExists(oldId), await sentRequestExists(recentId)]).toEqual([false, true]);
     expect([await slotExists(expired), await slotExists(live)]).toEqual([false, true]);

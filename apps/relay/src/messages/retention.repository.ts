@@ -27,6 +27,15 @@ export class RetentionRepository {
     );
   }
 
+  /** Deletes the kept answers of idempotent sealed and multi-recipient sends made before `before`. */
+  deleteSealedSendRequestsBefore(before: Date): Promise<number> {
+    return this.inBatches(
+      () => this.prisma.$executeRaw`
+        DELETE FROM sealed_send_requests WHERE request_id IN (
+          SELECT request_id FROM sealed_send_requests WHERE created_at < ${before} LIMIT ${SWEEP_BATCH})`,
+    );
+  }
+
   /** Deletes provisioning slots that expired before `now`, approved or not. */
   deleteExpiredProvisioningSlots(now: Date): Promise<number> {
     return this.prisma.$executeRaw`DELETE FROM provisioning_slots WHERE expires_at < ${now}`;

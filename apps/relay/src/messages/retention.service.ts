@@ -8,12 +8,13 @@ const DAY_MS = 24 * 60 * 60 * 1000;
 export interface SweepResult {
   messages: number;
   sentRequests: number;
+  sealedSendRequests: number;
   provisioningSlots: number;
 }
 
 /**
  * Deletes what the relay keeps only for a while: undelivered messages and
- * the answers of idempotent sends older than `MESSAGE_RETENTION_DAYS`, and
+ * the answers of idempotent sends (authenticated and sealed) older than `MESSAGE_RETENTION_DAYS`, and
  * expired provisioning slots. Runs every `RETENTION_SWEEP_INTERVAL_MS`; one
  * sweep at a time.
  */
@@ -56,11 +57,12 @@ export class RetentionService implements OnApplicationBootstrap, OnModuleDestroy
     const result: SweepResult = {
       messages: await this.retention.deleteMessagesBefore(cutoff),
       sentRequests: await this.retention.deleteSentRequestsBefore(cutoff),
+      sealedSendRequests: await this.retention.deleteSealedSendRequestsBefore(cutoff),
       provisioningSlots: await this.retention.deleteExpiredProvisioningSlots(now),
     };
-    if (result.messages + result.sentRequests + result.provisioningSlots > 0) {
+    if (result.messages + result.sentRequests + result.sealedSendRequests + result.provisioningSlots > 0) {
       this.logger.log(
-        `Retention sweep: ${result.messages} expired messages, ${result.sentRequests} send answers, ${result.provisioningSlots} provisioning slots deleted`,
+        `Retention sweep: ${result.messages} expired messages, ${result.sentRequests + result.sealedSendRequests} send answers, ${result.provisioningSlots} provisioning slots deleted`,
       );
     }
     return result;
