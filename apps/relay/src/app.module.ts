@@ -9,6 +9,7 @@ import { GatewayModule } from './gateway/gateway.module.js';
 import { KeysModule } from './keys/keys.module.js';
 import { MessagesModule } from './messages/messages.module.js';
 import { PrismaModule } from './prisma/prisma.module.js';
+import { SealedSenderModule } from './sealed/sealed-sender.module.js';
 
 /** The whole relay. Built from a validated `RelayConfig` (see `createRelayApp`). */
 @Module({})
@@ -16,7 +17,7 @@ export class AppModule implements NestModule {
   static forRoot(config: RelayConfig): DynamicModule {
     return {
       module: AppModule,
-      imports: [ConfigModule.forRoot(config), PrismaModule, AuthModule, DevicesModule, KeysModule, MessagesModule, BackupModule, GatewayModule],
+      imports: [ConfigModule.forRoot(config), PrismaModule, AuthModule, DevicesModule, KeysModule, MessagesModule, SealedSenderModule, BackupModule, GatewayModule],
     };
   }
 

@@ -7,6 +7,11 @@
  * - `DATABASE_URL` unset: the relay's embedded PGlite, with its files in a
  *   temporary DATA_DIR that `close()` removes.
  *
+ * Sealed sender: a fresh trust root certifies the relay's server key;
+ * `trustRoot` is its public key, to configure SDK clients with (an
+ * override of SEALED_SENDER_SERVER_CERTIFICATE replaces them: '' makes the
+ * relay generate its development pair, whose trust root `trustRoot` then is).
+ *
  * Argon2 is cheap, the heartbeat short and bundle fetches nearly unlimited;
  * pass `overrides` (environment variables, as strings; '' for the relay's own
  * default) to change any setting. One relay per test file
@@ -29,6 +34,7 @@ import { createRelayApp } from '../../src/app.factory.js';
 import { loadConfig, type RelayConfig } from '../../src/config/relay-config.js';
 import type { RelayEnv } from '../../src/config/relay-env.js';
 import { PrismaService } from '../../src/prisma/prisma.service.js';
+import { generateTrustRootAndKeys } from '../../src/sealed/sealed-sender-keys.js';
 
 /** Relay environment variables (string values, as in `process.env`). */
 export type RelayEnvOverrides = Partial<Record<keyof RelayEnv, string>>;
@@ -41,6 +47,12 @@ export interface TestRelay {
   /** `ws://127.0.0.1:<port>/v1/ws` */
   wsUrl: string;
   prisma: PrismaService;
+  /**
+   * Base64 public key of the trust root that signed the relay's server
+   * certificate (the SDK's `trustRoot` option); '' when an override put in
+   * a certificate of another trust root.
+   */
+  trustRoot: string;
   /** Raw SQL on the relay's database ($1, $2... placeholders), for scans the API does not offer. */
   sql<Row = Record<string, unknown>>(query: string, ...params: unknown[]): Promise<Row[]>;
   close(): Promise<void>;
@@ -58,6 +70,7 @@ export async function startTestRelay(overrides: RelayEnvOverrides = {}): Promise
     const dataDir = await mkdtemp(join(tmpdir(), 'relay-test-'));
     cleanups.push(() => rm(dataDir, { recursive: true, force: true }));
     const serverUrl = overrides.DATABASE_URL ?? process.env.DATABASE_URL;
+    const sealedSender = generateTrustRootAndKeys();
     const env: Record<string, string | undefined> = {
       NODE_ENV: 'test',
       HOST: '127.0.0.1',
@@ -77,6 +90,8 @@ export async function startTestRelay(overrides: RelayEnvOverrides = {}): Promise
       // Likewise for provisioning, limited per client IP (every test client is 127.0.0.1).
       PROVISIONING_SLOTS_PER_IP: '100000',
       PROVISIONING_RECEIVES_PER_IP: '100000',
+      SEALED_SENDER_SERVER_CERTIFICATE: sealedSender.serverCertificate,
+      SEALED_SENDER_SERVER_PRIVATE_KEY: sealedSender.serverPrivateKey,
       ...overrides,
       DATABASE_URL: serverUrl ? await createTestDatabase(serverUrl, cleanups) : undefined,
     };
@@ -92,6 +107,9 @@ export async function startTestRelay(overrides: RelayEnvOverrides = {}): Promise
       baseUrl: `http://127.0.0.1:${port}`,
       wsUrl: `ws://127.0.0.1:${port}/v1/ws`,
       prisma,
+      trustRoot:
+        config.sealedSender.trustRoot ??
+        (config.sealedSender.serverCertificate === sealedSender.serverCertificate ? sealedSender.trustRoot : ''),
       sql: <Row>(query: string, ...params: unknown[]) => prisma.$queryRawUnsafe<Row[]>(query, ...params),
       close: cleanUp,
     };
