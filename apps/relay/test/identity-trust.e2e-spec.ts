@@ -47,7 +47,7 @@ describe('identity trust through the real relay', () => {
   });
 
   function newClient(options: Partial<SecureChatClientOptions> = {}, stores: SecureChatStores = createMemoryStores()) {
-    const client = SecureChatClient.create({ relayUrl: relay.baseUrl, stores, ...options });
+    const client = SecureChatClient.create({ relayUrl: relay.baseUrl, stores, deliveryReceipts: false, ...options });
     clients.push(client);
     const seen = { changes: [] as IdentityChanged[], errors: [] as SecureChatError[] };
     client.on(ChatEvent.IdentityChanged, (change) => void seen.changes.push(change));
