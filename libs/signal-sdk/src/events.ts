@@ -2,6 +2,7 @@ import { EventEmitter } from 'node:events';
 import type { SecureChatError } from './errors.js';
 import type { IdentityChanged, IdentityStatus } from './identity/identity-trust.js';
 import type { DeviceId, MessageId } from './ids.js';
+import type { GroupUpdated } from './groups/group-service.js';
 
 /** Events of `SecureChatClient` (matrix-js-sdk `CryptoEvent` style: enum and handler map side by side). */
 export enum ChatEvent {
@@ -47,6 +48,12 @@ export enum ChatEvent {
   Sent = 'sent',
   /** The relay refused such a send for good (or it could not be encrypted); it left the outbox. */
   SendFailed = 'sendFailed',
+  /**
+   * A group this account is in was created or changed by an admin (on
+   * another device of this account too), or this account was removed from
+   * one (`removedSelf`). Not emitted for this install's own changes.
+   */
+  GroupUpdated = 'groupUpdated',
 }
 
 /** What `receipt` reports. */
@@ -134,6 +141,14 @@ export interface IncomingMessage {
    */
   readonly identity: IdentityStatus;
   /**
+   * Set for a message to a group (sent once to every member device, with
+   * the sender's key for the group): its id (`SecureChatClient.groups()`)
+   * and title as this install knows them. For a group message `outgoing`
+   * is true when another device of this account sent it, and
+   * `conversation` is the sender.
+   */
+  readonly group?: { readonly id: string; readonly title: string };
+  /**
    * Marks the message handled and tells the relay to delete it. With
    * `autoAck` (the default) the client does this itself once every
    * `message` listener has returned. From then on the message is never
@@ -176,6 +191,7 @@ export interface ChatEventHandlerMap {
   [ChatEvent.SendFailed]: (failed: OutboxSendFailed) => void;
   [ChatEvent.Receipt]: (receipt: Receipt) => void;
   [ChatEvent.Typing]: (typing: Typing) => void;
+  [ChatEvent.GroupUpdated]: (update: GroupUpdated) => void;
 }
 
 type Listener = (...args: never[]) => unknown;

@@ -70,6 +70,9 @@ export {
   SESSION_RESET_REQUEST_BODY_BYTES,
 } from './session/content.js';
 export { DEFAULT_SESSION_RESET_INTERVAL_MS } from './session/session-repair.js';
+export { type GroupInfo, type GroupUpdated, type SentGroupMessage } from './groups/group-service.js';
+export { MAX_GROUP_MEMBERS, MAX_GROUP_TITLE_BYTES, type GroupMember, type GroupState } from './groups/group-wire.js';
+export type { GroupRecord } from './groups/group-rules.js';
 export { generateRecoverySecret } from './backup/recovery-secret.js';
 export {
   BACKUP_FORMAT_VERSION,
