@@ -1,5 +1,5 @@
 import { IdentityKeyPair, PrivateKey, PublicKey } from '@signalapp/libsignal-client';
-import { USERNAME_PATTERN, canonicalUsername } from '@chat/protocol';
+import { PROFILE_KEY_BYTES, USERNAME_PATTERN, canonicalUsername } from '@chat/protocol';
 import { SecureChatError, SecureChatErrorCode } from '../errors.js';
 
 /**
@@ -11,7 +11,12 @@ import { SecureChatError, SecureChatErrorCode } from '../errors.js';
  * Plaintext, JSON (docs/protocol.md, "Linking a device (client side)"):
  *
  *   { "version": 1, "username": "alice",
- *     "identityPublicKey": "<base64, 33 bytes>", "identityPrivateKey": "<base64, 32 bytes>" }
+ *     "identityPublicKey": "<base64, 33 bytes>", "identityPrivateKey": "<base64, 32 bytes>",
+ *     "profileKey": "<base64, 32 bytes>" }
+ *
+ * `profileKey` (the account's profile key, for sealed sender) is always
+ * written; a message without it (from an older approver) is accepted, and
+ * the new device then has no profile key and does not send sealed.
  */
 export const PROVISIONING_INFO = 'SecureChat provisioning v1';
 export const PROVISIONING_MESSAGE_VERSION = 1;
@@ -21,6 +26,8 @@ export interface ProvisioningContents {
   username: string;
   /** The account's identity key pair, shared by all its devices. */
   identityKeyPair: IdentityKeyPair;
+  /** The account's profile key (`PROFILE_KEY_BYTES`); absent in a message from an older approver. */
+  profileKey?: Uint8Array;
 }
 
 interface ProvisioningJson {
@@ -28,9 +35,11 @@ interface ProvisioningJson {
   username: string;
   identityPublicKey: string;
   identityPrivateKey: string;
+  profileKey?: string;
 }
 
 const FIELDS: ReadonlyArray<keyof ProvisioningJson> = ['version', 'username', 'identityPublicKey', 'identityPrivateKey'];
+const OPTIONAL_FIELDS: ReadonlyArray<keyof ProvisioningJson> = ['profileKey'];
 const BASE64 = /^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$/;
 
 const utf8 = (text: string) => new Uint8Array(Buffer.from(text, 'utf8'));
@@ -43,6 +52,7 @@ export function sealProvisioningMessage(contents: ProvisioningContents, ephemera
     identityPublicKey: Buffer.from(contents.identityKeyPair.publicKey.serialize()).toString('base64'),
     identityPrivateKey: Buffer.from(contents.identityKeyPair.privateKey.serialize()).toString('base64'),
   };
+  if (contents.profileKey) json.profileKey = Buffer.from(contents.profileKey).toString('base64');
   const plaintext = utf8(JSON.stringify(json));
   try {
     return ephemeralPublicKey.seal(plaintext, PROVISIONING_INFO, utf8(slotId));
@@ -53,8 +63,9 @@ export function sealProvisioningMessage(contents: ProvisioningContents, ephemera
 
 /**
  * Opens a provisioning message with the ephemeral private key and checks
- * it strictly: exactly the four fields, version 1, a canonical username, a
- * 33-byte public key and a 32-byte private key that derives it.
+ * it strictly: the four required fields and at most the optional
+ * `profileKey`, version 1, a canonical username, a 33-byte public key and a
+ * 32-byte private key that derives it, a 32-byte profile key.
  * @throws {SecureChatError} `DecryptionFailed` when it does not open (another key, slot or info, or altered);
  *   `MalformedContent` when the plaintext is not a valid version 1 message.
  */
@@ -83,8 +94,8 @@ function parseProvisioningJson(plaintext: Uint8Array): ProvisioningContents {
   }
   if (typeof value !== 'object' || value === null || Array.isArray(value)) throw malformed('not a JSON object');
   const keys = Object.keys(value);
-  if (keys.length !== FIELDS.length || !FIELDS.every((field) => keys.includes(field))) {
-    throw malformed(`expected exactly the fields ${FIELDS.join(', ')}`);
+  if (!FIELDS.every((field) => keys.includes(field)) || !keys.every((key) => (FIELDS as string[]).includes(key) || (OPTIONAL_FIELDS as string[]).includes(key))) {
+    throw malformed(`expected the fields ${FIELDS.join(', ')} and optionally ${OPTIONAL_FIELDS.join(', ')}`);
   }
   const json = value as Record<keyof ProvisioningJson, unknown>;
   if (json.version !== PROVISIONING_MESSAGE_VERSION) throw malformed('unknown version');
@@ -104,7 +115,9 @@ function parseProvisioningJson(plaintext: Uint8Array): ProvisioningContents {
     privateBytes.fill(0);
   }
   if (!privateKey.getPublicKey().equals(publicKey)) throw malformed('the private key does not derive the public key');
-  return { username: json.username, identityKeyPair: new IdentityKeyPair(publicKey, privateKey) };
+  const contents: ProvisioningContents = { username: json.username, identityKeyPair: new IdentityKeyPair(publicKey, privateKey) };
+  if (json.profileKey !== undefined) contents.profileKey = base64Bytes(json.profileKey, PROFILE_KEY_BYTES, 'profileKey', malformed);
+  return contents;
 }
 
 function base64Bytes(value: unknown, length: number, field: string, malformed: (why: string) => SecureChatError): Uint8Array<ArrayBuffer> {
