@@ -1,12 +1,13 @@
 import { createHash, randomUUID } from 'node:crypto';
 import PQueue from 'p-queue';
-import { PrivateKey, ProtocolAddress, PublicKey } from '@signalapp/libsignal-client';
+import { CiphertextMessageType, PrivateKey, ProtocolAddress, PublicKey, type SenderCertificate } from '@signalapp/libsignal-client';
 import type {
   AuthResponse,
   BackupResponse,
   Envelope,
   PreKeyBundleResponse,
   ProvisioningSlotResponse,
+  SealedSendRequest,
   SendMessageRequest,
   ServerFrame,
 } from '@chat/protocol';
@@ -72,6 +73,8 @@ import {
   TypingAction,
   encodeReceipt,
   encodeTyping,
+  encodeProfileKey,
+  profileKeyOf,
   receiptOf,
   syncCopyOf,
   typingOf,
@@ -90,6 +93,17 @@ import { BackOff, type BackOffOptions } from './transport/back-off.js';
 import { HttpRelayTransport, deviceListsOf, relayUrlsOf } from './transport/http-relay-transport.js';
 import type { RelaySocket, RelayTransport } from './transport/relay-transport.js';
 import { RetryAfterMemory } from './transport/retry-after.js';
+import {
+  AccountIds,
+  SenderCertificateCache,
+  accessKeyOf,
+  generateProfileKey,
+  normalizeAccountId,
+  parseTrustRoot,
+  sealFor,
+  unseal,
+  type UnsealedMessage,
+} from './sealed/index.js';
 
 /** Receives the client's diagnostics. Messages never contain plaintext, keys, passwords or tokens. */
 export interface SecureChatLogger {
@@ -163,6 +177,18 @@ export interface SecureChatClientOptions {
    * batched while more messages are waiting. Never for a sync copy.
    */
   deliveryReceipts?: boolean;
+  /**
+   * Sealed sender (docs/protocol.md, "Sealed sender (client side)"): the
+   * trust root of the relay's sender certificates, base64 of a 33-byte
+   * public key, configured out of band (never fetched from the relay).
+   * With it, messages to a peer whose profile key is known go sealed (the
+   * relay does not learn the sender) and sealed messages are accepted when
+   * their certificate validates. Without it, nothing is sent sealed and
+   * sealed messages are dropped (`InvalidSenderCertificate`).
+   */
+  trustRoot?: string;
+  /** Accept sealed messages from anyone, not only from holders of this account's profile key (default false). */
+  sealedSenderFromAnyone?: boolean;
 }
 
 /** A peer's identity key as this install knows it. */
@@ -279,6 +305,19 @@ type ReceivedEnvelope =
   | { handled: true }
   | { dropped: SecureChatError };
 
+/** Where a sealed message came from: the identity key its sender certificate names. */
+interface SealedOrigin {
+  certificateKey: PublicKey;
+}
+
+/** The sender certificate named another key than the session's identity key: the decryption is rolled back and the message dropped. */
+class SealedSenderKeyMismatch extends Error {
+  override readonly name = 'SealedSenderKeyMismatch';
+}
+
+/** With no other own device known, a sealed send with sync copies checks this account's bundle at most this often. */
+const OWN_DEVICES_CHECK_INTERVAL_MS = 60 * 60 * 1000;
+
 /** Refresh this long before the access token expires (at most a fifth of its lifetime). */
 const REFRESH_MARGIN_MS = 60_000;
 
@@ -371,6 +410,15 @@ export class SecureChatClient extends TypedEventEmitter<ChatEvent, ChatEventHand
   private readonly deliveryReceipts: boolean;
   /** Content timestamps of messages handed to the app whose delivery receipt is not sent yet, per sender. */
   private readonly deliveryReceiptBatches = new Map<string, number[]>();
+  // Sealed sender (docs/architecture.md, "Sealed sender").
+  private readonly trustRoot: PublicKey | null;
+  private readonly sealedSenderFromAnyone: boolean;
+  /** This device's sender certificate; null without a trust root (nothing is sent sealed). */
+  private readonly certificates: SenderCertificateCache | null;
+  private readonly accountIds: AccountIds;
+  /** This account's id, from the relay's auth answer. */
+  private ownAccountId: string | null = null;
+  private ownDevicesCheckedAt = Number.NEGATIVE_INFINITY;
 
   private constructor(options: SecureChatClientOptions) {
     super();
@@ -417,6 +465,13 @@ export class SecureChatClient extends TypedEventEmitter<ChatEvent, ChatEventHand
       throw new SecureChatError(SecureChatErrorCode.InvalidOptions, `identityPolicy must be one of ${IDENTITY_POLICIES.join(', ')}`);
     }
     this.trust = new IdentityTrust(identityPolicy);
+    this.trustRoot = options.trustRoot === undefined ? null : parseTrustRoot(options.trustRoot);
+    this.sealedSenderFromAnyone = options.sealedSenderFromAnyone ?? false;
+    if (typeof this.sealedSenderFromAnyone !== 'boolean') throw new SecureChatError(SecureChatErrorCode.InvalidOptions, 'sealedSenderFromAnyone must be a boolean');
+    this.certificates = this.trustRoot
+      ? new SenderCertificateCache(() => this.authorized((token) => this.transport.getSenderCertificate(token)), this.trustRoot, this.now)
+      : null;
+    this.accountIds = new AccountIds((accountId) => this.authorized((token) => this.transport.lookupAccount(token, accountId)));
     this.bundleFetchLimits = new RetryAfterMemory(this.now);
     if (!isSupportedKdf(this.backupKdf)) {
       throw new SecureChatError(SecureChatErrorCode.InvalidOptions, 'backupKdf is outside BACKUP_KDF_LIMITS');
@@ -457,6 +512,7 @@ export class SecureChatClient extends TypedEventEmitter<ChatEvent, ChatEventHand
     await this.keepAuth(await this.transport.register({ username, password: checkPassword(password) }));
     await this.saveAccount();
     await this.keys.uploadInitialKeys();
+    await this.publishAccessKeyReporting(true);
   }
 
   /**
@@ -480,6 +536,8 @@ export class SecureChatClient extends TypedEventEmitter<ChatEvent, ChatEventHand
     await this.keepAuth(await this.transport.login({ username, password: checkPassword(password) }, stored?.deviceId));
     await this.saveAccount();
     await this.maintainKeys();
+    // Only the primary makes a profile key: a linked device without one (an older approver) makes none.
+    await this.publishAccessKeyReporting(this.localAccount().deviceId === 1);
   }
 
   /**
@@ -871,7 +929,12 @@ export class SecureChatClient extends TypedEventEmitter<ChatEvent, ChatEventHand
     const link = parseLinkUri(uri);
     const identity = await this.stores.identity.getLocalIdentity();
     if (!identity) throw new SecureChatError(SecureChatErrorCode.NoLocalIdentity, 'the stores hold no identity key');
-    const sealed = sealProvisioningMessage({ username: this.localAccount().username, identityKeyPair: identity.identityKeyPair }, link.publicKey, link.slotId);
+    const profileKey = (await this.stores.metadata.getOwnProfileKey()) ?? undefined;
+    const sealed = sealProvisioningMessage(
+      { username: this.localAccount().username, identityKeyPair: identity.identityKeyPair, profileKey },
+      link.publicKey,
+      link.slotId,
+    );
     await this.authorized((token) => this.transport.putProvisioningMessage(token, link.slotId, { message: base64(sealed) }));
   }
 
@@ -923,9 +986,11 @@ export class SecureChatClient extends TypedEventEmitter<ChatEvent, ChatEventHand
     await this.transaction(async (stores) => {
       await stores.identity.saveLocalIdentity(identity);
       await stores.metadata.saveAccount(account);
+      if (contents.profileKey) await stores.metadata.saveOwnProfileKey(contents.profileKey);
     });
     await this.keepAuth(auth);
     await this.keys.uploadInitialKeys();
+    await this.publishAccessKeyReporting(false);
   }
 
   /** @throws {SecureChatError} `InvalidState` when the stores already hold an identity or an account. */
@@ -998,10 +1063,207 @@ export class SecureChatClient extends TypedEventEmitter<ChatEvent, ChatEventHand
     return this.account;
   }
 
+  // --- sealed sender (docs/architecture.md, "Sealed sender") ----------------
+
+  /**
+   * Makes sure the account's profile key is in the stores (`create`: makes
+   * one when there is none) and tells the relay the access key derived from
+   * it and `sealedSenderFromAnyone` (idempotent). Without a profile key
+   * nothing is uploaded, and peers can reach this account only
+   * authenticated (or sealed, if it takes sealed mail from anyone).
+   */
+  /** `publishAccessKey`, a failure reported as an `error` event: the account works without it (peers send authenticated). */
+  private async publishAccessKeyReporting(create: boolean): Promise<void> {
+    await this.publishAccessKey(create).catch((error: unknown) => this.report(error));
+  }
+
+  private async publishAccessKey(create: boolean): Promise<void> {
+    const own = this.localAccount().username;
+    if (this.ownAccountId) await this.accountIds.remember(this.stores.metadata, own, this.ownAccountId);
+    let profileKey = await this.stores.metadata.getOwnProfileKey();
+    if (!profileKey && create) {
+      profileKey = generateProfileKey();
+      await this.stores.metadata.saveOwnProfileKey(profileKey);
+    }
+    if (!profileKey) return;
+    const accessKey = base64(accessKeyOf(profileKey));
+    await this.authorized((token) => this.transport.putUnidentifiedAccess(token, { accessKey, unrestricted: this.sealedSenderFromAnyone }));
+  }
+
+  /**
+   * What a sealed send to `to` needs: its access key (from the profile key
+   * it shared, or this account's own for sync copies) and this device's
+   * sender certificate. Null when it goes authenticated: no trust root, no
+   * profile key, or no usable certificate (reported in the log).
+   * @throws {SecureChatError} a transient failure fetching the certificate (`Network`, 5xx...), as a send would.
+   */
+  private async sealedAccess(to: string): Promise<{ accessKey: string; certificate: SenderCertificate } | null> {
+    if (!this.certificates || !this.ownAccountId) return null;
+    const own = this.localAccount();
+    const profileKey = to === own.username ? await this.stores.metadata.getOwnProfileKey() : await this.stores.metadata.getPeerProfileKey(to);
+    const identity = await this.stores.identity.getLocalIdentity();
+    if (!profileKey || !identity) return null;
+    try {
+      const certificate = await this.certificates.get({
+        accountId: this.ownAccountId,
+        deviceId: own.deviceId,
+        identityKey: identity.identityKeyPair.publicKey,
+      });
+      return { accessKey: base64(accessKeyOf(profileKey)), certificate };
+    } catch (error) {
+      if (SecureChatError.is(error) && outboxFailureKind(error) !== 'permanent') throw error;
+      this.logger.warn?.(`no usable sender certificate (${SecureChatError.is(error) ? error.code : 'error'}); sending authenticated`);
+      return null;
+    }
+  }
+
+  /** Sends this account's profile key (kind 7) to `to` once, before the first message to it (never to itself, never without a trust root). */
+  private async shareProfileKey(to: string): Promise<void> {
+    if (!this.trustRoot || to === this.localAccount().username) return;
+    if (await this.stores.metadata.hasSharedProfileKey(to)) return;
+    const profileKey = await this.stores.metadata.getOwnProfileKey();
+    if (!profileKey) return;
+    await this.fanOut(to, encodeProfileKey(this.nextContentTimestamp(), profileKey), {});
+    await this.stores.metadata.saveSharedProfileKey(to, true);
+  }
+
+  /** One sealed ciphertext per device, each with the registration id its session has. */
+  private async sealedFor(
+    username: string,
+    devices: DeviceId[],
+    plaintext: Uint8Array<ArrayBuffer>,
+    certificate: SenderCertificate,
+    stores: SecureChatStores,
+  ): Promise<SealedSendRequest['messages']> {
+    const perDevice: SealedSendRequest['messages'] = [];
+    for (const deviceId of devices) {
+      const ciphertext = await sealFor(username, deviceId, this.localAddress(), plaintext, certificate, stores);
+      const session = await stores.session.getSession(ProtocolAddress.new(username, deviceId));
+      if (!session) throw new SecureChatError(SecureChatErrorCode.EncryptionFailed, `no session with ${username} device ${deviceId}`);
+      perDevice.push({ deviceId, registrationId: session.remoteRegistrationId(), ciphertext: base64(ciphertext) });
+    }
+    return perDevice;
+  }
+
+  /**
+   * A fan-out's sealed form: `POST /v1/messages/sealed` to `to` with its
+   * access key and no token, then the sync copies in a second sealed request
+   * to this account (own access key; authenticated when this account has no
+   * profile key or the relay refuses it). Both requests carry ids (`id`, and
+   * one derived from it for the sync copies), so a retry stores nothing twice.
+   * With no other own device known, this account's bundle is checked at most
+   * hourly, so a newly linked device gets sync copies.
+   * @throws {SecureChatError} the relay's refusal (`SEALED_SENDER_REFUSED` of `to`, 409/410), `Network`, ...
+   */
+  private async fanOutSealed(
+    to: string,
+    devices: DeviceId[],
+    plaintext: Uint8Array<ArrayBuffer>,
+    options: FanOutOptions & { id: string },
+    access: { accessKey: string; certificate: SenderCertificate },
+  ): Promise<FanOutResult> {
+    const own = this.localAccount().username;
+    let syncDevices = options.syncContent ? await this.addressedDevices(own) : [];
+    if (options.syncContent && syncDevices.length === 0 && this.now() - this.ownDevicesCheckedAt > OWN_DEVICES_CHECK_INTERVAL_MS) {
+      this.ownDevicesCheckedAt = this.now();
+      await this.refreshDevices(own);
+      syncDevices = await this.addressedDevices(own);
+    }
+    const syncContent = syncDevices.length > 0 ? options.syncContent : undefined;
+    const syncAccess = syncContent ? await this.sealedAccess(own) : null;
+    const syncId = syncRequestId(options.id);
+    const { request, sync } = await this.transaction(async (stores) => {
+      const request: SealedSendRequest = { to, id: options.id, messages: await this.sealedFor(to, devices, plaintext, access.certificate, stores) };
+      if (!syncContent) return { request, sync: undefined };
+      const sync = syncAccess
+        ? { sealed: true as const, request: { to: own, id: syncId, messages: await this.sealedFor(own, syncDevices, syncContent, syncAccess.certificate, stores) } }
+        : { sealed: false as const, request: { to: own, id: syncId, messages: await this.encryptFor(own, syncDevices, syncContent, stores) } };
+      return { request, sync };
+    });
+    const { serverTimestamp } = await this.transport.sendSealed(access.accessKey, request);
+    if (sync?.sealed === false) {
+      await this.post(sync.request);
+    } else if (sync && syncAccess) {
+      try {
+        await this.transport.sendSealed(syncAccess.accessKey, sync.request);
+      } catch (error) {
+        if (!SecureChatError.isRelay(error, ErrorCode.SealedSenderRefused) || !syncContent) throw error;
+        this.logger.warn?.('the relay refused this account\'s own access key; sync copies go authenticated');
+        const messages = await this.transaction((stores) => this.encryptFor(own, syncDevices, syncContent, stores));
+        await this.post({ to: own, id: syncId, messages });
+      }
+    }
+    return { serverTimestamp, devices, syncDevices: syncContent ? syncDevices : [] };
+  }
+
+  /**
+   * A sealed envelope, opened: the outer layer unsealed, its certificate
+   * validated against the trust root at `now`, and the account id it names
+   * mapped to a username. Returns the inner message as an ordinary envelope
+   * from that username and device (for the normal session path) with the
+   * certificate's key, which `open` checks against the session's identity
+   * key; or what became of it when it goes no further (dropped, handled).
+   * Leaves it unacked only for a transient failure (the account lookup).
+   */
+  private async openSealed(envelope: Envelope): Promise<{ envelope: Envelope; sealed: SealedOrigin } | { done: ReceivedEnvelope } | null> {
+    const incoming = { messageId: envelope.id, sender: '', senderDevice: 0 };
+    let unsealed: UnsealedMessage;
+    try {
+      unsealed = await unseal(new Uint8Array(Buffer.from(envelope.ciphertext, 'base64')), this.stores.identity, this.trustRoot, this.now());
+    } catch (cause) {
+      if (!SecureChatError.is(cause, SecureChatErrorCode.InvalidSenderCertificate) && !SecureChatError.is(cause, SecureChatErrorCode.DecryptionFailed)) throw cause;
+      return { done: { dropped: new SecureChatError(cause.code, `sealed message ${envelope.id}: ${cause.message}; dropped`, { cause, incoming }) } };
+    }
+    let sender: string;
+    try {
+      sender = await this.accountIds.usernameOf(this.stores.metadata, unsealed.senderAccountId);
+    } catch (cause) {
+      if (!SecureChatError.isRelay(cause, ErrorCode.UnknownRecipient)) throw cause;
+      const error = new SecureChatError(SecureChatErrorCode.InvalidSenderCertificate, `sealed message ${envelope.id} names an account the relay does not know; dropped`, {
+        cause,
+        incoming,
+      });
+      return { done: { dropped: error } };
+    }
+    if (unsealed.msgType === CiphertextMessageType.SenderKey) return { done: await this.receiveGroupMessage(envelope, unsealed, sender) };
+    if (unsealed.msgType !== CiphertextMessageType.PreKey && unsealed.msgType !== CiphertextMessageType.Whisper) {
+      const error = new SecureChatError(SecureChatErrorCode.MalformedContent, `sealed message ${envelope.id} carries message type ${unsealed.msgType}; dropped`, {
+        incoming: { ...incoming, sender, senderDevice: unsealed.senderDevice },
+      });
+      return { done: { dropped: error } };
+    }
+    const inner: Envelope = {
+      id: envelope.id,
+      source: sender,
+      sourceDevice: unsealed.senderDevice,
+      type: unsealed.msgType === CiphertextMessageType.PreKey ? EnvelopeType.PreKey : EnvelopeType.Signal,
+      ciphertext: base64(unsealed.contents),
+      serverTimestamp: envelope.serverTimestamp,
+    };
+    return { envelope: inner, sealed: { certificateKey: unsealed.certificateKey } };
+  }
+
+  /**
+   * GROUPS HOOK (issue 6, groups engineer): a sealed message whose inner
+   * message is a sender-key message (`msgType` SenderKey) from `sender`,
+   * certificate already validated. To be implemented with `groupDecrypt`;
+   * until then it is dropped with an error (and acked).
+   */
+  private async receiveGroupMessage(envelope: Envelope, unsealed: UnsealedMessage, sender: string): Promise<ReceivedEnvelope> {
+    return {
+      dropped: new SecureChatError(SecureChatErrorCode.MalformedContent, `sealed message ${envelope.id}: group messages are not handled yet; dropped`, {
+        incoming: { messageId: envelope.id, sender, senderDevice: unsealed.senderDevice },
+      }),
+    };
+  }
+
   // --- tokens ---------------------------------------------------------------
 
   private acceptAuth(response: AuthResponse): void {
     this.account = { username: response.username, deviceId: asDeviceId(response.deviceId) };
+    const accountId = normalizeAccountId(response.accountId);
+    if (accountId !== this.ownAccountId) this.certificates?.clear();
+    this.ownAccountId = accountId;
     this.auth = {
       accessToken: response.accessToken,
       refreshToken: response.refreshToken,
@@ -1352,9 +1614,11 @@ export class SecureChatClient extends TypedEventEmitter<ChatEvent, ChatEventHand
           throw new SecureChatError(SecureChatErrorCode.EncryptionFailed, 'the queued content is not a message this version sends', { cause });
         }
       }
-      result = await this.withSendLocks(message.recipient, syncContent !== undefined, () =>
-        this.fanOut(message.recipient, content, { id: message.id, syncContent }),
-      );
+      result = await this.withSendLocks(message.recipient, syncContent !== undefined, async () => {
+        // Kind 7 goes with the first message to a peer, so that it can answer sealed.
+        await this.shareProfileKey(message.recipient);
+        return this.fanOut(message.recipient, content, { id: message.id, syncContent });
+      });
     } catch (cause) {
       const error = SecureChatError.is(cause) ? cause : new SecureChatError(SecureChatErrorCode.EncryptionFailed, 'the send failed', { cause });
       const kind = outboxFailureKind(error);
@@ -1492,11 +1756,29 @@ export class SecureChatClient extends TypedEventEmitter<ChatEvent, ChatEventHand
   private async fanOut(to: string, plaintext: Uint8Array<ArrayBuffer>, options: FanOutOptions): Promise<FanOutResult> {
     const own = this.localAccount().username;
     await this.trust.assertSendable(this.stores, to);
+    // Sealed requests always carry an id, so a retry after a partial failure stores nothing twice.
+    const sealedId = options.id ?? randomUUID();
     for (let round = 0; ; round++) {
       let devices = await this.addressedDevices(to);
       if (devices.length === 0) devices = await this.openSessions(to);
       if (devices.length === 0) {
         throw new SecureChatError(SecureChatErrorCode.InvalidArgument, 'this account has no other device to send to');
+      }
+      // Sealed when possible (docs/architecture.md, "Sealed sender"); typing (ephemeral) always goes authenticated.
+      const access = options.ephemeral ? null : await this.sealedAccess(to);
+      if (access) {
+        try {
+          return await this.fanOutSealed(to, devices, plaintext, { ...options, id: sealedId }, access);
+        } catch (error) {
+          if (!SecureChatError.isRelay(error, ErrorCode.SealedSenderRefused)) {
+            if (round >= MAX_DEVICE_CORRECTIONS || !(await this.correctDevices(to, error))) throw error;
+            this.logger.debug?.(`the relay corrected the devices of a sealed send (${(error as SecureChatError).relayCode}); sending again`);
+            continue;
+          }
+          // The peer's access key changed (a new profile key) or it no longer shares it: forget it and send authenticated.
+          if (to !== own) await this.stores.metadata.savePeerProfileKey(to, null);
+          this.logger.debug?.(`the relay refused a sealed send to ${to}; sending authenticated`);
+        }
       }
       const syncDevices = options.syncContent ? await this.addressedDevices(own) : [];
       const request = await this.transaction(async (stores): Promise<SendMessageRequest> => {
@@ -1624,6 +1906,7 @@ export class SecureChatClient extends TypedEventEmitter<ChatEvent, ChatEventHand
     if (canonicalUsername(bundle.username) !== username) {
       throw new SecureChatError(SecureChatErrorCode.InvalidPreKeyBundle, 'the relay answered with a bundle of another user');
     }
+    await this.accountIds.remember(this.stores.metadata, username, bundle.accountId);
     let identityKey: PublicKey;
     try {
       identityKey = PublicKey.deserialize(new Uint8Array(Buffer.from(bundle.identityKey, 'base64')));
@@ -1852,6 +2135,28 @@ export class SecureChatClient extends TypedEventEmitter<ChatEvent, ChatEventHand
    * of it is kept but the ratchet step, and only typing may come that way.
    */
   private async receive(envelope: Envelope): Promise<void> {
+    let sealed: SealedOrigin | undefined;
+    if (envelope?.type === EnvelopeType.Sealed && typeof envelope.id === 'string' && typeof envelope.ciphertext === 'string') {
+      if (this.inFlight.has(envelope.id)) return;
+      let opened: Awaited<ReturnType<SecureChatClient['openSealed']>>;
+      try {
+        opened = await this.openSealed(envelope);
+      } catch (cause) {
+        this.emit(ChatEvent.Error, storeFailure(cause, `sealed message ${envelope.id}: left for a retry`));
+        return;
+      }
+      if (!opened) return;
+      if ('done' in opened) {
+        if ('dropped' in opened.done) this.emit(ChatEvent.Error, opened.done.dropped);
+        if ('dropped' in opened.done || 'handled' in opened.done) {
+          await this.ackQuietly(envelope.id);
+          return;
+        }
+        // GROUPS HOOK: a group message for the app (receiveGroupMessage) continues below once implemented.
+        return;
+      }
+      ({ envelope, sealed } = opened);
+    }
     const context = envelopeContext(envelope);
     if (!context) {
       this.emit(ChatEvent.Error, new SecureChatError(SecureChatErrorCode.RelayError, 'the relay sent a malformed envelope'));
@@ -1860,9 +2165,12 @@ export class SecureChatClient extends TypedEventEmitter<ChatEvent, ChatEventHand
     if (this.inFlight.has(context.messageId)) return;
     const ephemeral = envelope.ephemeral === true;
 
+    if (!sealed && envelope.sourceAccountId !== undefined) {
+      await this.accountIds.remember(this.stores.metadata, context.sender, envelope.sourceAccountId).catch((error: unknown) => this.report(error));
+    }
     let received: ReceivedEnvelope;
     try {
-      received = await this.sessions.withPeer(context.sender, () => this.receiveFromPeer(envelope, context, ephemeral));
+      received = await this.sessions.withPeer(context.sender, () => this.receiveFromPeer(envelope, context, ephemeral, sealed));
     } catch (cause) {
       if (SecureChatError.is(cause, SecureChatErrorCode.SessionRepairFailed)) {
         this.emit(ChatEvent.Error, cause);
@@ -1915,12 +2223,15 @@ export class SecureChatClient extends TypedEventEmitter<ChatEvent, ChatEventHand
   }
 
   /** Everything about one envelope that needs the sender's serial queue. */
-  private async receiveFromPeer(envelope: Envelope, context: IncomingMessageContext, ephemeral: boolean): Promise<ReceivedEnvelope> {
+  private async receiveFromPeer(envelope: Envelope, context: IncomingMessageContext, ephemeral: boolean, sealed?: SealedOrigin): Promise<ReceivedEnvelope> {
     const senderDevice = asDeviceId(context.senderDevice);
     let opened: OpenedMessage;
     try {
-      opened = await this.open(envelope, context, ephemeral);
+      opened = await this.open(envelope, context, ephemeral, sealed);
     } catch (cause) {
+      if (cause instanceof SealedSenderKeyMismatch) {
+        return { dropped: new SecureChatError(SecureChatErrorCode.InvalidSenderCertificate, `sealed message ${context.messageId}: ${cause.message}; dropped`, { incoming: context }) };
+      }
       if (!(cause instanceof DecryptFailure)) throw cause;
       if (ephemeral) {
         // Typing is not worth a session reset: the next stored message from the sender asks for one if needed.
@@ -1984,6 +2295,10 @@ export class SecureChatClient extends TypedEventEmitter<ChatEvent, ChatEventHand
       }
       case ContentKind.Typing:
         return { typing: { sender: context.sender, senderDevice, typing: typingOf(content) === TypingAction.Started, timestamp: content.timestamp } };
+      case ContentKind.ProfileKey:
+        // A peer's profile key: from now on this account can send to it sealed. Never shown to the app.
+        if (context.sender !== this.localAccount().username) await this.stores.metadata.savePeerProfileKey(context.sender, profileKeyOf(content));
+        return { handled: true };
       default:
         return { message: content, identity: opened.identity };
     }
@@ -2004,7 +2319,7 @@ export class SecureChatClient extends TypedEventEmitter<ChatEvent, ChatEventHand
    * devices may say what it sent.
    * @throws {DecryptFailure} when libsignal refuses the message.
    */
-  private open(envelope: Envelope, context: IncomingMessageContext, ephemeral: boolean): Promise<OpenedMessage> {
+  private open(envelope: Envelope, context: IncomingMessageContext, ephemeral: boolean, sealed?: SealedOrigin): Promise<OpenedMessage> {
     const senderDevice = asDeviceId(context.senderDevice);
     return this.transaction(async (stores) => {
       const identityNow = async () => {
@@ -2024,6 +2339,14 @@ export class SecureChatClient extends TypedEventEmitter<ChatEvent, ChatEventHand
       const ciphertext = new Uint8Array(Buffer.from(envelope.ciphertext, 'base64'));
       const before = await stores.identity.getPeerIdentity(context.sender);
       const plaintext = await this.sessions.decrypt(context.sender, senderDevice, envelope.type, ciphertext, stores);
+      if (sealed) {
+        // libsignal checked the certificate's key against the key the message was sealed with; this
+        // checks it against the identity key of the session it decrypted on. A mismatch rolls it all back.
+        const sessionKey = (await stores.identity.getPeerIdentity(context.sender))?.identityKey;
+        if (!sessionKey?.equals(sealed.certificateKey)) {
+          throw new SealedSenderKeyMismatch(`the sender certificate names another key than ${context.sender}'s identity key`);
+        }
+      }
       await rememberPeerDevice(stores, context.sender, senderDevice);
       const identityChange = await this.trust.noticeDecrypted(stores, context.sender, senderDevice, before);
       const identity = identityChange ? IdentityStatus.Changed : await identityNow();
@@ -2335,6 +2658,16 @@ function outboxFailureKind(error: SecureChatError): 'transient' | 'held' | 'perm
   if (error.relayCode === ErrorCode.Internal || (error.status !== undefined && error.status >= 500)) return 'transient';
   if (isAuthRefusal(error) || error.relayCode === ErrorCode.CredentialsChanged || error.relayCode === ErrorCode.DeviceUnlinked) return 'held';
   return 'permanent';
+}
+
+/**
+ * The id of a sealed send's second request (the sync copies to this
+ * account): derived from the send's id, so a retry repeats it and the relay
+ * stores it once (sealed send ids are one space at the relay).
+ */
+function syncRequestId(id: string): string {
+  const hex = createHash('sha256').update(`sync:${id}`).digest('hex');
+  return `${hex.slice(0, 8)}-${hex.slice(8, 12)}-8${hex.slice(13, 16)}-${((parseInt(hex.charAt(16), 16) & 0x3) | 0x8).toString(16)}${hex.slice(17, 20)}-${hex.slice(20, 32)}`;
 }
 
 function storeFailure(cause: unknown, message: string): SecureChatError {

@@ -69,7 +69,7 @@ class BackupRelay {
       listDevices: unused,
       unlinkDevice: unused,
       getSenderCertificate: unused,
-      putUnidentifiedAccess: unused,
+      putUnidentifiedAccess: async () => undefined,
       sendSealed: unused,
       sendMultiRecipient: unused,
       lookupAccount: unused,

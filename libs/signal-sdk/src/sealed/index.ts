@@ -8,6 +8,7 @@ export {
   type CertificateHolder,
 } from './sender-certificate.js';
 export { unseal, type UnsealedMessage } from './unseal.js';
+export { sealFor } from './seal.js';
 export { AccountIds, normalizeAccountId } from './account-ids.js';
 export {
   AccountAddressIdentityKeyStore,
