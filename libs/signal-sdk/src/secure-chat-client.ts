@@ -93,6 +93,7 @@ import { BackOff, type BackOffOptions } from './transport/back-off.js';
 import { HttpRelayTransport, deviceListsOf, relayUrlsOf } from './transport/http-relay-transport.js';
 import type { RelaySocket, RelayTransport } from './transport/relay-transport.js';
 import { RetryAfterMemory } from './transport/retry-after.js';
+import { GroupService, newGroupSendId, type GroupHost, type GroupInfo, type GroupUpdated, type SentGroupMessage } from './groups/group-service.js';
 import {
   AccountIds,
   SenderCertificateCache,
@@ -299,7 +300,12 @@ type OpenedMessage = (
 
 /** What became of an envelope: a message for the app, nothing more to do (ack it), or unreadable (report, then ack). */
 type ReceivedEnvelope =
-  | { message: MessageContent; identity: IdentityStatus }
+  | {
+      message: MessageContent;
+      identity: IdentityStatus;
+      /** A group message (kind 10): its group, and who sent it (the sealed certificate's sender). */
+      group?: { id: string; title: string; from: IncomingMessageContext };
+    }
   | { receipt: Receipt }
   | { typing: Typing }
   | { handled: true }
@@ -416,6 +422,8 @@ export class SecureChatClient extends TypedEventEmitter<ChatEvent, ChatEventHand
   /** This device's sender certificate; null without a trust root (nothing is sent sealed). */
   private readonly certificates: SenderCertificateCache | null;
   private readonly accountIds: AccountIds;
+  /** Groups (docs/architecture.md, "Groups"). */
+  private readonly groupService: GroupService;
   /** This account's id, from the relay's auth answer. */
   private ownAccountId: string | null = null;
   private ownDevicesCheckedAt = Number.NEGATIVE_INFINITY;
@@ -465,6 +473,7 @@ export class SecureChatClient extends TypedEventEmitter<ChatEvent, ChatEventHand
       throw new SecureChatError(SecureChatErrorCode.InvalidOptions, `identityPolicy must be one of ${IDENTITY_POLICIES.join(', ')}`);
     }
     this.trust = new IdentityTrust(identityPolicy);
+    this.groupService = new GroupService(this.groupHost());
     this.trustRoot = options.trustRoot === undefined ? null : parseTrustRoot(options.trustRoot);
     this.sealedSenderFromAnyone = options.sealedSenderFromAnyone ?? false;
     if (typeof this.sealedSenderFromAnyone !== 'boolean') throw new SecureChatError(SecureChatErrorCode.InvalidOptions, 'sealedSenderFromAnyone must be a boolean');
@@ -1017,6 +1026,155 @@ export class SecureChatClient extends TypedEventEmitter<ChatEvent, ChatEventHand
     return error;
   }
 
+  // --- groups (docs/architecture.md, "Groups") ---------------------------------
+
+  /**
+   * The groups this install knows, this account's own removal from one
+   * included (`member: false`), by id.
+   * @throws {SecureChatError} `InvalidState` before sign-in, a store's failure.
+   */
+  async groups(): Promise<GroupInfo[]> {
+    this.requireAuth();
+    return this.groupService.groups();
+  }
+
+  /**
+   * Creates a group with this account as its only admin and `members`
+   * (usernames; this account is added anyway), then sends its state and
+   * this device's sender key to every member device and this account's
+   * other devices, over the 1:1 sessions. A member that cannot be reached
+   * (e.g. its identity key changed under `'block'`) is reported with an
+   * `error` event; the others still get the group. Needs `trustRoot`.
+   * @throws {SecureChatError} `InvalidArgument` (a bad title or username, more than `MAX_GROUP_MEMBERS`),
+   *   `InvalidState` (not signed in, no `trustRoot`), `RelayRejected` (`UNKNOWN_RECIPIENT` for a member
+   *   that does not exist), `Network`, ...
+   */
+  async createGroup(title: string, members: string[]): Promise<GroupInfo> {
+    this.requireGroups();
+    if (!Array.isArray(members)) throw new SecureChatError(SecureChatErrorCode.InvalidArgument, 'members must be an array of usernames');
+    return this.groupService.createGroup(title, members.map(checkUsername));
+  }
+
+  /**
+   * Adds members (an admin only): the new state goes to every member device,
+   * and this device's sender key from now on to the new ones, no history.
+   * Other members give them their keys before their next group message.
+   * @throws {SecureChatError} `InvalidArgument` (unknown group, bad username), `InvalidState` (not an admin), as `createGroup`.
+   */
+  async addGroupMembers(groupId: string, members: string[]): Promise<GroupInfo> {
+    this.requireGroups();
+    if (!Array.isArray(members)) throw new SecureChatError(SecureChatErrorCode.InvalidArgument, 'members must be an array of usernames');
+    return this.groupService.addGroupMembers(groupId, members.map(checkUsername));
+  }
+
+  /**
+   * Removes a member (an admin only; not the last admin). The new state goes
+   * to the remaining members and to the removed one; this device starts a
+   * new sender key and gives it to the remaining member devices only, and
+   * every other remaining member device does the same when the update
+   * reaches it. The removed member cannot read what is sent afterwards.
+   * @throws {SecureChatError} `InvalidArgument` (unknown group, not a member, the last admin), `InvalidState` (not an admin), as `createGroup`.
+   */
+  async removeGroupMember(groupId: string, username: string): Promise<GroupInfo> {
+    this.requireGroups();
+    return this.groupService.removeGroupMember(groupId, checkUsername(username));
+  }
+
+  /**
+   * Sends `body` to the group: encrypted once with this device's sender key
+   * for the group and uploaded ONCE as a multi-recipient sealed-sender
+   * message to every member device, this account's other devices included;
+   * the relay stores one part per device. Sealed (the relay does not learn
+   * the sender) when every member's access key is known, else the
+   * authenticated fallback. Not queued in the outbox: a failure rejects,
+   * and a retry with the same `id` is stored once.
+   * @throws {SecureChatError} `InvalidArgument`, `InvalidState` (not a member, no `trustRoot`),
+   *   `InvalidSenderCertificate`, `RelayRejected`, `Network`, ...
+   */
+  async sendGroupMessage(groupId: string, body: string | Uint8Array, options: SendOptions = {}): Promise<SentGroupMessage> {
+    this.requireGroups();
+    const isText = typeof body === 'string';
+    const bytes = isText ? new TextEncoder().encode(body) : body;
+    if (!isText && !(bytes instanceof Uint8Array)) throw new SecureChatError(SecureChatErrorCode.InvalidArgument, 'body must be a string or a Uint8Array');
+    const id = options.id ?? newGroupSendId();
+    if (typeof id !== 'string' || !UUID_PATTERN.test(id)) throw new SecureChatError(SecureChatErrorCode.InvalidArgument, 'id must be a UUID');
+    return this.groupService.sendGroupMessage(groupId, isText ? ContentKind.Text : ContentKind.Bytes, bytes, id);
+  }
+
+  private requireGroups(): void {
+    this.requireAuth();
+    if (!this.certificates) throw new SecureChatError(SecureChatErrorCode.InvalidState, 'groups need the trustRoot option (their messages go sealed)');
+  }
+
+  /** What the group service may use of this client. */
+  private groupHost(): GroupHost {
+    return {
+      stores: this.stores,
+      transaction: (fn) => this.transaction(fn),
+      localAccount: () => this.localAccount(),
+      ownAccountId: async () => {
+        if (!this.ownAccountId) throw new SecureChatError(SecureChatErrorCode.InvalidState, 'the relay named no account id for this account');
+        return this.ownAccountId;
+      },
+      nextContentTimestamp: () => this.nextContentTimestamp(),
+      accountIdOf: async (username) => {
+        const known = await this.stores.metadata.getAccountId(username);
+        if (known) return known;
+        await this.sessions.withPeer(username, () => this.openSessions(username));
+        const learnt = await this.stores.metadata.getAccountId(username);
+        if (!learnt) throw new SecureChatError(SecureChatErrorCode.InvalidPreKeyBundle, `the bundle of ${username} names no account id`);
+        return learnt;
+      },
+      // This account's other devices are those it has sessions with (a 409 of a send teaches it new ones);
+      // a peer's are fetched from its bundle when there are none.
+      devicesOf: (username) =>
+        this.sessions.withPeer(username, async () => {
+          const devices = await this.addressedDevices(username);
+          return devices.length > 0 || username === this.localAccount().username ? devices : this.openSessions(username);
+        }),
+      sendContent: async (username, plaintext) => {
+        await this.sessions.withPeer(username, () => this.shareProfileKey(username));
+        return (await this.transmitContent(username, plaintext)).devices;
+      },
+      correctDevices: async (error) => {
+        const named = [
+          ...(SecureChatError.isRelay(error, ErrorCode.MismatchedDevices) ? (error.mismatched ?? []) : []),
+          ...(SecureChatError.isRelay(error, ErrorCode.StaleDevices) ? (error.stale ?? []) : []),
+        ].map((entry) => entry.username);
+        if (named.length === 0) return false;
+        for (const username of new Set(named)) await this.sessions.withPeer(username, () => this.correctDevices(username, error));
+        return true;
+      },
+      senderCertificate: async () => {
+        const identity = await this.stores.identity.getLocalIdentity();
+        if (!this.certificates || !this.ownAccountId || !identity) {
+          throw new SecureChatError(SecureChatErrorCode.InvalidState, 'no sender certificate can be had (no trustRoot, account id or identity)');
+        }
+        return this.certificates.get({ accountId: this.ownAccountId, deviceId: this.localAccount().deviceId, identityKey: identity.identityKeyPair.publicKey });
+      },
+      accessKeyOf: async (username) => {
+        const own = username === this.localAccount().username;
+        const profileKey = own ? await this.stores.metadata.getOwnProfileKey() : await this.stores.metadata.getPeerProfileKey(username);
+        return profileKey ? accessKeyOf(profileKey) : null;
+      },
+      sendMultiRecipient: async (payload, accessKey, id) => {
+        const request = { id, payload: base64(payload) };
+        const answer = accessKey
+          ? await this.transport.sendMultiRecipient({ accessKey: base64(accessKey) }, request)
+          : await this.authorized((accessToken) => this.transport.sendMultiRecipient({ accessToken }, request));
+        return answer.serverTimestamp;
+      },
+      report: (error) => this.report(error),
+      emitGroupUpdated: (update: GroupUpdated) => {
+        try {
+          this.emit(ChatEvent.GroupUpdated, update);
+        } catch (cause) {
+          this.emit(ChatEvent.Error, new SecureChatError(SecureChatErrorCode.ListenerFailed, 'a groupUpdated listener threw', { cause }));
+        }
+      },
+    };
+  }
+
   // --- keys and account -----------------------------------------------------
 
   private async ensureLocalIdentity(): Promise<LocalIdentity> {
@@ -1244,17 +1402,50 @@ export class SecureChatClient extends TypedEventEmitter<ChatEvent, ChatEventHand
   }
 
   /**
-   * GROUPS HOOK (issue 6, groups engineer): a sealed message whose inner
-   * message is a sender-key message (`msgType` SenderKey) from `sender`,
-   * certificate already validated. To be implemented with `groupDecrypt`;
-   * until then it is dropped with an error (and acked).
+   * A sealed message whose inner message is a sender-key message from
+   * `sender` (certificate validated): a group message. In the sender's
+   * serial queue and one store transaction: recalled from the pending
+   * messages when decrypted before, acked silently when processed before,
+   * else checked (the certificate's key is the sender's identity key; the
+   * group is known and has both as members), decrypted with the sender's
+   * key for the group, and kept as pending with its envelope id processed.
+   * Undecryptable (no such sender key: e.g. this account was removed and
+   * the sender rotated) or malformed: dropped, and the id processed.
    */
   private async receiveGroupMessage(envelope: Envelope, unsealed: UnsealedMessage, sender: string): Promise<ReceivedEnvelope> {
-    return {
-      dropped: new SecureChatError(SecureChatErrorCode.MalformedContent, `sealed message ${envelope.id}: group messages are not handled yet; dropped`, {
-        incoming: { messageId: envelope.id, sender, senderDevice: unsealed.senderDevice },
-      }),
-    };
+    const from: IncomingMessageContext = { messageId: envelope.id, sender, senderDevice: unsealed.senderDevice };
+    const own = this.localAccount();
+    if (sender === own.username && unsealed.senderDevice === own.deviceId) {
+      return { dropped: new SecureChatError(SecureChatErrorCode.MalformedContent, `sealed message ${envelope.id} claims to come from this device; dropped`, { incoming: from }) };
+    }
+    return this.sessions.withPeer(sender, async () => {
+      try {
+        return await this.transaction(async (stores): Promise<ReceivedEnvelope> => {
+          const identityRecord = await stores.identity.getPeerIdentity(sender);
+          const identity = identityRecord ? identityStatusOf(identityRecord) : IdentityStatus.Trusted;
+          const pending = await stores.metadata.getPendingMessage(envelope.id);
+          if (pending && pending.sender === sender && pending.senderDevice === unsealed.senderDevice) {
+            const recalled = await this.groupService.recallGroupMessage(pending.content, stores);
+            return { message: recalled.content, identity, group: { ...recalled.group, from } };
+          }
+          if (await stores.metadata.hasProcessedEnvelope(envelope.id)) return { handled: true };
+          const senderKey =
+            sender === own.username ? (await stores.identity.getLocalIdentity())?.identityKeyPair.publicKey : identityRecord?.identityKey;
+          if (!senderKey?.equals(unsealed.certificateKey)) {
+            throw new SecureChatError(SecureChatErrorCode.InvalidSenderCertificate, `the sender certificate names another key than ${sender}'s identity key`);
+          }
+          const { plaintext, opened } = await this.groupService.openGroupMessage(sender, unsealed.senderDevice, unsealed.contents, unsealed.groupId, stores);
+          await stores.metadata.saveProcessedEnvelope(envelope.id, this.now());
+          await stores.metadata.savePendingMessage(envelope.id, { sender, senderDevice: unsealed.senderDevice, content: plaintext });
+          return { message: opened.content, identity, group: { ...opened.group, from } };
+        });
+      } catch (cause) {
+        const dropCodes = [SecureChatErrorCode.DecryptionFailed, SecureChatErrorCode.MalformedContent, SecureChatErrorCode.InvalidSenderCertificate];
+        if (!SecureChatError.is(cause) || !dropCodes.includes(cause.code)) throw cause;
+        await this.stores.metadata.saveProcessedEnvelope(envelope.id, this.now());
+        return { dropped: new SecureChatError(cause.code, `group message ${envelope.id}: ${cause.message}; dropped`, { cause, incoming: from }) };
+      }
+    });
   }
 
   // --- tokens ---------------------------------------------------------------
@@ -2152,7 +2343,11 @@ export class SecureChatClient extends TypedEventEmitter<ChatEvent, ChatEventHand
           await this.ackQuietly(envelope.id);
           return;
         }
-        // GROUPS HOOK: a group message for the app (receiveGroupMessage) continues below once implemented.
+        if ('message' in opened.done && opened.done.group) {
+          const { message, identity, group } = opened.done;
+          this.inFlight.add(envelope.id);
+          await this.deliver(this.incomingMessage(envelope, group.from, message, identity, group));
+        }
         return;
       }
       ({ envelope, sealed } = opened);
@@ -2295,6 +2490,20 @@ export class SecureChatClient extends TypedEventEmitter<ChatEvent, ChatEventHand
       }
       case ContentKind.Typing:
         return { typing: { sender: context.sender, senderDevice, typing: typingOf(content) === TypingAction.Started, timestamp: content.timestamp } };
+      case ContentKind.GroupUpdate: {
+        const refused = await this.groupService.receiveGroupUpdate(context.sender, content);
+        if (refused) this.logger.debug?.(`group update in message ${context.messageId} not applied (${refused})`);
+        return { handled: true };
+      }
+      case ContentKind.SenderKeyDistribution:
+        await this.groupService.receiveSenderKey(context.sender, senderDevice, content);
+        return { handled: true };
+      case ContentKind.GroupMessage:
+        return {
+          dropped: new SecureChatError(SecureChatErrorCode.MalformedContent, `message ${context.messageId}: a group message outside a sender-key message; dropped`, {
+            incoming: context,
+          }),
+        };
       case ContentKind.ProfileKey:
         // A peer's profile key: from now on this account can send to it sealed. Never shown to the app.
         if (context.sender !== this.localAccount().username) await this.stores.metadata.savePeerProfileKey(context.sender, profileKeyOf(content));
@@ -2517,7 +2726,13 @@ export class SecureChatClient extends TypedEventEmitter<ChatEvent, ChatEventHand
     if (this.autoAck) await message.ack().catch((error: unknown) => this.report(error));
   }
 
-  private incomingMessage(envelope: Envelope, context: IncomingMessageContext, content: MessageContent, identity: IdentityStatus): IncomingMessage {
+  private incomingMessage(
+    envelope: Envelope,
+    context: IncomingMessageContext,
+    content: MessageContent,
+    identity: IdentityStatus,
+    group?: { id: string; title: string },
+  ): IncomingMessage {
     let acked: Promise<void> | undefined;
     // A sync copy is this account's own message to its destination: shown as sent, in that conversation.
     const copy = content.kind === ContentKind.SyncCopy ? syncCopyOf(content) : null;
@@ -2526,7 +2741,8 @@ export class SecureChatClient extends TypedEventEmitter<ChatEvent, ChatEventHand
       id: asMessageId(context.messageId),
       sender: context.sender,
       senderDevice: asDeviceId(context.senderDevice),
-      outgoing: copy !== null,
+      outgoing: copy !== null || (group !== undefined && context.sender === this.account?.username),
+      ...(group ? { group: { id: group.id, title: group.title } } : {}),
       conversation: copy ? copy.destination : context.sender,
       timestamp: message.timestamp,
       serverTimestamp: envelope.serverTimestamp,

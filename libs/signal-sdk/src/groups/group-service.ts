@@ -216,7 +216,7 @@ export class GroupService {
       const usernames = new Map<string, string>();
       const accessKeys: Array<Uint8Array | null> = [];
       for (const member of current.state.members) {
-        const devices = await this.host.devicesOf(member.username).catch((error: unknown) => this.noDevicesOfOwnAccount(member.username, error));
+        const devices = await this.host.devicesOf(member.username).catch((error: unknown) => this.unreachable(member.username, error));
         if (devices.length === 0) continue;
         usernames.set(member.accountId, member.username);
         accessKeys.push(await this.host.accessKeyOf(member.username));
@@ -368,7 +368,7 @@ export class GroupService {
       body: encodeSenderKeyDistributionBody(record.state.id, distribution),
     });
     for (const member of record.state.members) {
-      const devices = await this.host.devicesOf(member.username).catch((error: unknown) => this.noDevicesOfOwnAccount(member.username, error));
+      const devices = await this.host.devicesOf(member.username).catch((error: unknown) => this.unreachable(member.username, error));
       if (devices.every((deviceId) => record.sharedWith.includes(deviceKey(member.username, deviceId)))) continue;
       const reached = await this.host.sendContent(member.username, plaintext);
       record = await this.locked(groupId, async () => {
@@ -454,9 +454,17 @@ export class GroupService {
     return members;
   }
 
-  /** This account with no other device has no bundle: no devices. Anything else is passed on. */
-  private noDevicesOfOwnAccount(username: string, error: unknown): DeviceId[] {
+  /**
+   * A member whose devices cannot be had: an account that no longer exists
+   * (reported; the group still reaches the others), or this account with no
+   * other device. Anything else is passed on.
+   */
+  private unreachable(username: string, error: unknown): DeviceId[] {
     if (username === this.host.localAccount().username && this.isNoOtherDevice(error)) return [];
+    if (SecureChatError.isRelay(error, ErrorCode.UnknownRecipient)) {
+      this.host.report(error);
+      return [];
+    }
     throw error;
   }
 
