@@ -15,7 +15,8 @@ import { SecureChatError, SecureChatErrorCode } from '../errors.js';
 import { asRegistrationId } from '../ids.js';
 import { ChatEvent, type IncomingMessage } from '../events.js';
 import { SecureChatClient, type SecureChatClientOptions } from '../secure-chat-client.js';
-import { ContentKind, encodeContent } from '../session/content.js';
+import { ContentFormatError, ContentKind, decodeContent, encodeContent, encodeProfileKey, profileKeyOf } from '../session/content.js';
+import { openProvisioningMessage, sealProvisioningMessage } from '../devices/provisioning-message.js';
 import { createMemoryStores } from '../stores/memory-stores.js';
 import type { SecureChatStores } from '../stores/stores.js';
 import { FakeRelay } from '../test-support/fake-relay.js';
@@ -70,6 +71,32 @@ async function craftSealed(alice: SecureChatStores, certificate: SenderCertifica
   }
   return base64(await sealedSenderEncrypt(usmc, bob, identity));
 }
+
+describe('sealed sender: wire pieces', () => {
+  it('encodes kind 7 as exactly the 32-byte profile key, and refuses any other length', () => {
+    const key = new Uint8Array(randomBytes(32));
+    const decoded = decodeContent(encodeProfileKey(1_234, key));
+    expect(decoded.kind).toBe(ContentKind.ProfileKey);
+    expect(decoded.timestamp).toBe(1_234);
+    expect(Buffer.from(profileKeyOf(decoded))).toEqual(Buffer.from(key));
+    expect(() => encodeProfileKey(1, new Uint8Array(31))).toThrow(ContentFormatError);
+    expect(() => decodeContent(encodeContent({ kind: ContentKind.Text, timestamp: 1, body: key }).map((b, i) => (i === 1 ? 7 : b)))).not.toThrow();
+    const short = encodeContent({ kind: ContentKind.Text, timestamp: 1, body: new Uint8Array(33) });
+    short[1] = ContentKind.ProfileKey;
+    expect(() => decodeContent(short)).toThrow(ContentFormatError);
+  });
+
+  it('carries the profile key in the provisioning message, and reads one without it', () => {
+    const identityKeyPair = IdentityKeyPair.generate();
+    const ephemeral = PrivateKey.generate();
+    const profileKey = new Uint8Array(randomBytes(32));
+    const slot = randomUUID();
+    const opened = openProvisioningMessage(sealProvisioningMessage({ username: 'alice', identityKeyPair, profileKey }, ephemeral.getPublicKey(), slot), ephemeral, slot);
+    expect(Buffer.from(opened.profileKey!)).toEqual(Buffer.from(profileKey));
+    const older = openProvisioningMessage(sealProvisioningMessage({ username: 'alice', identityKeyPair }, ephemeral.getPublicKey(), slot), ephemeral, slot);
+    expect(older.profileKey).toBeUndefined();
+  });
+});
 
 describe('sealed sender: access keys', () => {
   it('derives the access key with zkgroup: AES-256-GCM of 16 zero bytes under the profile key, zero nonce, first 16 bytes', () => {
