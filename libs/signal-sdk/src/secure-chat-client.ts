@@ -1106,6 +1106,29 @@ export class SecureChatClient extends TypedEventEmitter<ChatEvent, ChatEventHand
     if (!this.certificates) throw new SecureChatError(SecureChatErrorCode.InvalidState, 'groups need the trustRoot option (their messages go sealed)');
   }
 
+  /**
+   * A group control record to this account's other devices, authenticated:
+   * a sealed send to the own account cannot leave out the sending device (the
+   * relay does not know it) and is refused 409. Corrects 409/410 like a
+   * fan-out. Run in this account's serial queue.
+   * @throws {SecureChatError} `RelayRejected` (`UNKNOWN_RECIPIENT`: no other device), `Network`, ...
+   */
+  private async sendToOwnDevices(plaintext: Uint8Array<ArrayBuffer>): Promise<DeviceId[]> {
+    const own = this.localAccount().username;
+    for (let round = 0; ; round++) {
+      let devices = await this.addressedDevices(own);
+      if (devices.length === 0) devices = await this.openSessions(own);
+      if (devices.length === 0) throw new SecureChatError(SecureChatErrorCode.InvalidArgument, 'this account has no other device to send to');
+      const messages = await this.transaction((stores) => this.encryptFor(own, devices, plaintext, stores));
+      try {
+        await this.post({ to: own, messages });
+        return devices;
+      } catch (error) {
+        if (round >= MAX_DEVICE_CORRECTIONS || !(await this.correctDevices(own, error))) throw error;
+      }
+    }
+  }
+
   /** What the group service may use of this client. */
   private groupHost(): GroupHost {
     return {
@@ -1133,6 +1156,7 @@ export class SecureChatClient extends TypedEventEmitter<ChatEvent, ChatEventHand
           return devices.length > 0 || username === this.localAccount().username ? devices : this.openSessions(username);
         }),
       sendContent: async (username, plaintext) => {
+        if (username === this.localAccount().username) return this.sessions.withPeer(username, () => this.sendToOwnDevices(plaintext));
         await this.sessions.withPeer(username, () => this.shareProfileKey(username));
         return (await this.transmitContent(username, plaintext)).devices;
       },
