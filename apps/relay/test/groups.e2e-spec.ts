@@ -130,6 +130,13 @@ describe('groups: five clients, one upload per message, and a removed member loc
       expect((await device.client.groups()).map((g) => [g.id, g.title, g.revision, g.member])).toEqual([[groupId, 'five clients', 1, true]]);
     }
 
+    // Joining, each member gave every other its profile key (kind 7), so every member's access key is known to all.
+    for (const device of everyone) {
+      for (const other of [a1, bob, carol, dave].filter((member) => usernameOf(member) !== usernameOf(device))) {
+        await until(async () => (await device.stores.metadata.getPeerProfileKey(usernameOf(other))) !== null, `${device.name} holding ${other.name}'s profile key`);
+      }
+    }
+
     // --- everyone sends, everyone else receives, each from one upload ----------------------------
     const senders = [a1, bob, a2, carol, dave];
     const expected = new Map<Install, string[]>(everyone.map((device) => [device, []]));
@@ -137,9 +144,12 @@ describe('groups: five clients, one upload per message, and a removed member loc
       const text = `before removal ${i} from ${sender.name}`;
       const uploadsBefore = uploads(sender);
       const sent = await sender.client.sendGroupMessage(groupId, text);
-      expect(uploads(sender) - uploadsBefore).toBe(1);
-      // The one upload reached the four other member devices (a1 and a2 count each other).
-      expect(sent.recipientDevices).toBe(4);
+      // One sealed upload reached the other members' devices; alice's devices send their other
+      // device a second, authenticated copy (the relay cannot exempt a sealed sender's own device).
+      const fromAlice = sender === a1 || sender === a2;
+      expect(sent.sealed).toBe(true);
+      expect([sent.recipientDevices, sent.ownDevices]).toEqual(fromAlice ? [3, 1] : [4, 0]);
+      expect(uploads(sender) - uploadsBefore).toBe(fromAlice ? 2 : 1);
       for (const device of everyone) if (device !== sender) expected.get(device)!.push(`${usernameOf(sender)}:${text}`);
       for (const device of everyone) {
         await until(() => groupLines(device, groupId).length === expected.get(device)!.length, `${device.name} receiving "${text}"`);
@@ -167,7 +177,7 @@ describe('groups: five clients, one upload per message, and a removed member loc
     const bobUploads = uploads(bob);
     const afterRemoval = await bob.client.sendGroupMessage(groupId, secret);
     expect(uploads(bob) - bobUploads).toBe(1);
-    expect(afterRemoval.recipientDevices).toBe(3); // a1, a2, carol: not dave
+    expect([afterRemoval.recipientDevices, afterRemoval.ownDevices, afterRemoval.sealed]).toEqual([3, 0, true]); // a1, a2, carol: not dave
     for (const device of [a1, a2]) await until(() => groupLines(device, groupId).includes(`${usernameOf(bob)}:${secret}`), `${device.name} receiving bob's message`);
 
     // Carol's queued part of that upload, opened with carol's identity key: bob's SenderKey message.
@@ -225,8 +235,10 @@ describe('groups: five clients, one upload per message, and a removed member loc
       const text = `after removal from ${sender.name}`;
       const before = uploads(sender);
       const sent = await sender.client.sendGroupMessage(groupId, text);
-      expect(uploads(sender) - before).toBe(1);
-      expect(sent.recipientDevices).toBe(3);
+      const fromAlice = sender === a1 || sender === a2;
+      expect(sent.sealed).toBe(true);
+      expect([sent.recipientDevices, sent.ownDevices]).toEqual(fromAlice ? [2, 1] : [3, 0]);
+      expect(uploads(sender) - before).toBe(fromAlice ? 2 : 1);
       for (const device of remaining) {
         if (device === sender) continue;
         await until(() => groupLines(device, groupId).includes(`${usernameOf(sender)}:${text}`), `${device.name} receiving "${text}"`);

@@ -55,7 +55,7 @@ import {
   type LocalParty,
 } from './identity/identity-trust.js';
 import type { SafetyNumber } from './identity/safety-number.js';
-import { asDeviceId, asMessageId, type DeviceId } from './ids.js';
+import { asDeviceId, asMessageId, derivedRequestId, type DeviceId } from './ids.js';
 import { amendStores } from './stores/memory-stores.js';
 import { SESSION_REPAIR_WINDOW_MS, type OutgoingMessageRecord, type AccountRecord, type LocalIdentity, type SecureChatStores } from './stores/stores.js';
 import {
@@ -93,6 +93,7 @@ import { BackOff, type BackOffOptions } from './transport/back-off.js';
 import { HttpRelayTransport, deviceListsOf, relayUrlsOf } from './transport/http-relay-transport.js';
 import type { RelaySocket, RelayTransport } from './transport/relay-transport.js';
 import { RetryAfterMemory } from './transport/retry-after.js';
+import { parseGroupUpdateBody } from './groups/group-wire.js';
 import { GroupService, newGroupSendId, type GroupHost, type GroupInfo, type GroupUpdated, type SentGroupMessage } from './groups/group-service.js';
 import {
   AccountIds,
@@ -1282,7 +1283,9 @@ export class SecureChatClient extends TypedEventEmitter<ChatEvent, ChatEventHand
   private async sealedAccess(to: string): Promise<{ accessKey: string; certificate: SenderCertificate } | null> {
     if (!this.certificates || !this.ownAccountId) return null;
     const own = this.localAccount();
-    const profileKey = to === own.username ? await this.stores.metadata.getOwnProfileKey() : await this.stores.metadata.getPeerProfileKey(to);
+    // To this account's own devices: authenticated (see fanOutSealed).
+    if (to === own.username) return null;
+    const profileKey = await this.stores.metadata.getPeerProfileKey(to);
     const identity = await this.stores.identity.getLocalIdentity();
     if (!profileKey || !identity) return null;
     try {
@@ -1297,6 +1300,24 @@ export class SecureChatClient extends TypedEventEmitter<ChatEvent, ChatEventHand
       this.logger.warn?.(`no usable sender certificate (${SecureChatError.is(error) ? error.code : 'error'}); sending authenticated`);
       return null;
     }
+  }
+
+  /**
+   * After a group update this install applied: its profile key to every
+   * member it has not given it yet, so that their group messages reach
+   * this account sealed. In the background: the receive path holds the
+   * author's serial queue, which a send to the author would wait for.
+   */
+  private shareProfileKeyWithGroup(update: MessageContent): void {
+    const self = this.localAccount().username;
+    const { members } = parseGroupUpdateBody(update.body);
+    if (!members.some((member) => member.username === self)) return;
+    const share = async () => {
+      for (const { username } of members) {
+        if (username !== self) await this.sessions.withPeer(username, () => this.shareProfileKey(username));
+      }
+    };
+    share().catch((error: unknown) => this.report(error));
   }
 
   /** Sends this account's profile key (kind 7) to `to` once, before the first message to it (never to itself, never without a trust root). */
@@ -1352,29 +1373,18 @@ export class SecureChatClient extends TypedEventEmitter<ChatEvent, ChatEventHand
       syncDevices = await this.addressedDevices(own);
     }
     const syncContent = syncDevices.length > 0 ? options.syncContent : undefined;
-    const syncAccess = syncContent ? await this.sealedAccess(own) : null;
-    const syncId = syncRequestId(options.id);
+    const syncId = derivedRequestId('sync', options.id);
     const { request, sync } = await this.transaction(async (stores) => {
       const request: SealedSendRequest = { to, id: options.id, messages: await this.sealedFor(to, devices, plaintext, access.certificate, stores) };
-      if (!syncContent) return { request, sync: undefined };
-      const sync = syncAccess
-        ? { sealed: true as const, request: { to: own, id: syncId, messages: await this.sealedFor(own, syncDevices, syncContent, syncAccess.certificate, stores) } }
-        : { sealed: false as const, request: { to: own, id: syncId, messages: await this.encryptFor(own, syncDevices, syncContent, stores) } };
+      // Copies for this account's other devices go authenticated, as Signal's sync messages do: the relay
+      // cannot exempt the sending device from a sealed send to its own account, since it does not know it.
+      const sync: SendMessageRequest | undefined = syncContent
+        ? { to: own, id: syncId, messages: await this.encryptFor(own, syncDevices, syncContent, stores) }
+        : undefined;
       return { request, sync };
     });
     const { serverTimestamp } = await this.transport.sendSealed(access.accessKey, request);
-    if (sync?.sealed === false) {
-      await this.post(sync.request);
-    } else if (sync && syncAccess) {
-      try {
-        await this.transport.sendSealed(syncAccess.accessKey, sync.request);
-      } catch (error) {
-        if (!SecureChatError.isRelay(error, ErrorCode.SealedSenderRefused) || !syncContent) throw error;
-        this.logger.warn?.('the relay refused this account\'s own access key; sync copies go authenticated');
-        const messages = await this.transaction((stores) => this.encryptFor(own, syncDevices, syncContent, stores));
-        await this.post({ to: own, id: syncId, messages });
-      }
-    }
+    if (sync) await this.post(sync);
     return { serverTimestamp, devices, syncDevices: syncContent ? syncDevices : [] };
   }
 
@@ -2517,6 +2527,7 @@ export class SecureChatClient extends TypedEventEmitter<ChatEvent, ChatEventHand
       case ContentKind.GroupUpdate: {
         const refused = await this.groupService.receiveGroupUpdate(context.sender, content);
         if (refused) this.logger.debug?.(`group update in message ${context.messageId} not applied (${refused})`);
+        else this.shareProfileKeyWithGroup(content);
         return { handled: true };
       }
       case ContentKind.SenderKeyDistribution:
@@ -2905,11 +2916,6 @@ function outboxFailureKind(error: SecureChatError): 'transient' | 'held' | 'perm
  * account): derived from the send's id, so a retry repeats it and the relay
  * stores it once (sealed send ids are one space at the relay).
  */
-function syncRequestId(id: string): string {
-  const hex = createHash('sha256').update(`sync:${id}`).digest('hex');
-  return `${hex.slice(0, 8)}-${hex.slice(8, 12)}-8${hex.slice(13, 16)}-${((parseInt(hex.charAt(16), 16) & 0x3) | 0x8).toString(16)}${hex.slice(17, 20)}-${hex.slice(20, 32)}`;
-}
-
 function storeFailure(cause: unknown, message: string): SecureChatError {
   return SecureChatError.is(cause) ? cause : new SecureChatError(SecureChatErrorCode.StoreFailure, message, { cause });
 }

@@ -16,7 +16,7 @@ import { randomBytes, randomUUID } from 'node:crypto';
 import { ProtocolAddress, type SenderCertificate } from '@signalapp/libsignal-client';
 import { ErrorCode } from '@chat/protocol';
 import { SecureChatError, SecureChatErrorCode } from '../errors.js';
-import type { DeviceId } from '../ids.js';
+import { derivedRequestId, type DeviceId } from '../ids.js';
 import { accountAddressStores, combinedAccessKey } from '../sealed/index.js';
 import { ContentKind, MAX_BODY_BYTES, decodeContent, encodeContent, type MessageContent } from '../session/content.js';
 import type { SecureChatStores } from '../stores/stores.js';
@@ -83,10 +83,16 @@ export interface SentGroupMessage {
   /** The timestamp inside the encrypted content. */
   timestamp: number;
   serverTimestamp: number;
-  /** How many member devices the one upload addressed. */
+  /** How many devices of the other members the one upload addressed. */
   recipientDevices: number;
-  /** Whether the upload was unauthenticated (every access key known) or the authenticated fallback. */
+  /** Whether that upload was unauthenticated (every access key known) or the authenticated fallback. */
   sealed: boolean;
+  /**
+   * This account's other devices, reached by a second, authenticated upload
+   * of the same group ciphertext (as Signal's sync messages: the relay
+   * cannot exempt the sending device from a sealed upload to its own account).
+   */
+  ownDevices: number;
 }
 
 /** A group message opened from a sealed envelope. */
@@ -212,26 +218,38 @@ export class GroupService {
     const certificate = await this.host.senderCertificate();
     for (let round = 0; ; round++) {
       const current = await this.shareSenderKey(groupId);
-      const recipients: ProtocolAddress[] = [];
+      // The other members' devices in one upload, sealed when every access key is known; this
+      // account's other devices in a second, authenticated one (see SentGroupMessage.ownDevices).
+      const members: ProtocolAddress[] = [];
+      const own: ProtocolAddress[] = [];
       const usernames = new Map<string, string>();
       const accessKeys: Array<Uint8Array | null> = [];
       for (const member of current.state.members) {
         const devices = await this.host.devicesOf(member.username).catch((error: unknown) => this.unreachable(member.username, error));
         if (devices.length === 0) continue;
         usernames.set(member.accountId, member.username);
-        accessKeys.push(await this.host.accessKeyOf(member.username));
-        for (const deviceId of devices) recipients.push(ProtocolAddress.new(member.accountId, deviceId));
+        const isSelf = member.username === self.username;
+        if (!isSelf) accessKeys.push(await this.host.accessKeyOf(member.username));
+        for (const deviceId of devices) (isSelf ? own : members).push(ProtocolAddress.new(member.accountId, deviceId));
       }
-      if (recipients.length === 0) throw new SecureChatError(SecureChatErrorCode.InvalidState, 'the group has no other member device to send to');
-      const payload = await this.host.transaction(async (stores) => {
+      if (members.length === 0 && own.length === 0) {
+        throw new SecureChatError(SecureChatErrorCode.InvalidState, 'the group has no other member device to send to');
+      }
+      const payloads = await this.host.transaction(async (stores) => {
         const ciphertext = await encryptForGroup(ProtocolAddress.new(self.username, self.deviceId), current.distributionId, stores.senderKey, plaintext);
         const adapted = accountAddressStores(stores, usernames);
-        return sealForGroup({ ciphertext, certificate, groupId: current.state.id, recipients, identityStore: adapted.identity, sessionStore: adapted.session });
+        const seal = (recipients: ProtocolAddress[]) =>
+          recipients.length === 0
+            ? null
+            : sealForGroup({ ciphertext, certificate, groupId: current.state.id, recipients, identityStore: adapted.identity, sessionStore: adapted.session });
+        return { members: await seal(members), own: await seal(own) };
       });
       const accessKey = accessKeys.every((key): key is Uint8Array => key !== null) ? combinedAccessKey(accessKeys as Uint8Array[]) : null;
       try {
-        const serverTimestamp = await this.sendUpload(payload, accessKey, id);
-        return { id, timestamp, serverTimestamp: serverTimestamp.at, recipientDevices: recipients.length, sealed: serverTimestamp.sealed };
+        const upload = payloads.members ? await this.sendUpload(payloads.members, accessKey, id) : null;
+        const ownAt = payloads.own ? await this.host.sendMultiRecipient(payloads.own, null, derivedRequestId('group-own-copy', id)) : null;
+        const serverTimestamp = upload?.at ?? (ownAt as number);
+        return { id, timestamp, serverTimestamp, recipientDevices: members.length, sealed: upload?.sealed ?? false, ownDevices: own.length };
       } catch (error) {
         if (round >= MAX_GROUP_SEND_CORRECTIONS || !(await this.host.correctDevices(error))) throw error;
       }
@@ -389,28 +407,11 @@ export class GroupService {
       try {
         return { at: await this.host.sendMultiRecipient(payload, accessKey, id), sealed: true };
       } catch (error) {
-        // Some member's key changed, or the relay wants this very device addressed (it cannot tell the
-        // sender's device in a sealed upload to the sender's own account): the authenticated fallback,
-        // where the relay knows the sender and exempts its device.
-        if (!SecureChatError.isRelay(error, ErrorCode.SealedSenderRefused) && !this.onlyMissesThisDevice(error)) throw error;
+        // Some member's key changed: the authenticated fallback, where the relay knows the sender.
+        if (!SecureChatError.isRelay(error, ErrorCode.SealedSenderRefused)) throw error;
       }
     }
     return { at: await this.host.sendMultiRecipient(payload, null, id), sealed: false };
-  }
-
-  /** A 409 whose only complaint is that this account's own sending device was not addressed. */
-  private onlyMissesThisDevice(error: unknown): boolean {
-    if (!SecureChatError.isRelay(error, ErrorCode.MismatchedDevices)) return false;
-    const self = this.host.localAccount();
-    const [only, ...more] = error.mismatched ?? [];
-    return (
-      only !== undefined &&
-      more.length === 0 &&
-      only.username === self.username &&
-      only.extra.length === 0 &&
-      only.missing.length === 1 &&
-      only.missing[0] === self.deviceId
-    );
   }
 
   /** Applies `change` to the group's state under its lock (and, with `rotate`, starts a new sender key). */
@@ -505,3 +506,4 @@ function describeGroupMessage(plaintext: Uint8Array, record: GroupRecord): Opene
 
 /** A fresh send id. */
 export const newGroupSendId = (): string => randomUUID();
+
