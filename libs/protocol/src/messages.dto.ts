@@ -42,8 +42,17 @@ export enum EnvelopeType {
   Sealed = 'sealed',
 }
 
-/** One recipient device's ciphertext within a send. */
-export class OutgoingDeviceMessage {
+/** The `to` of a send: a username, compared in lower case. */
+function IsRecipientUsername(): PropertyDecorator {
+  return (target, property) => {
+    Transform(({ value }) => (typeof value === 'string' ? canonicalUsername(value) : value))(target, property);
+    IsString()(target, property);
+    Matches(USERNAME_PATTERN, { message: 'to must be a username' })(target, property);
+  };
+}
+
+/** One recipient device's sealed-sender ciphertext (`sealedSenderEncrypt`) in a sealed send. */
+export class SealedDeviceMessage {
   @IsInt() @Min(DEVICE_ID_MIN) @Max(DEVICE_ID_MAX)
   deviceId!: number;
 
@@ -55,21 +64,23 @@ export class OutgoingDeviceMessage {
   @IsInt() @Min(REGISTRATION_ID_MIN) @Max(REGISTRATION_ID_MAX)
   registrationId!: number;
 
-  @IsEnum(EnvelopeType)
-  type!: EnvelopeType;
-
   @IsBase64Bytes(1, MAX_CIPHERTEXT_BYTES)
   ciphertext!: string;
 }
+
+/** One recipient device's ciphertext within a send: a sealed one's fields and the libsignal message type. */
+export class OutgoingDeviceMessage extends SealedDeviceMessage {
+  @IsEnum(EnvelopeType)
+  type!: EnvelopeType;
+}
+
 
 /**
  * `POST /v1/messages` and the `send` frame. The sender is the token's
  * account and device; there is no sender field.
  */
 export class SendMessageRequest {
-  @Transform(({ value }) => (typeof value === 'string' ? canonicalUsername(value) : value))
-  @IsString()
-  @Matches(USERNAME_PATTERN, { message: 'to must be a username' })
+  @IsRecipientUsername()
   to!: string;
 
   /**
@@ -154,27 +165,13 @@ export interface ListMessagesResponse {
   more: boolean;
 }
 
-/** One recipient device's sealed-sender ciphertext (`sealedSenderEncrypt`) in a sealed send. */
-export class SealedDeviceMessage {
-  @IsInt() @Min(DEVICE_ID_MIN) @Max(DEVICE_ID_MAX)
-  deviceId!: number;
-
-  @IsInt() @Min(REGISTRATION_ID_MIN) @Max(REGISTRATION_ID_MAX)
-  registrationId!: number;
-
-  @IsBase64Bytes(1, MAX_CIPHERTEXT_BYTES)
-  ciphertext!: string;
-}
-
 /**
  * `POST /v1/messages/sealed`: unauthenticated, with the recipient's access
  * key in the `Unidentified-Access-Key` header. The relay learns the
  * recipient, not the sender. Device checks as for `POST /v1/messages`.
  */
 export class SealedSendRequest {
-  @Transform(({ value }) => (typeof value === 'string' ? canonicalUsername(value) : value))
-  @IsString()
-  @Matches(USERNAME_PATTERN, { message: 'to must be a username' })
+  @IsRecipientUsername()
   to!: string;
 
   /** Client-chosen UUID; a repeat of an accepted sealed send with this id stores nothing (ids of sealed sends are one space, not per sender). */
