@@ -13,6 +13,7 @@ import type {
   ClientFrame,
   Envelope,
   MultiRecipientSendRequest,
+  OutgoingDeviceMessage,
   PreKeyBundleResponse,
   SealedSendRequest,
   SendMessageRequest,
@@ -524,35 +525,30 @@ export class FakeRelay {
     const serverTimestamp = request.ephemeral ? Date.now() : this.store(from, request);
     if (request.ephemeral) {
       for (const m of request.messages) {
-        const envelope: Envelope = {
-          id: randomUUID(),
-          source: from,
-          sourceDevice: 1,
-          sourceAccountId: this.accounts.get(from)?.accountId,
-          type: m.type,
-          ciphertext: m.ciphertext,
-          serverTimestamp,
-          ephemeral: true,
-        };
-        recipient.socket?.onFrame({ type: ServerFrameType.Message, envelope });
+        recipient.socket?.onFrame({ type: ServerFrameType.Message, envelope: { ...this.envelopeFrom(from, m, serverTimestamp), ephemeral: true } });
       }
     }
     if (request.id !== undefined) this.acceptedSends.set(`${from}:${request.id}`, serverTimestamp);
     return serverTimestamp;
   }
 
+  /** An envelope of `from`'s device 1 carrying `m`, with a fresh id. */
+  private envelopeFrom(from: string, m: OutgoingDeviceMessage, serverTimestamp: number): Envelope {
+    return {
+      id: randomUUID(),
+      source: from,
+      sourceDevice: 1,
+      sourceAccountId: this.accounts.get(from)?.accountId,
+      type: m.type,
+      ciphertext: m.ciphertext,
+      serverTimestamp,
+    };
+  }
+
   private store(from: string, message: SendMessageRequest): number {
     const serverTimestamp = Date.now();
     for (const m of message.messages) {
-      let envelope: Envelope = {
-        id: randomUUID(),
-        source: from,
-        sourceDevice: 1,
-        sourceAccountId: this.accounts.get(from)?.accountId,
-        type: m.type,
-        ciphertext: m.ciphertext,
-        serverTimestamp,
-      };
+      let envelope = this.envelopeFrom(from, m, serverTimestamp);
       if (this.tamper) envelope = this.tamper(envelope);
       this.stored.push({ from, to: message.to, envelope });
       this.deliver(message.to, envelope);
