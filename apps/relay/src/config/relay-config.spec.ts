@@ -68,11 +68,18 @@ describe('loadConfig', () => {
     expect(config.database).toEqual({ mode: 'postgres', url: 'postgresql://relay@db.internal:5432/relay' });
   });
 
+  it('takes REDIS_URL for many instances, and has none by default (one instance, in-process bus)', () => {
+    expect(loadConfig({ JWT_SECRET: SECRET }).redisUrl).toBeUndefined();
+    expect(loadConfig({ JWT_SECRET: SECRET, REDIS_URL: '' }).redisUrl).toBeUndefined();
+    expect(loadConfig({ JWT_SECRET: SECRET, REDIS_URL: 'rediss://:pw@cache.internal:6380/2' }).redisUrl).toBe('rediss://:pw@cache.internal:6380/2');
+  });
+
   it.each([
     ['PORT', 'eighty'],
     ['PORT', '70000'],
     ['NODE_ENV', 'staging'],
     ['DATABASE_URL', 'mysql://localhost/relay'],
+    ['REDIS_URL', 'localhost:6379'],
     ['JWT_SECRET', 'too-short'],
     ['JWT_TTL_SECONDS', '0'],
     ['ARGON2_PARALLELISM', '1.5'],

@@ -21,6 +21,8 @@ export interface RelayConfig {
   readonly database:
     | { readonly mode: 'postgres'; readonly url: string }
     | { readonly mode: 'embedded'; readonly dataDir: string };
+  /** Absent: a single instance with the in-process delivery bus. */
+  readonly redisUrl?: string;
   readonly jwt: { readonly secret: string; readonly ttlSeconds: number };
   readonly refreshTokenTtlDays: number;
   readonly argon2: { readonly memoryKib: number; readonly timeCost: number; readonly parallelism: number };
@@ -118,6 +120,7 @@ export function loadConfig(env: Env, options: LoadConfigOptions = {}): RelayConf
     database: parsed.DATABASE_URL
       ? { mode: 'postgres', url: parsed.DATABASE_URL }
       : { mode: 'embedded', dataDir: join(dataDir, 'pglite') },
+    redisUrl: parsed.REDIS_URL,
     jwt: { secret, ttlSeconds: parsed.JWT_TTL_SECONDS },
     refreshTokenTtlDays: parsed.REFRESH_TOKEN_TTL_DAYS,
     argon2: {
@@ -182,6 +185,7 @@ function sealedSenderKeysOf(
 const RELAY_VARIABLES = [
   ...Object.keys(new RelayEnv()),
   'DATABASE_URL',
+  'REDIS_URL',
   'JWT_SECRET',
   'SEALED_SENDER_SERVER_CERTIFICATE',
   'SEALED_SENDER_SERVER_PRIVATE_KEY',

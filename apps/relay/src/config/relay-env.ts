@@ -49,6 +49,14 @@ export class RelayEnv {
   @Matches(/^postgres(?:ql)?:\/\/\S+$/, { message: 'DATABASE_URL must be a postgres:// or postgresql:// URL' })
   DATABASE_URL?: string;
 
+  /**
+   * Absent: one instance, live deliveries routed in-process. Set: instances
+   * sharing DATABASE_URL route them through this Redis (pub/sub).
+   */
+  @IsOptional()
+  @Matches(/^rediss?:\/\/\S+$/, { message: 'REDIS_URL must be a redis:// or rediss:// URL' })
+  REDIS_URL?: string;
+
   @IsOptional()
   @IsString()
   @MinLength(1)
