@@ -6,6 +6,7 @@ import { AppModule } from './app.module.js';
 import { HttpExceptionFilter } from './common/http-exception.filter.js';
 import { createValidationPipe } from './common/validation.js';
 import { RelayWsAdapter } from './gateway/relay-ws.adapter.js';
+import { setUpOpenApi } from './openapi/openapi.js';
 import type { RelayConfig } from './config/relay-config.js';
 import type { RelayLogLevel } from './config/relay-env.js';
 
@@ -35,5 +36,7 @@ export async function createRelayApp(config: RelayConfig): Promise<INestApplicat
   app.useGlobalFilters(new HttpExceptionFilter());
   app.useWebSocketAdapter(new RelayWsAdapter(app));
   app.enableShutdownHooks();
+  // GET /v1/openapi.json and the UI at /v1/docs: the document of the routes above.
+  setUpOpenApi(app);
   return app;
 }
