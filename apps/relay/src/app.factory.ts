@@ -2,10 +2,14 @@ import { Logger, type INestApplication, type LogLevel } from '@nestjs/common';
 import { NestFactory } from '@nestjs/core';
 import type { NestExpressApplication } from '@nestjs/platform-express';
 import { MAX_HTTP_BODY_BYTES } from '@chat/protocol';
+import { Logger as PinoLogger } from 'nestjs-pino';
 import { AppModule } from './app.module.js';
 import { HttpExceptionFilter } from './common/http-exception.filter.js';
 import { createValidationPipe } from './common/validation.js';
 import { RelayWsAdapter } from './gateway/relay-ws.adapter.js';
+import { RelayMetrics } from './metrics/relay-metrics.js';
+import { countInFlightRequests, drain, DrainingExpressAdapter } from './shutdown/graceful-shutdown.js';
+import { ShutdownState } from './shutdown/shutdown-state.js';
 import { setUpOpenApi } from './openapi/openapi.js';
 import type { RelayConfig } from './config/relay-config.js';
 import type { RelayLogLevel } from './config/relay-env.js';
@@ -26,16 +30,34 @@ const LOG_LEVELS_FROM: Record<RelayLogLevel, LogLevel[]> = {
 export async function createRelayApp(config: RelayConfig): Promise<INestApplication> {
   const logLevels = LOG_LEVELS_FROM[config.logLevel];
   Logger.overrideLogger(logLevels);
-  const app = await NestFactory.create<NestExpressApplication>(AppModule.forRoot(config), {
+  const httpAdapter = new DrainingExpressAdapter();
+  const app = await NestFactory.create<NestExpressApplication>(AppModule.forRoot(config), httpAdapter, {
     bodyParser: false,
     logger: logLevels,
+    // Held until pino takes over below, so that start-up lines are JSON too.
+    bufferLogs: true,
   });
+  app.useLogger(app.get(PinoLogger));
   // Only JSON bodies: anything larger than a full key upload is refused with 413 before parsing.
   app.useBodyParser('json', { limit: MAX_HTTP_BODY_BYTES });
   app.useGlobalPipes(createValidationPipe());
   app.useGlobalFilters(new HttpExceptionFilter());
-  app.useWebSocketAdapter(new RelayWsAdapter(app));
-  app.enableShutdownHooks();
+  const wsAdapter = new RelayWsAdapter(app);
+  app.useWebSocketAdapter(wsAdapter);
+  app.get(RelayMetrics).countSocketsOf(() => wsAdapter.servers);
+  // Graceful shutdown (shutdown/graceful-shutdown.ts): app.close(), and so SIGTERM
+  // and SIGINT, first drain requests, frames and sockets (1001), then run Nest's
+  // hooks; after a signal the process exits 0 rather than re-raising it.
+  const shutdownState = app.get(ShutdownState);
+  app.use(countInFlightRequests(shutdownState));
+  httpAdapter.drain = () =>
+    drain({
+      state: shutdownState,
+      httpServer: app.getHttpServer(),
+      webSocketServers: () => wsAdapter.servers,
+      timeoutMs: config.shutdownTimeoutMs,
+    });
+  app.enableShutdownHooks(['SIGTERM', 'SIGINT'], { useProcessExit: true });
   // GET /v1/openapi.json and the UI at /v1/docs: the document of the routes above.
   setUpOpenApi(app);
   return app;

@@ -48,6 +48,10 @@ export interface RelayConfig {
     readonly trustRoot?: string;
     readonly certificateTtlDays: number;
   };
+  /** `/health/ready`: how long a dependency may take to answer. */
+  readonly healthCheckTimeoutMs: number;
+  /** SIGTERM: how long in-flight work and closing sockets are waited for. */
+  readonly shutdownTimeoutMs: number;
 }
 
 /** At most `points` requests per fixed window of `windowSeconds`. */
@@ -142,6 +146,8 @@ export function loadConfig(env: Env, options: LoadConfigOptions = {}): RelayConf
     maxInflightDeliveries: parsed.MAX_INFLIGHT_DELIVERIES,
     retention: { messageDays: parsed.MESSAGE_RETENTION_DAYS, sweepIntervalMs: parsed.RETENTION_SWEEP_INTERVAL_MS },
     sealedSender: { ...sealedSender, certificateTtlDays: parsed.SENDER_CERTIFICATE_TTL_DAYS },
+    healthCheckTimeoutMs: parsed.HEALTH_CHECK_TIMEOUT_MS,
+    shutdownTimeoutMs: parsed.SHUTDOWN_TIMEOUT_MS,
   });
 }
 

@@ -224,4 +224,25 @@ export class RelayEnv {
   @Min(1)
   @Max(365)
   SENDER_CERTIFICATE_TTL_DAYS = DEFAULT_SENDER_CERTIFICATE_TTL_DAYS;
+
+  // Operations: readiness checks and graceful shutdown.
+  /** How long `/health/ready` waits for the database (and Redis) before reporting it down. */
+  @IsOptional()
+  @Type(() => Number)
+  @IsInt()
+  @Min(100)
+  @Max(60000)
+  HEALTH_CHECK_TIMEOUT_MS = 1000;
+
+  /**
+   * On SIGTERM, how long the relay waits for in-flight requests, frames and
+   * closing sockets before it closes what is left; below the usual 30 s
+   * that an orchestrator allows between SIGTERM and SIGKILL.
+   */
+  @IsOptional()
+  @Type(() => Number)
+  @IsInt()
+  @Min(0)
+  @Max(600000)
+  SHUTDOWN_TIMEOUT_MS = 20000;
 }

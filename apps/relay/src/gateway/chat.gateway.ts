@@ -19,6 +19,8 @@ import { toRelayException } from '../common/http-exception.filter.js';
 import { RELAY_CONFIG, type RelayConfig } from '../config/relay-config.js';
 import { KeysService } from '../keys/keys.service.js';
 import { MessagesService } from '../messages/messages.service.js';
+import { RelayMetrics } from '../metrics/relay-metrics.js';
+import { ShutdownState } from '../shutdown/shutdown-state.js';
 import { errorFrame, parseClientFrame, requestIdOf, validateFrame } from './client-frames.js';
 import { DeliveryService } from './delivery.service.js';
 import { DeviceConnection } from './device-connection.js';
@@ -66,6 +68,8 @@ export class ChatGateway implements OnGatewayInit, OnGatewayConnection, OnGatewa
     private readonly delivery: DeliveryService,
     private readonly tokenVerifier: TokenVerifier,
     @Inject(RELAY_CONFIG) private readonly config: RelayConfig,
+    private readonly shutdown: ShutdownState,
+    private readonly metrics: RelayMetrics,
   ) {
     this.handshake = new HandshakeAuthenticator(tokenVerifier);
   }
@@ -102,7 +106,10 @@ export class ChatGateway implements OnGatewayInit, OnGatewayConnection, OnGatewa
       session.answeredPing = true;
     });
     socket.on('message', (data: Buffer, isBinary: boolean) => {
-      void this.answerFrame(socket, session, isBinary ? data : data.toString('utf8'));
+      // Graceful shutdown: a frame that arrives while draining is not read (the socket gets 1001 next and the
+      // client resends it elsewhere); one already being answered is counted, so the drain waits for its write.
+      if (this.shutdown.isDraining) return;
+      void this.shutdown.track(this.answerFrame(socket, session, isBinary ? data : data.toString('utf8')));
     });
     this.scheduleExpiry(socket, session);
     void this.startDelivery(socket, session);
@@ -163,6 +170,7 @@ export class ChatGateway implements OnGatewayInit, OnGatewayConnection, OnGatewa
           connectNotice: () => this.keys.keysLowNotice(deviceRowId),
         },
         onFailure: (error) => this.queueReadFailed(socket, error),
+        onDelivered: (envelope) => this.metrics.messageDelivered(envelope.serverTimestamp),
       });
       if (session.closed || !this.delivery.attach(connection)) return;
       session.connection = connection;

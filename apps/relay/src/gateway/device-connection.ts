@@ -32,6 +32,8 @@ export interface DeviceConnectionOptions {
   window?: number;
   /** Reading the queue failed; the connection is of no further use (the gateway closes it with 1011). */
   onFailure?: (error: unknown) => void;
+  /** A stored envelope was written to the socket (metrics). */
+  onDelivered?: (envelope: Envelope) => void;
 }
 
 /** What a connection holds, for tests and metrics. */
@@ -76,6 +78,7 @@ export class DeviceConnection {
   readonly window: number;
   private readonly source: QueueSource;
   private readonly onFailure: (error: unknown) => void;
+  private readonly onDelivered?: (envelope: Envelope) => void;
   private readonly inFlight = new Set<string>();
   private readonly pendingNotices = new Map<DeviceNotice['type'], DeviceNotice>();
   private started = false;
@@ -96,6 +99,7 @@ export class DeviceConnection {
     this.source = options.source ?? EMPTY_QUEUE;
     this.window = options.window ?? DEFAULT_MAX_INFLIGHT_DELIVERIES;
     this.onFailure = options.onFailure ?? (() => this.close(1011, 'INTERNAL'));
+    this.onDelivered = options.onDelivered;
   }
 
   get isOpen(): boolean {
@@ -175,6 +179,7 @@ export class DeviceConnection {
       for (const envelope of envelopes) {
         this.inFlight.add(envelope.id);
         this.send({ type: ServerFrameType.Message, envelope });
+        this.onDelivered?.(envelope);
       }
       if (envelopes.length < room && !this.queueEmptySent) await this.finishQueue();
     } while (this.wokenWhileReading);

@@ -12,6 +12,14 @@ import type { WebSocket, WebSocketServer } from 'ws';
  */
 export class RelayWsAdapter extends WsAdapter {
   private readonly socketLogger = new Logger('WebSocket');
+  /** The servers this adapter made, so that a graceful shutdown can close their sockets with 1001. */
+  readonly servers: WebSocketServer[] = [];
+
+  override create(port: number, options?: Parameters<WsAdapter['create']>[1]): WebSocketServer {
+    const server = super.create(port, options) as WebSocketServer;
+    this.servers.push(server);
+    return server;
+  }
 
   override bindErrorHandler(server: WebSocketServer): WebSocketServer {
     server.on('connection', (socket: WebSocket) =>

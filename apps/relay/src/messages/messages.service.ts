@@ -1,5 +1,5 @@
 import { randomUUID } from 'node:crypto';
-import { Injectable } from '@nestjs/common';
+import { Injectable, Optional } from '@nestjs/common';
 import {
   DEFAULT_MESSAGES_PER_PAGE,
   EnvelopeType,
@@ -15,6 +15,7 @@ import {
 import type { AuthenticatedDevice } from '../auth/authenticated-device.js';
 import { RelayException } from '../common/relay.exception.js';
 import { DeliveryService } from '../gateway/delivery.service.js';
+import { RelayMetrics } from '../metrics/relay-metrics.js';
 import { MessagesRepository, type AddressedAccount, type NewMessage, type StoredMessage } from './messages.repository.js';
 
 function unknownRecipient(): RelayException {
@@ -104,6 +105,7 @@ export class MessagesService {
   constructor(
     private readonly messages: MessagesRepository,
     private readonly delivery: DeliveryService,
+    @Optional() private readonly metrics?: RelayMetrics,
   ) {}
 
   /**
@@ -190,6 +192,7 @@ export class MessagesService {
     );
     if (outcome.kind === 'duplicate') return { serverTimestamp: outcome.serverTimestamp.getTime() };
     if (outcome.kind === 'recipient-gone') throw unknownRecipient();
+    this.metrics?.messagesAccepted('authenticated', stored.length);
 
     for (const message of stored) this.delivery.notify(message.recipientDeviceRowId);
     return { serverTimestamp: serverTimestamp.getTime() };
@@ -218,6 +221,7 @@ export class MessagesService {
    */
   async ackQueued(deviceRowId: string, id: string): Promise<boolean> {
     const deleted = await this.messages.deleteQueued(deviceRowId, id);
+    if (deleted) this.metrics?.messageAcked();
     this.delivery.acked(deviceRowId, id);
     return deleted;
   }

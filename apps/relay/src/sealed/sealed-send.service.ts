@@ -1,5 +1,5 @@
 import { randomUUID } from 'node:crypto';
-import { Injectable } from '@nestjs/common';
+import { Injectable, Optional } from '@nestjs/common';
 // Not re-exported by the package's index; the package has no `exports` map, so its file is the public path.
 import SealedSenderMultiRecipientMessage, { type Recipient } from '@signalapp/libsignal-client/dist/SealedSenderMultiRecipientMessage.js';
 import {
@@ -12,6 +12,7 @@ import {
 import type { AuthenticatedDevice } from '../auth/authenticated-device.js';
 import { RelayException } from '../common/relay.exception.js';
 import { DeliveryService } from '../gateway/delivery.service.js';
+import { RelayMetrics } from '../metrics/relay-metrics.js';
 import { MessagesRepository, type AddressedAccount, type NewMessage } from '../messages/messages.repository.js';
 import { assertAddressedExactly, assertEachDeviceOnce, type AddressedDevice, type AddressedSide } from '../messages/messages.service.js';
 import { accessGranted, multiAccessGranted } from './access-key.js';
@@ -42,6 +43,7 @@ export class SealedSendService {
     private readonly access: SealedSenderRepository,
     private readonly messages: MessagesRepository,
     private readonly delivery: DeliveryService,
+    @Optional() private readonly metrics?: RelayMetrics,
   ) {}
 
   /**
@@ -143,6 +145,7 @@ export class SealedSendService {
     const outcome = await this.messages.storeSealedSend(stored, requestId, serverTimestamp);
     if (outcome.kind === 'duplicate') return { serverTimestamp: outcome.serverTimestamp.getTime() };
     if (outcome.kind === 'recipient-gone') throw unknownRecipient();
+    this.metrics?.messagesAccepted('sealed', stored.length);
     for (const message of stored) this.delivery.notify(message.recipientDeviceRowId);
     return { serverTimestamp: serverTimestamp.getTime() };
   }
