@@ -29,7 +29,8 @@ import { HandshakeAuthenticator } from './handshake.js';
 /** What the gateway knows about one open socket. */
 interface SocketSession {
   device: AuthenticatedDevice;
-  sequence: number;
+  /** The handshake's place in the order of all handshakes (of every instance); the later one of a device wins. */
+  generation: Promise<number>;
   /** Resolves once the device's row is known; sends do not wait for it, acks do. */
   deviceRowId: Promise<string>;
   connection?: DeviceConnection;
@@ -60,7 +61,6 @@ export class ChatGateway implements OnGatewayInit, OnGatewayConnection, OnGatewa
   private readonly sessions = new WeakMap<WebSocket, SocketSession>();
   private readonly handshake: HandshakeAuthenticator;
   private heartbeat?: NodeJS.Timeout;
-  private handshakesCompleted = 0;
 
   constructor(
     private readonly messages: MessagesService,
@@ -94,13 +94,14 @@ export class ChatGateway implements OnGatewayInit, OnGatewayConnection, OnGatewa
     }
     const session: SocketSession = {
       device,
-      sequence: ++this.handshakesCompleted,
+      generation: this.delivery.nextGeneration(),
       deviceRowId: this.messages.deviceRowIdOf(device),
       answeredPing: true,
       closed: false,
     };
     // Also awaited by acks and the queue drain; this keeps an unawaited rejection from being unhandled.
     session.deviceRowId.catch(() => undefined);
+    session.generation.catch(() => undefined);
     this.sessions.set(socket, session);
     socket.on('pong', () => {
       session.answeredPing = true;
@@ -162,8 +163,8 @@ export class ChatGateway implements OnGatewayInit, OnGatewayConnection, OnGatewa
    */
   private async startDelivery(socket: WebSocket, session: SocketSession): Promise<void> {
     try {
-      const deviceRowId = await session.deviceRowId;
-      const connection = new DeviceConnection(deviceRowId, session.device.accountId, socket, session.sequence, {
+      const [deviceRowId, generation] = await Promise.all([session.deviceRowId, session.generation]);
+      const connection = new DeviceConnection(deviceRowId, session.device.accountId, socket, generation, {
         window: this.config.maxInflightDeliveries,
         source: {
           read: (excluding, limit) => this.messages.readQueue(deviceRowId, excluding, limit),
@@ -172,8 +173,10 @@ export class ChatGateway implements OnGatewayInit, OnGatewayConnection, OnGatewa
         onFailure: (error) => this.queueReadFailed(socket, error),
         onDelivered: (envelope) => this.metrics.messageDelivered(envelope.serverTimestamp),
       });
-      if (session.closed || !this.delivery.attach(connection)) return;
+      if (session.closed) return;
+      // Set before attaching, so that a socket closing meanwhile is detached (and its subscriptions dropped).
       session.connection = connection;
+      if (!(await this.delivery.attach(connection)) || session.closed) return;
       if (!(await this.credentialsStillCurrent(session))) {
         connection.close(CloseCode.CredentialsChanged, ErrorCode.CredentialsChanged);
         return;

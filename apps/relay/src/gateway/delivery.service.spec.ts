@@ -1,5 +1,7 @@
 import { describe, expect, it } from '@jest/globals';
 import { CloseCode, EnvelopeType, ErrorCode, ServerFrameType, type Envelope, type ServerFrame } from '@chat/protocol';
+import { DeliveryBus, topicOf, type BusEvent } from '../bus/delivery-bus.js';
+import { InProcessDeliveryBus } from '../bus/in-process-delivery-bus.js';
 import { DeliveryService } from './delivery.service.js';
 import { DeviceConnection, type DeviceNotice, type FrameSocket, type QueueSource } from './device-connection.js';
 
@@ -75,10 +77,10 @@ const settle = async () => {
 
 function connected(window: number, queue = new FakeQueue()) {
   const socket = new FakeSocket();
-  const delivery = new DeliveryService();
+  const delivery = new DeliveryService(new InProcessDeliveryBus());
   const failures: unknown[] = [];
   const connection = new DeviceConnection('row-1', 'acc-1', socket, 1, { source: queue, window, onFailure: (e) => failures.push(e) });
-  delivery.attach(connection);
+  void delivery.attach(connection);
   /** What the relay does on an ack: delete the row, then free the slot. */
   const ack = (id: string) => {
     queue.delete(id);
@@ -201,10 +203,10 @@ describe('DeviceConnection delivery window', () => {
     queue.store('a');
     connection.start();
     await settle();
-    expect(delivery.deliverEphemeral('row-1', { ...envelope('typing-1'), ephemeral: true })).toBe(true);
+    delivery.deliverEphemeral('row-1', { ...envelope('typing-1'), ephemeral: true });
     socket.bufferedAmount = 10 * 1024 * 1024;
-    expect(delivery.deliverEphemeral('row-1', { ...envelope('typing-2'), ephemeral: true })).toBe(false);
-    expect(delivery.deliverEphemeral('row-2', { ...envelope('typing-3'), ephemeral: true })).toBe(false);
+    delivery.deliverEphemeral('row-1', { ...envelope('typing-2'), ephemeral: true });
+    delivery.deliverEphemeral('row-2', { ...envelope('typing-3'), ephemeral: true });
     expect(socket.sentIds).toEqual(['a', 'typing-1']);
     expect(connection.stats()).toMatchObject({ inFlight: 1, bufferedAmount: 10 * 1024 * 1024 });
   });
@@ -258,28 +260,28 @@ describe('device notices', () => {
 });
 
 describe('DeliveryService connection registry', () => {
-  it('closes the older connection of a device with 4409, whichever attaches first', () => {
-    const delivery = new DeliveryService();
+  it('closes the older connection of a device with 4409, whichever attaches first', async () => {
+    const delivery = new DeliveryService(new InProcessDeliveryBus());
     const older = new FakeSocket();
     const newer = new FakeSocket();
-    expect(delivery.attach(new DeviceConnection('row-1', 'acc-1', newer, 2))).toBe(true);
-    expect(delivery.attach(new DeviceConnection('row-1', 'acc-1', older, 1))).toBe(false);
+    expect(await delivery.attach(new DeviceConnection('row-1', 'acc-1', newer, 2))).toBe(true);
+    expect(await delivery.attach(new DeviceConnection('row-1', 'acc-1', older, 1))).toBe(false);
     expect(older.closedWith).toEqual([CloseCode.ConnectionReplaced, 'CONNECTION_REPLACED']);
     expect(newer.closedWith).toBeUndefined();
 
     const newest = new FakeSocket();
-    delivery.attach(new DeviceConnection('row-1', 'acc-1', newest, 3));
+    expect(await delivery.attach(new DeviceConnection('row-1', 'acc-1', newest, 3))).toBe(true);
     expect(newer.closedWith?.[0]).toBe(CloseCode.ConnectionReplaced);
   });
 
   it('keeps the newer connection registered when the replaced one detaches', async () => {
-    const delivery = new DeliveryService();
+    const delivery = new DeliveryService(new InProcessDeliveryBus());
     const queue = new FakeQueue();
     const first = new DeviceConnection('row-1', 'acc-1', new FakeSocket(), 1, { source: queue });
     const secondSocket = new FakeSocket();
     const second = new DeviceConnection('row-1', 'acc-1', secondSocket, 2, { source: queue });
-    delivery.attach(first);
-    delivery.attach(second);
+    await delivery.attach(first);
+    await delivery.attach(second);
     second.start();
     delivery.detach(first);
     queue.store('x');
@@ -292,15 +294,127 @@ describe('DeliveryService connection registry', () => {
     expect(delivery.stats()).toEqual([]);
   });
 
-  it("closes every socket of an account with the given code and leaves other accounts' sockets open", () => {
-    const delivery = new DeliveryService();
+  it("closes every socket of an account with the given code and leaves other accounts' sockets open", async () => {
+    const delivery = new DeliveryService(new InProcessDeliveryBus());
     const [phone, laptop, stranger] = [new FakeSocket(), new FakeSocket(), new FakeSocket()];
-    delivery.attach(new DeviceConnection('row-1', 'acc-1', phone, 1));
-    delivery.attach(new DeviceConnection('row-2', 'acc-1', laptop, 2));
-    delivery.attach(new DeviceConnection('row-3', 'acc-2', stranger, 3));
+    await delivery.attach(new DeviceConnection('row-1', 'acc-1', phone, 1));
+    await delivery.attach(new DeviceConnection('row-2', 'acc-1', laptop, 2));
+    await delivery.attach(new DeviceConnection('row-3', 'acc-2', stranger, 3));
     delivery.closeAccount('acc-1', CloseCode.CredentialsChanged, ErrorCode.CredentialsChanged);
     expect(phone.closedWith).toEqual([CloseCode.CredentialsChanged, 'CREDENTIALS_CHANGED']);
     expect(laptop.closedWith).toEqual([CloseCode.CredentialsChanged, 'CREDENTIALS_CHANGED']);
     expect(stranger.closedWith).toBeUndefined();
+  });
+});
+
+/**
+ * Two instances' buses joined as Redis joins them: an event reaches this
+ * instance's handler at once and the other's later (when `flush` runs),
+ * only if the other is subscribed to its topic then.
+ */
+class LinkedBus extends DeliveryBus {
+  peer?: LinkedBus;
+  readonly topics = new Map<string, number>();
+  private readonly inbox: BusEvent[] = [];
+  private handle: (event: BusEvent) => void = () => undefined;
+  private generation = 0;
+  override onEvent(handler: (event: BusEvent) => void): void {
+    this.handle = handler;
+  }
+  override publish(event: BusEvent): Promise<void> {
+    this.handle(event);
+    if (this.peer && (this.peer.topics.get(topicOf(event)) ?? 0) > 0) this.peer.inbox.push(event);
+    return Promise.resolve();
+  }
+  override async subscribe(topics: readonly string[]): Promise<void> {
+    for (const topic of topics) this.topics.set(topic, (this.topics.get(topic) ?? 0) + 1);
+  }
+  override async unsubscribe(topics: readonly string[]): Promise<void> {
+    for (const topic of topics) this.topics.set(topic, (this.topics.get(topic) ?? 1) - 1);
+  }
+  override onResync(): void {
+    return undefined;
+  }
+  override async nextGeneration(): Promise<number> {
+    return ++this.generation;
+  }
+  override ping(): Promise<void> {
+    return Promise.resolve();
+  }
+  override close(): Promise<void> {
+    return Promise.resolve();
+  }
+  /** Delivers what the peer published to this instance, until both inboxes are empty. */
+  static flush(...buses: LinkedBus[]): void {
+    while (buses.some((bus) => bus.inbox.length > 0)) {
+      for (const bus of buses) for (const event of bus.inbox.splice(0)) bus.handle(event);
+    }
+  }
+}
+
+describe('DeliveryService across instances (a bus between two of them)', () => {
+  function twoInstances() {
+    const busA = new LinkedBus();
+    const busB = new LinkedBus();
+    busA.peer = busB;
+    busB.peer = busA;
+    return { busA, busB, a: new DeliveryService(busA), b: new DeliveryService(busB) };
+  }
+
+  it('closes the older connection on the other instance with 4409, whichever attaches first', async () => {
+    for (const newerFirst of [false, true]) {
+      const { busA, busB, a, b } = twoInstances();
+      const [olderSocket, newerSocket] = [new FakeSocket(), new FakeSocket()];
+      const older = () => a.attach(new DeviceConnection('row-1', 'acc-1', olderSocket, 1));
+      const newer = () => b.attach(new DeviceConnection('row-1', 'acc-1', newerSocket, 2));
+      if (newerFirst) {
+        await newer();
+        await older();
+      } else {
+        await older();
+        await newer();
+      }
+      LinkedBus.flush(busA, busB);
+      expect(olderSocket.closedWith).toEqual([CloseCode.ConnectionReplaced, 'CONNECTION_REPLACED']);
+      expect(newerSocket.closedWith).toBeUndefined();
+    }
+  });
+
+  it('routes wake-ups, acks, ephemeral envelopes, notices and closes to the instance that holds the socket', async () => {
+    const { busA, busB, a, b } = twoInstances();
+    const queue = new FakeQueue();
+    const socket = new FakeSocket();
+    const connection = new DeviceConnection('row-1', 'acc-1', socket, 1, { source: queue, window: 1 });
+    await a.attach(connection);
+    connection.start();
+    await settle();
+    queue.store('m1');
+    queue.store('m2');
+    b.notify('row-1');
+    LinkedBus.flush(busA, busB);
+    await settle();
+    expect(socket.sentIds).toEqual(['queue-empty', 'm1']);
+    queue.delete('m1');
+    b.acked('row-1', 'm1'); // an HTTP ack that reached B
+    b.deliverEphemeral('row-1', { ...envelope('typing'), ephemeral: true });
+    b.notice('row-1', { type: ServerFrameType.KeysLow, preKeys: 1, kyberPreKeys: 1, threshold: 20 });
+    LinkedBus.flush(busA, busB);
+    await settle();
+    expect(socket.sentIds).toEqual(['queue-empty', 'm1', 'typing', 'keys-low', 'm2']);
+    b.closeAccount('acc-1', CloseCode.CredentialsChanged, ErrorCode.CredentialsChanged);
+    LinkedBus.flush(busA, busB);
+    expect(socket.closedWith).toEqual([CloseCode.CredentialsChanged, 'CREDENTIALS_CHANGED']);
+
+    a.detach(connection);
+    expect([...busA.topics.values()]).toEqual([0, 0]);
+  });
+
+  it('closes an unlinked device on the other instance', async () => {
+    const { busA, busB, a, b } = twoInstances();
+    const socket = new FakeSocket();
+    await a.attach(new DeviceConnection('row-1', 'acc-1', socket, 1));
+    b.closeDevice('row-1', CloseCode.DeviceUnlinked, ErrorCode.DeviceUnlinked);
+    LinkedBus.flush(busA, busB);
+    expect(socket.closedWith).toEqual([CloseCode.DeviceUnlinked, 'DEVICE_UNLINKED']);
   });
 });

@@ -1,19 +1,35 @@
 import { Injectable, Logger } from '@nestjs/common';
 import { CloseCode, type Envelope, type ErrorCode } from '@chat/protocol';
+import { accountTopic, DeliveryBus, deviceTopic, type BusEvent } from '../bus/delivery-bus.js';
 import type { ConnectionStats, DeviceConnection, DeviceNotice } from './device-connection.js';
 
 /**
  * Wakes a device's live connection when something was stored for it, hands
- * ephemeral envelopes and device notices to it, and closes an account's
- * connections. Services publish here and never touch sockets. This
- * implementation keeps the connections of this process; with several relay
- * instances a shared bus replaces `notify`, `acked`, `deliverEphemeral`,
- * `notice` and `closeAccount` while `attach`/`detach` stay local.
+ * ephemeral envelopes and device notices to it, and closes an account's or
+ * a device's connections, wherever that connection is: services publish
+ * here and never touch sockets. Every such call is an event on the
+ * `DeliveryBus`, handled by this process at once and, with REDIS_URL, by the
+ * instance that holds the socket. `attach`/`detach` keep the connections of
+ * this process, and subscribe to their events.
+ *
+ * Of two connections of one device, the one whose handshake came later
+ * (the higher generation, from `nextGeneration`) is kept, also across
+ * instances: see `attach`.
  */
 @Injectable()
 export class DeliveryService {
   private readonly logger = new Logger(DeliveryService.name);
   private readonly connections = new Map<string, DeviceConnection>();
+  /** The bus topics each attached connection subscribed to, undone by `detach`. */
+  private readonly subscriptions = new Map<DeviceConnection, string[]>();
+
+  constructor(private readonly bus: DeliveryBus) {
+    bus.onEvent((event) => this.receive(event));
+    // Events may have been missed while the bus was down: every connection reads its queue again.
+    bus.onResync(() => {
+      for (const connection of this.connections.values()) connection.wake();
+    });
+  }
 
   /**
    * Called after a message for the device is stored: its connection, if
@@ -21,26 +37,21 @@ export class DeliveryService {
    * sender's message is already safe.
    */
   notify(deviceRowId: string): void {
-    try {
-      this.connections.get(deviceRowId)?.wake();
-    } catch (error) {
-      this.logger.error(`Waking a device's connection failed; the message stays queued`, (error as Error).stack);
-    }
+    this.publish({ type: 'wake', deviceRowId });
   }
 
   /** Called after the device's message was deleted (acked): its slot of the delivery window is free. */
   acked(deviceRowId: string, id: string): void {
-    this.connections.get(deviceRowId)?.acked(id);
+    this.publish({ type: 'acked', deviceRowId, id });
   }
 
-  /** Sends an ephemeral envelope to the device if it is connected here now; it is never stored. Returns whether it was sent. */
-  deliverEphemeral(deviceRowId: string, envelope: Envelope): boolean {
-    try {
-      return this.connections.get(deviceRowId)?.sendEphemeral(envelope) ?? false;
-    } catch (error) {
-      this.logger.error('Sending an ephemeral message to a device failed', (error as Error).stack);
-      return false;
-    }
+  /**
+   * Sends an ephemeral envelope to the device if it is connected now (to
+   * any instance) and its socket keeps up; it is never stored, and dropped
+   * otherwise.
+   */
+  deliverEphemeral(deviceRowId: string, envelope: Envelope): void {
+    this.publish({ type: 'ephemeral', deviceRowId, envelope });
   }
 
   /** Per connection of this process: its window, what is in flight and what its socket holds. */
@@ -49,67 +60,145 @@ export class DeliveryService {
   }
 
   /**
-   * Pushes a notice (such as `keys-low`) to the device if it is connected
-   * here; after `queue-empty` if its queue is still being sent (the latest
-   * of each kind is kept until then). Nothing is
-   * kept for a device that is not connected: a notice is a hint that the
-   * relay repeats when the device connects, if it still applies.
+   * Pushes a notice (such as `keys-low`) to the device if it is connected;
+   * after `queue-empty` if its queue is still being sent (the latest of each
+   * kind is kept until then). Nothing is kept for a device that is not
+   * connected: a notice is a hint that the relay repeats when the device
+   * connects, if it still applies.
    */
   notice(deviceRowId: string, notice: DeviceNotice): void {
-    try {
-      this.connections.get(deviceRowId)?.deliverNotice(notice);
-    } catch (error) {
-      this.logger.error(`Pushing a ${notice.type} notice to a device failed`, (error as Error).stack);
-    }
+    this.publish({ type: 'notice', deviceRowId, notice });
+  }
+
+  /** The generation of a connection whose handshake completes now: higher than any earlier one, on any instance. */
+  nextGeneration(): Promise<number> {
+    return this.bus.nextGeneration();
   }
 
   /**
-   * Registers a device's connection and closes the older of two connections
-   * of one device with 4409. Older means the earlier handshake, not the
-   * earlier `attach`: the two race through their own database look-ups.
-   * Returns false when `connection` itself was the older one and is closed.
+   * Registers a device's connection, subscribes to its events and closes
+   * the older of two connections of one device with 4409. Older means the
+   * lower generation (the earlier handshake), not the earlier `attach`: the
+   * two race through their own database look-ups. In this process that is
+   * decided here; across instances, the `displace` event published once the
+   * subscription stands closes an older connection elsewhere, and an
+   * instance holding a newer one answers with its generation, which closes
+   * this one. Resolves false when `connection` is the older one and closed,
+   * or closed meanwhile.
+   *
+   * @throws when the bus cannot subscribe (the gateway closes the socket with 1011)
    */
-  attach(connection: DeviceConnection): boolean {
+  async attach(connection: DeviceConnection): Promise<boolean> {
     const current = this.connections.get(connection.deviceRowId);
-    if (current && current !== connection && current.sequence > connection.sequence) {
+    if (current && current !== connection && current.generation > connection.generation) {
       connection.close(CloseCode.ConnectionReplaced, 'CONNECTION_REPLACED');
       return false;
     }
     this.connections.set(connection.deviceRowId, connection);
     if (current && current !== connection) current.close(CloseCode.ConnectionReplaced, 'CONNECTION_REPLACED');
-    return true;
+    const topics = [deviceTopic(connection.deviceRowId), accountTopic(connection.accountId)];
+    this.subscriptions.set(connection, topics);
+    await this.bus.subscribe(topics);
+    await this.bus.publish({ type: 'displace', deviceRowId: connection.deviceRowId, generation: connection.generation });
+    return this.connections.get(connection.deviceRowId) === connection && connection.isOpen;
   }
 
-  /** Forgets the connection unless a newer one of the same device has replaced it. */
+  /** Forgets the connection unless a newer one of the same device has replaced it, and drops its subscriptions. */
   detach(connection: DeviceConnection): void {
     if (this.connections.get(connection.deviceRowId) === connection) {
       this.connections.delete(connection.deviceRowId);
     }
+    const topics = this.subscriptions.get(connection);
+    if (!topics) return;
+    this.subscriptions.delete(connection);
+    this.bus.unsubscribe(topics).catch((error: unknown) => {
+      this.logger.warn(`Unsubscribing a closed connection from the delivery bus failed: ${(error as Error).message}`);
+    });
   }
 
+  /** Whether the device has a connection in this process. */
   isConnected(deviceRowId: string): boolean {
     return this.connections.has(deviceRowId);
   }
 
   /**
-   * Closes every socket of the account in this process (after a password
+   * Closes every socket of the account, on every instance (after a password
    * change or the account's deletion). A socket whose handshake was verified
    * before the change but that attaches after this call is closed by the
    * gateway, which checks its credentials again once attached.
    */
   closeAccount(accountId: string, code: CloseCode, reason: ErrorCode): void {
-    // A scan, not an index: this runs once per password change or deletion.
-    for (const connection of this.connections.values()) {
-      if (connection.accountId === accountId) connection.close(code, reason);
-    }
+    this.publish({ type: 'close-account', accountId, code, reason });
   }
 
   /**
-   * Closes the device's socket in this process, if it has one (after the
-   * device was unlinked). Its tokens are refused from then on, so a socket
-   * whose handshake raced the unlink is refused at its next check.
+   * Closes the device's socket, wherever it is (after the device was
+   * unlinked). Its tokens are refused from then on, so a socket whose
+   * handshake raced the unlink is refused at its check after `attach`.
    */
   closeDevice(deviceRowId: string, code: CloseCode, reason: string): void {
-    this.connections.get(deviceRowId)?.close(code, reason);
+    this.publish({ type: 'close-device', deviceRowId, code, reason });
+  }
+
+  /** Never throws: this process's part runs inside `publish`; a failure to reach other instances is logged. */
+  private publish(event: BusEvent): void {
+    let published: Promise<void>;
+    try {
+      published = this.bus.publish(event);
+    } catch (error) {
+      published = Promise.reject(error);
+    }
+    published.catch((error: unknown) => {
+      this.logger.error(
+        `Publishing a ${event.type} event failed; stored messages stay queued until the device's next read`,
+        error instanceof Error ? error.stack : String(error),
+      );
+    });
+  }
+
+  /** An event from this process or another instance, for the connections of this process. */
+  private receive(event: BusEvent): void {
+    try {
+      switch (event.type) {
+        case 'wake':
+          this.connections.get(event.deviceRowId)?.wake();
+          return;
+        case 'acked':
+          this.connections.get(event.deviceRowId)?.acked(event.id);
+          return;
+        case 'ephemeral':
+          this.connections.get(event.deviceRowId)?.sendEphemeral(event.envelope);
+          return;
+        case 'notice':
+          this.connections.get(event.deviceRowId)?.deliverNotice(event.notice);
+          return;
+        case 'close-device':
+          this.connections.get(event.deviceRowId)?.close(event.code, event.reason);
+          return;
+        case 'close-account':
+          // A scan, not an index: this runs once per password change or deletion.
+          for (const connection of this.connections.values()) {
+            if (connection.accountId === event.accountId) connection.close(event.code, event.reason);
+          }
+          return;
+        case 'displace':
+          this.displace(event.deviceRowId, event.generation);
+          return;
+      }
+    } catch (error) {
+      this.logger.error(`Handling a ${event.type} event failed`, error instanceof Error ? error.stack : String(error));
+    }
+  }
+
+  /** Another connection of the device, with `generation`, was attached (here or elsewhere). */
+  private displace(deviceRowId: string, generation: number): void {
+    const local = this.connections.get(deviceRowId);
+    if (!local || local.generation === generation) return;
+    if (local.generation < generation) {
+      local.close(CloseCode.ConnectionReplaced, 'CONNECTION_REPLACED');
+    } else {
+      // The other one is older and attached late: tell it that a newer connection exists.
+      this.publish({ type: 'displace', deviceRowId, generation: local.generation });
+    }
   }
 }

@@ -92,8 +92,8 @@ export class DeviceConnection {
     /** The account the device belongs to, so that all of an account's sockets can be closed at once. */
     readonly accountId: string,
     readonly socket: FrameSocket,
-    /** Order in which the handshakes completed: of two sockets of one device, the higher one is kept. */
-    readonly sequence: number,
+    /** Order in which the handshakes completed, across instances: of two sockets of one device, the higher one is kept. */
+    readonly generation: number,
     options: DeviceConnectionOptions = {},
   ) {
     this.source = options.source ?? EMPTY_QUEUE;
