@@ -1,6 +1,7 @@
 import { Module, type DynamicModule } from '@nestjs/common';
 import { AuthModule } from './auth/auth.module.js';
 import { BackupModule } from './backup/backup.module.js';
+import { RateLimitModule } from './common/rate-limit.module.js';
 import { ConfigModule } from './config/config.module.js';
 import { DevicesModule } from './devices/devices.module.js';
 import type { RelayConfig } from './config/relay-config.js';
@@ -11,6 +12,7 @@ import { loggingModule } from './logging/logging.js';
 import { MessagesModule } from './messages/messages.module.js';
 import { MetricsModule } from './metrics/metrics.module.js';
 import { PrismaModule } from './prisma/prisma.module.js';
+import { RedisModule } from './redis/redis.module.js';
 import { SealedSenderModule } from './sealed/sealed-sender.module.js';
 import { ShutdownModule } from './shutdown/shutdown.module.js';
 
@@ -25,6 +27,8 @@ export class AppModule {
         loggingModule(config),
         ConfigModule.forRoot(config),
         PrismaModule,
+        RedisModule,
+        RateLimitModule,
         AuthModule,
         DevicesModule,
         KeysModule,

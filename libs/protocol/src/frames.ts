@@ -70,6 +70,8 @@ export interface ErrorFrame {
   mismatched?: DeviceMismatch[];
   /** For `STALE_DEVICES`, as in the HTTP error body. */
   stale?: StaleDeviceList[];
+  /** For `RATE_LIMITED`: seconds until a retry can succeed, as in the HTTP error body. */
+  retryAfter?: number;
 }
 
 /**

@@ -1,5 +1,7 @@
 import { Body, Controller, Delete, HttpCode, HttpStatus, UseGuards } from '@nestjs/common';
 import { DeleteAccountRequest } from '@chat/protocol';
+import { RateLimit, RateLimitGuard } from '../common/rate-limit.guard.js';
+import { RateLimitName } from '../common/rate-limits.js';
 import { AuthService } from './auth.service.js';
 import { CurrentDevice, type AuthenticatedDevice } from './authenticated-device.js';
 import { JwtAuthGuard } from './jwt-auth.guard.js';
@@ -12,6 +14,9 @@ export class AccountController {
 
   @Delete()
   @HttpCode(HttpStatus.NO_CONTENT)
+  // After the class's JwtAuthGuard: counted per account, with password changes.
+  @UseGuards(RateLimitGuard)
+  @RateLimit(RateLimitName.PasswordCheck)
   async delete(@CurrentDevice() device: AuthenticatedDevice, @Body() request: DeleteAccountRequest): Promise<void> {
     await this.auth.deleteAccount(device, request);
   }

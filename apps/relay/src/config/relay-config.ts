@@ -33,6 +33,25 @@ export interface RelayConfig {
   readonly maxDevicesPerAccount: number;
   /** Per client IP: provisioning slots created, and reads of slots (receive and link). */
   readonly provisioningLimits: { readonly slotsPerIp: RateLimit; readonly receivesPerIp: RateLimit };
+  /** The other rate limits (docs/protocol.md, "Rate limits"). */
+  readonly rateLimits: {
+    /** Prefix of the counters' keys in Redis. */
+    readonly keyPrefix: string;
+    readonly registerPerIp: RateLimit;
+    readonly loginPerUsername: RateLimit;
+    readonly loginPerIp: RateLimit;
+    readonly refreshPerIp: RateLimit;
+    /** Password changes and account deletions of one account, together. */
+    readonly passwordChecksPerAccount: RateLimit;
+    readonly sendsPerDevice: RateLimit;
+    /** Sends of one account to one recipient account. */
+    readonly sendsPerPair: RateLimit;
+    readonly sealedSendsPerIp: RateLimit;
+    /** Points are bytes of request bodies and WebSocket frames. */
+    readonly inboundBytesPerAccount: RateLimit;
+    /** Points are bytes of request bodies to unauthenticated endpoints. */
+    readonly inboundBytesPerIp: RateLimit;
+  };
   /** Message frames a connection may hold sent and unacked. */
   readonly maxInflightDeliveries: number;
   readonly retention: { readonly messageDays: number; readonly sweepIntervalMs: number };
@@ -142,6 +161,19 @@ export function loadConfig(env: Env, options: LoadConfigOptions = {}): RelayConf
     provisioningLimits: {
       slotsPerIp: { points: parsed.PROVISIONING_SLOTS_PER_IP, windowSeconds: parsed.PROVISIONING_SLOT_WINDOW_SECONDS },
       receivesPerIp: { points: parsed.PROVISIONING_RECEIVES_PER_IP, windowSeconds: parsed.PROVISIONING_RECEIVE_WINDOW_SECONDS },
+    },
+    rateLimits: {
+      keyPrefix: parsed.RATE_LIMIT_KEY_PREFIX,
+      registerPerIp: { points: parsed.REGISTRATIONS_PER_IP, windowSeconds: parsed.REGISTRATION_WINDOW_SECONDS },
+      loginPerUsername: { points: parsed.LOGINS_PER_USERNAME, windowSeconds: parsed.LOGIN_USERNAME_WINDOW_SECONDS },
+      loginPerIp: { points: parsed.LOGINS_PER_IP, windowSeconds: parsed.LOGIN_IP_WINDOW_SECONDS },
+      refreshPerIp: { points: parsed.REFRESHES_PER_IP, windowSeconds: parsed.REFRESH_WINDOW_SECONDS },
+      passwordChecksPerAccount: { points: parsed.PASSWORD_CHECKS_PER_ACCOUNT, windowSeconds: parsed.PASSWORD_CHECK_WINDOW_SECONDS },
+      sendsPerDevice: { points: parsed.SENDS_PER_DEVICE, windowSeconds: parsed.SEND_DEVICE_WINDOW_SECONDS },
+      sendsPerPair: { points: parsed.SENDS_PER_PAIR, windowSeconds: parsed.SEND_PAIR_WINDOW_SECONDS },
+      sealedSendsPerIp: { points: parsed.SEALED_SENDS_PER_IP, windowSeconds: parsed.SEALED_SEND_WINDOW_SECONDS },
+      inboundBytesPerAccount: { points: parsed.INBOUND_BYTES_PER_ACCOUNT, windowSeconds: parsed.INBOUND_BYTES_ACCOUNT_WINDOW_SECONDS },
+      inboundBytesPerIp: { points: parsed.INBOUND_BYTES_PER_IP, windowSeconds: parsed.INBOUND_BYTES_IP_WINDOW_SECONDS },
     },
     maxInflightDeliveries: parsed.MAX_INFLIGHT_DELIVERIES,
     retention: { messageDays: parsed.MESSAGE_RETENTION_DAYS, sweepIntervalMs: parsed.RETENTION_SWEEP_INTERVAL_MS },

@@ -178,6 +178,139 @@ export class RelayEnv {
   @Min(1)
   PROVISIONING_RECEIVE_WINDOW_SECONDS = 60;
 
+  // Rate limits: at most N requests (bytes, for the inbound budgets) per fixed
+  // window of seconds, counted in Redis when REDIS_URL is set (shared by all
+  // instances), else in this process. Defaults follow Signal-Server's
+  // limiters (RateLimiters.For) where one fits; README lists which.
+
+  /** Prefix of the counters' Redis keys, so that relays of different deployments can share one Redis. */
+  @IsOptional()
+  @Matches(/^[\w:.-]{1,64}$/, { message: 'RATE_LIMIT_KEY_PREFIX must be 1 to 64 of A-Z a-z 0-9 _ : . -' })
+  RATE_LIMIT_KEY_PREFIX = 'relay-rl';
+
+  @IsOptional()
+  @Type(() => Number)
+  @IsInt()
+  @Min(1)
+  REGISTRATIONS_PER_IP = 6;
+
+  @IsOptional()
+  @Type(() => Number)
+  @IsInt()
+  @Min(1)
+  REGISTRATION_WINDOW_SECONDS = 180;
+
+  @IsOptional()
+  @Type(() => Number)
+  @IsInt()
+  @Min(1)
+  LOGINS_PER_USERNAME = 10;
+
+  @IsOptional()
+  @Type(() => Number)
+  @IsInt()
+  @Min(1)
+  LOGIN_USERNAME_WINDOW_SECONDS = 3600;
+
+  @IsOptional()
+  @Type(() => Number)
+  @IsInt()
+  @Min(1)
+  LOGINS_PER_IP = 100;
+
+  @IsOptional()
+  @Type(() => Number)
+  @IsInt()
+  @Min(1)
+  LOGIN_IP_WINDOW_SECONDS = 900;
+
+  @IsOptional()
+  @Type(() => Number)
+  @IsInt()
+  @Min(1)
+  REFRESHES_PER_IP = 100;
+
+  @IsOptional()
+  @Type(() => Number)
+  @IsInt()
+  @Min(1)
+  REFRESH_WINDOW_SECONDS = 900;
+
+  /** Password checks of an authenticated account: password changes and account deletions together. */
+  @IsOptional()
+  @Type(() => Number)
+  @IsInt()
+  @Min(1)
+  PASSWORD_CHECKS_PER_ACCOUNT = 10;
+
+  @IsOptional()
+  @Type(() => Number)
+  @IsInt()
+  @Min(1)
+  PASSWORD_CHECK_WINDOW_SECONDS = 86400;
+
+  @IsOptional()
+  @Type(() => Number)
+  @IsInt()
+  @Min(1)
+  SENDS_PER_DEVICE = 300;
+
+  @IsOptional()
+  @Type(() => Number)
+  @IsInt()
+  @Min(1)
+  SEND_DEVICE_WINDOW_SECONDS = 60;
+
+  @IsOptional()
+  @Type(() => Number)
+  @IsInt()
+  @Min(1)
+  SENDS_PER_PAIR = 60;
+
+  @IsOptional()
+  @Type(() => Number)
+  @IsInt()
+  @Min(1)
+  SEND_PAIR_WINDOW_SECONDS = 60;
+
+  @IsOptional()
+  @Type(() => Number)
+  @IsInt()
+  @Min(1)
+  SEALED_SENDS_PER_IP = 600;
+
+  @IsOptional()
+  @Type(() => Number)
+  @IsInt()
+  @Min(1)
+  SEALED_SEND_WINDOW_SECONDS = 60;
+
+  /** Bytes of request bodies and WebSocket frames one account may send per window. */
+  @IsOptional()
+  @Type(() => Number)
+  @IsInt()
+  @Min(1)
+  INBOUND_BYTES_PER_ACCOUNT = 134_217_728;
+
+  @IsOptional()
+  @Type(() => Number)
+  @IsInt()
+  @Min(1)
+  INBOUND_BYTES_ACCOUNT_WINDOW_SECONDS = 60;
+
+  /** Bytes of request bodies one client IP may send to unauthenticated endpoints per window. */
+  @IsOptional()
+  @Type(() => Number)
+  @IsInt()
+  @Min(1)
+  INBOUND_BYTES_PER_IP = 134_217_728;
+
+  @IsOptional()
+  @Type(() => Number)
+  @IsInt()
+  @Min(1)
+  INBOUND_BYTES_IP_WINDOW_SECONDS = 60;
+
   /** Message frames sent to one connection and not yet acked, at most (the delivery window). */
   @IsOptional()
   @Type(() => Number)

@@ -1,7 +1,6 @@
 import { Module } from '@nestjs/common';
 import { AuthModule } from '../auth/auth.module.js';
 import { Clock } from '../common/clock.js';
-import { inMemoryRateLimiters, RATE_LIMITER_FACTORY } from '../common/rate-limiter.js';
 import { DeliveryModule } from '../gateway/delivery.module.js';
 import { DevicesController } from './devices.controller.js';
 import { DevicesRepository } from './devices.repository.js';
@@ -18,8 +17,8 @@ import { ProvisioningReceiveLimitGuard, ProvisioningSlotLimitGuard } from './pro
     DevicesRepository,
     Clock,
     ProvisioningSlotLimitGuard,
+    // Their counter store comes from the global RateLimitModule (Redis with REDIS_URL).
     ProvisioningReceiveLimitGuard,
-    { provide: RATE_LIMITER_FACTORY, useValue: inMemoryRateLimiters },
   ],
 })
 export class DevicesModule {}

@@ -16,6 +16,7 @@ import {
 import type { AuthenticatedDevice } from '../auth/authenticated-device.js';
 import { TokenVerifier } from '../auth/token-verifier.js';
 import { toRelayException } from '../common/http-exception.filter.js';
+import { RateLimits } from '../common/rate-limits.js';
 import { RELAY_CONFIG, type RelayConfig } from '../config/relay-config.js';
 import { KeysService } from '../keys/keys.service.js';
 import { MessagesService } from '../messages/messages.service.js';
@@ -68,6 +69,7 @@ export class ChatGateway implements OnGatewayInit, OnGatewayConnection, OnGatewa
     private readonly delivery: DeliveryService,
     private readonly tokenVerifier: TokenVerifier,
     @Inject(RELAY_CONFIG) private readonly config: RelayConfig,
+    private readonly rateLimits: RateLimits,
     private readonly shutdown: ShutdownState,
     private readonly metrics: RelayMetrics,
   ) {
@@ -127,6 +129,13 @@ export class ChatGateway implements OnGatewayInit, OnGatewayConnection, OnGatewa
   /** Every frame gets its answer: `sent` for a send, nothing for an ack, `error` for any refusal. */
   private async answerFrame(socket: WebSocket, session: SocketSession, data: string | Buffer): Promise<void> {
     const parsed = parseClientFrame(data);
+    try {
+      // Every frame, even one refused next, spends the account's inbound byte budget (as HTTP bodies do).
+      await this.rateLimits.consumeInboundBytes({ accountId: session.device.accountId }, typeof data === 'string' ? Buffer.byteLength(data) : data.length);
+    } catch (error) {
+      this.sendFrame(socket, errorFrame(toRelayException(error), parsed.kind === 'frame' ? requestIdOf(parsed.frame) : parsed.answer.requestId));
+      return;
+    }
     if (parsed.kind === 'refused') {
       this.sendFrame(socket, parsed.answer);
       return;
@@ -135,6 +144,8 @@ export class ChatGateway implements OnGatewayInit, OnGatewayConnection, OnGatewa
       switch (parsed.type) {
         case ClientFrameType.Send: {
           const { requestId, message } = validateFrame(SendFrame, parsed.frame);
+          // The same limits as POST /v1/messages.
+          await this.rateLimits.consumeSend(session.device, message.to);
           const { serverTimestamp } = await this.messages.send(session.device, message);
           this.sendFrame(socket, { type: ServerFrameType.Sent, requestId, serverTimestamp });
           return;

@@ -1,9 +1,8 @@
 import { Inject, Injectable, type CanActivate, type ExecutionContext } from '@nestjs/common';
-import { RateLimiterRes, type RateLimiterAbstract } from 'rate-limiter-flexible';
-import { canonicalUsername, ErrorCode } from '@chat/protocol';
+import type { RateLimiterAbstract } from 'rate-limiter-flexible';
+import { canonicalUsername } from '@chat/protocol';
 import type { AuthenticatedDevice } from '../auth/authenticated-device.js';
-import { RATE_LIMITER_FACTORY, type RateLimiterFactory } from '../common/rate-limiter.js';
-import { RelayException } from '../common/relay.exception.js';
+import { consumeOrRefuse, RATE_LIMITER_FACTORY, type RateLimiterFactory } from '../common/rate-limiter.js';
 import { RELAY_CONFIG, type RelayConfig } from '../config/relay-config.js';
 
 /**
@@ -35,19 +34,10 @@ export class BundleFetchLimitGuard implements CanActivate {
     const request = context.switchToHttp().getRequest<{ user: AuthenticatedDevice; params: { username?: string } }>();
     const requester = request.user.accountId;
     const target = canonicalUsername(request.params.username ?? '');
-    await consume(this.perPair, `${requester}:${target}`);
-    await consume(this.perRequester, requester);
+    await consumeOrRefuse(this.perPair, `${requester}:${target}`, REFUSAL);
+    await consumeOrRefuse(this.perRequester, requester, REFUSAL);
     return true;
   }
 }
 
-async function consume(limiter: RateLimiterAbstract, key: string): Promise<void> {
-  try {
-    await limiter.consume(key);
-  } catch (rejection) {
-    // A refusal is a RateLimiterRes; anything else is the store failing, and stays an error.
-    if (!(rejection instanceof RateLimiterRes)) throw rejection;
-    const retryAfter = Math.max(1, Math.ceil(rejection.msBeforeNext / 1000));
-    throw new RelayException(ErrorCode.RateLimited, 'Too many bundle fetches; retry later', undefined, retryAfter);
-  }
-}
+const REFUSAL = 'Too many bundle fetches; retry later';

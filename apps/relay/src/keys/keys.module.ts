@@ -1,5 +1,4 @@
 import { Module } from '@nestjs/common';
-import { inMemoryRateLimiters, RATE_LIMITER_FACTORY } from '../common/rate-limiter.js';
 import { DeliveryModule } from '../gateway/delivery.module.js';
 import { BundleFetchLimitGuard } from './bundle-fetch-limit.guard.js';
 import { KeysController } from './keys.controller.js';
@@ -9,7 +8,8 @@ import { KeysService } from './keys.service.js';
 @Module({
   imports: [DeliveryModule],
   controllers: [KeysController],
-  providers: [KeysService, KeysRepository, BundleFetchLimitGuard, { provide: RATE_LIMITER_FACTORY, useValue: inMemoryRateLimiters }],
+  // The guard's counter store comes from the global RateLimitModule (Redis with REDIS_URL).
+  providers: [KeysService, KeysRepository, BundleFetchLimitGuard],
   exports: [KeysService],
 })
 export class KeysModule {}

@@ -9,6 +9,8 @@ import {
 } from '@chat/protocol';
 import { CurrentDevice, type AuthenticatedDevice } from '../auth/authenticated-device.js';
 import { JwtAuthGuard } from '../auth/jwt-auth.guard.js';
+import { RateLimit, RateLimitGuard } from '../common/rate-limit.guard.js';
+import { RateLimitName } from '../common/rate-limits.js';
 import { RelayException } from '../common/relay.exception.js';
 import { MessagesService } from './messages.service.js';
 
@@ -19,6 +21,9 @@ export class MessagesController {
 
   @Post()
   @HttpCode(201)
+  // After the class's JwtAuthGuard; the WebSocket `send` frame counts the same (ChatGateway).
+  @UseGuards(RateLimitGuard)
+  @RateLimit(RateLimitName.SendPerDevice, RateLimitName.SendPerPair)
   send(@CurrentDevice() sender: AuthenticatedDevice, @Body() request: SendMessageRequest): Promise<SendMessageResponse> {
     return this.messages.send(sender, request);
   }

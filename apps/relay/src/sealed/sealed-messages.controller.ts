@@ -7,6 +7,8 @@ import {
   type SendMessageResponse,
 } from '@chat/protocol';
 import type { AuthenticatedDevice } from '../auth/authenticated-device.js';
+import { RateLimit, RateLimitGuard } from '../common/rate-limit.guard.js';
+import { RateLimitName } from '../common/rate-limits.js';
 import { RelayException } from '../common/relay.exception.js';
 import { parseAccessKeyHeader } from './access-key.js';
 import { OptionalJwtAuthGuard } from './optional-jwt-auth.guard.js';
@@ -25,6 +27,9 @@ export class SealedMessagesController {
   /** Never authenticated: a token would tie the sealed send to an account. */
   @Post('sealed')
   @HttpCode(201)
+  // Per client IP only: counting per sender would tell the relay who sent it.
+  @UseGuards(RateLimitGuard)
+  @RateLimit(RateLimitName.SealedSendPerIp)
   send(
     @Headers('authorization') authorization: string | undefined,
     @Headers(ACCESS_KEY_HEADER) accessKey: string | undefined,
@@ -41,7 +46,8 @@ export class SealedMessagesController {
   /** Unauthenticated with the combined access key, or authenticated (the fallback) without one. */
   @Post('multi-recipient')
   @HttpCode(201)
-  @UseGuards(OptionalJwtAuthGuard)
+  @UseGuards(OptionalJwtAuthGuard, RateLimitGuard)
+  @RateLimit(RateLimitName.SealedSendPerIp)
   sendMultiRecipient(
     @Req() http: { user?: AuthenticatedDevice },
     @Headers(ACCESS_KEY_HEADER) accessKey: string | undefined,

@@ -12,9 +12,11 @@
  * override of SEALED_SENDER_SERVER_CERTIFICATE replaces them: '' makes the
  * relay generate its development pair, whose trust root `trustRoot` then is).
  *
- * Argon2 is cheap, the heartbeat short and bundle fetches nearly unlimited;
- * pass `overrides` (environment variables, as strings; '' for the relay's own
- * default) to change any setting. One relay per test file
+ * Argon2 is cheap, the heartbeat short and every rate limit nearly
+ * unlimited; pass `overrides` (environment variables, as strings; '' for the
+ * relay's own default) to change any setting. With `REDIS_URL` in the
+ * environment the relay uses that Redis (rate-limit counters under a key
+ * prefix of its own unless `RATE_LIMIT_KEY_PREFIX` is passed). One relay per test file
  * (`beforeAll`/`afterAll`) keeps suites fast.
  *
  *   const relay = await startTestRelay();
@@ -90,8 +92,24 @@ export async function startTestRelay(overrides: RelayEnvOverrides = {}): Promise
       // Likewise for provisioning, limited per client IP (every test client is 127.0.0.1).
       PROVISIONING_SLOTS_PER_IP: '100000',
       PROVISIONING_RECEIVES_PER_IP: '100000',
+      // And for every other rate limit (the rate-limit spec sets tight ones itself).
+      REGISTRATIONS_PER_IP: '100000',
+      LOGINS_PER_USERNAME: '100000',
+      LOGINS_PER_IP: '100000',
+      REFRESHES_PER_IP: '100000',
+      PASSWORD_CHECKS_PER_ACCOUNT: '100000',
+      SENDS_PER_DEVICE: '1000000',
+      SENDS_PER_PAIR: '1000000',
+      SEALED_SENDS_PER_IP: '1000000',
+      INBOUND_BYTES_PER_ACCOUNT: String(2 ** 40),
+      INBOUND_BYTES_PER_IP: String(2 ** 40),
+      // With REDIS_URL (below) counters live in that Redis, under a prefix of
+      // this relay's own (pass one to share counters between two relays).
+      RATE_LIMIT_KEY_PREFIX: `relay-test-${randomBytes(6).toString('hex')}`,
       SEALED_SENDER_SERVER_CERTIFICATE: sealedSender.serverCertificate,
       SEALED_SENDER_SERVER_PRIVATE_KEY: sealedSender.serverPrivateKey,
+      // The run's Redis, when it has one: live deliveries then go through the Redis bus, as with many instances.
+      REDIS_URL: process.env.REDIS_URL,
       ...overrides,
       DATABASE_URL: serverUrl ? await createTestDatabase(serverUrl, cleanups) : undefined,
     };
