@@ -1,5 +1,12 @@
-import { Controller, Get, Inject } from '@nestjs/common';
-import { HealthCheck, HealthCheckService, HealthIndicatorService, type HealthIndicatorResult } from '@nestjs/terminus';
+import { Controller, Get, HttpStatus, Inject, Res, ServiceUnavailableException } from '@nestjs/common';
+import type { Response } from 'express';
+import {
+  HealthCheck,
+  HealthCheckService,
+  HealthIndicatorService,
+  type HealthCheckResult,
+  type HealthIndicatorFunction,
+} from '@nestjs/terminus';
 import { RELAY_CONFIG, type RelayConfig } from '../config/relay-config.js';
 import { PrismaService } from '../prisma/prisma.service.js';
 import { ShutdownState } from '../shutdown/shutdown-state.js';
@@ -28,15 +35,15 @@ export class HealthController {
 
   @Get('live')
   @HealthCheck()
-  live() {
-    return this.health.check([]);
+  live(@Res({ passthrough: true }) response: Response): Promise<HealthCheckResult> {
+    return this.answer(response, []);
   }
 
   @Get('ready')
   @HealthCheck()
-  ready() {
+  ready(@Res({ passthrough: true }) response: Response): Promise<HealthCheckResult> {
     const timeout = this.config.healthCheckTimeoutMs;
-    const checks: Array<() => PromiseLike<HealthIndicatorResult>> = [
+    const checks: HealthIndicatorFunction[] = [
       async () =>
         this.shutdown.isDraining
           ? this.indicators.check('shutdown').down({ message: 'the relay is shutting down' })
@@ -57,6 +64,21 @@ export class HealthController {
           .withTimeout(timeout),
       );
     }
-    return this.health.check(checks);
+    return this.answer(response, checks);
+  }
+
+  /**
+   * Terminus answers a failed check with a 503 exception carrying its JSON;
+   * the relay's exception filter knows only relay errors (any other is a
+   * 500 INTERNAL), so the 503 is answered here.
+   */
+  private async answer(response: Response, checks: HealthIndicatorFunction[]): Promise<HealthCheckResult> {
+    try {
+      return await this.health.check(checks);
+    } catch (error) {
+      if (!(error instanceof ServiceUnavailableException)) throw error;
+      response.status(HttpStatus.SERVICE_UNAVAILABLE);
+      return error.getResponse() as HealthCheckResult;
+    }
   }
 }
