@@ -3,7 +3,9 @@
  * flaky network does: clients use `baseUrl`; `dropRandom` destroys one open
  * connection (both directions, no close frame: the WebSocket sees 1006),
  * `dropAll` every one. A connection whose relay side cannot be reached (the
- * relay is down) is destroyed at once. It outlives relay restarts.
+ * relay is down) is destroyed at once. It outlives relay restarts, and
+ * `retarget` points new connections at another relay, as a load balancer
+ * does when an instance is gone.
  */
 import { connect, createServer, type AddressInfo, type Socket } from 'node:net';
 
@@ -15,10 +17,13 @@ export interface ChaosProxy {
   /** Destroys one open connection chosen with `random` (uniform in [0, 1)); false when none is open. */
   dropRandom(random: () => number): boolean;
   dropAll(): void;
+  /** New connections go to `port` from now on; open ones stay where they are. */
+  retarget(port: number): void;
   close(): Promise<void>;
 }
 
-export async function startChaosProxy(targetPort: number): Promise<ChaosProxy> {
+export async function startChaosProxy(initialTargetPort: number): Promise<ChaosProxy> {
+  let targetPort = initialTargetPort;
   const pairs = new Set<{ client: Socket; upstream: Socket }>();
   let dropped = 0;
   const server = createServer((client) => {
@@ -57,6 +62,9 @@ export async function startChaosProxy(targetPort: number): Promise<ChaosProxy> {
     },
     dropAll() {
       for (const pair of [...pairs]) destroy(pair);
+    },
+    retarget(port) {
+      targetPort = port;
     },
     async close() {
       for (const pair of [...pairs]) destroy(pair);

@@ -3,7 +3,9 @@
  * that kill it: SIGKILL, then start it again on the same port and the same
  * database, as a supervisor (Docker, systemd) would.
  *
- * - `DATABASE_URL` set: a scratch database on that server, dropped by `close()`.
+ * - `DATABASE_URL` set: a scratch database on that server, dropped by `close()`
+ *   (or `options.databaseUrl`, a database the caller owns: several relay
+ *   processes on one database, as instances of one deployment).
  * - unset: the relay's own embedded PGlite in a temporary DATA_DIR, which
  *   outlives each kill (PGlite commits survive SIGKILL) and is removed by `close()`.
  *
@@ -41,13 +43,20 @@ async function freePort(): Promise<number> {
   return port;
 }
 
-export async function startRelayProcess(overrides: RelayEnvOverrides = {}): Promise<RelayProcess> {
+export interface RelayProcessOptions {
+  /** A Postgres database to use as it is (migrated by the relay); left in place by `close()`. */
+  databaseUrl?: string;
+}
+
+export async function startRelayProcess(overrides: RelayEnvOverrides = {}, options: RelayProcessOptions = {}): Promise<RelayProcess> {
   const port = await freePort();
   const baseUrl = `http://127.0.0.1:${port}`;
   let scratch: ScratchDatabase | undefined;
   let dataDir: string | undefined;
-  if (process.env.DATABASE_URL) scratch = await createScratchDatabase();
-  else dataDir = await mkdtemp(join(tmpdir(), 'relay-process-'));
+  if (options.databaseUrl === undefined) {
+    if (process.env.DATABASE_URL) scratch = await createScratchDatabase();
+    else dataDir = await mkdtemp(join(tmpdir(), 'relay-process-'));
+  }
 
   const env: NodeJS.ProcessEnv = {
     PATH: process.env.PATH,
@@ -62,7 +71,7 @@ export async function startRelayProcess(overrides: RelayEnvOverrides = {}): Prom
     LOG_LEVEL: 'error',
     BUNDLE_FETCHES_PER_PAIR: '100000',
     BUNDLE_FETCHES_PER_REQUESTER: '100000',
-    ...(scratch ? { DATABASE_URL: scratch.url } : { DATA_DIR: dataDir }),
+    ...(options.databaseUrl !== undefined ? { DATABASE_URL: options.databaseUrl } : scratch ? { DATABASE_URL: scratch.url } : { DATA_DIR: dataDir }),
     ...overrides,
   };
 
