@@ -32,6 +32,8 @@ export interface RelayProcess {
   start(): Promise<void>;
   /** SIGKILL: no shutdown hook runs, open sockets die with the process. */
   kill(): Promise<void>;
+  /** SIGTERM: the relay shuts down gracefully; resolves with its exit code once it has exited. */
+  terminate(): Promise<number | null>;
   close(): Promise<void>;
 }
 
@@ -123,6 +125,15 @@ export async function startRelayProcess(overrides: RelayEnvOverrides = {}, optio
       running.kill('SIGKILL');
       await exited;
       child = undefined;
+    },
+    async terminate() {
+      const running = child;
+      if (!running) throw new Error('the relay process is not running');
+      const exitCode = new Promise<number | null>((resolve) => running.once('exit', (code) => resolve(code)));
+      running.kill('SIGTERM');
+      await exited;
+      child = undefined;
+      return exitCode;
     },
     async close() {
       await relay.kill();
