@@ -47,13 +47,14 @@ export class RelayMetrics {
 
   constructor(repository: MetricsRepository) {
     collectDefaultMetrics({ register: this.registry });
-    const metrics = this;
+    const socketsOpen = () => this.webSocketServers().reduce((sum, server) => sum + server.clients.size, 0);
+    const logger = this.logger;
     new Gauge({
       name: 'relay_websocket_connections',
       help: 'WebSockets open on this relay instance',
       registers: [this.registry],
       collect() {
-        this.set(metrics.webSocketServers().reduce((sum, server) => sum + server.clients.size, 0));
+        this.set(socketsOpen());
       },
     });
     new Gauge({
@@ -65,7 +66,7 @@ export class RelayMetrics {
         try {
           this.set(await repository.countQueued());
         } catch (error) {
-          metrics.logger.warn(`The queue depth could not be read: ${(error as Error).message}`);
+          logger.warn(`The queue depth could not be read: ${(error as Error).message}`);
         }
       },
     });
