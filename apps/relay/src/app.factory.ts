@@ -38,6 +38,8 @@ export async function createRelayApp(config: RelayConfig): Promise<INestApplicat
     bufferLogs: true,
   });
   app.useLogger(app.get(PinoLogger));
+  // The client's address behind a reverse proxy (per-IP limits); off unless TRUST_PROXY says which proxies to believe.
+  if (config.trustProxy !== undefined) app.set('trust proxy', config.trustProxy);
   // Only JSON bodies: anything larger than a full key upload is refused with 413 before parsing.
   app.useBodyParser('json', { limit: MAX_HTTP_BODY_BYTES });
   app.useGlobalPipes(createValidationPipe());

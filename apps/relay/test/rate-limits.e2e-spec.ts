@@ -284,3 +284,33 @@ describeWithRedis('rate limits shared by two relays on one Redis (e2e)', () => {
     expectRateLimited(await httpJson(second, 'POST', '/v1/auth/register', { body: { username: uniqueUsername('four'), password: DEFAULT_TEST_PASSWORD } }), WINDOW);
   });
 });
+
+describe('client addresses behind a reverse proxy (TRUST_PROXY) (e2e)', () => {
+  const relays: TestRelay[] = [];
+
+  afterAll(async () => {
+    for (const relay of relays) await relay.close();
+  });
+
+  const registerFrom = (relay: TestRelay, forwardedFor: string) =>
+    httpJson(relay, 'POST', '/v1/auth/register', {
+      body: { username: uniqueUsername('fwd'), password: DEFAULT_TEST_PASSWORD },
+      headers: { 'X-Forwarded-For': forwardedFor },
+    });
+
+  it('counts per forwarded client address when the proxy (here loopback) is trusted', async () => {
+    const relay = await startTestRelay({ REGISTRATIONS_PER_IP: '1', REGISTRATION_WINDOW_SECONDS: String(WINDOW), TRUST_PROXY: 'loopback' });
+    relays.push(relay);
+    expect((await registerFrom(relay, '203.0.113.7')).status).toBe(201);
+    expectRateLimited(await registerFrom(relay, '203.0.113.7'), WINDOW);
+    // Another client behind the same proxy has a budget of its own.
+    expect((await registerFrom(relay, '198.51.100.23')).status).toBe(201);
+  });
+
+  it('ignores X-Forwarded-For without TRUST_PROXY: every request counts against the TCP peer', async () => {
+    const relay = await startTestRelay({ REGISTRATIONS_PER_IP: '1', REGISTRATION_WINDOW_SECONDS: String(WINDOW) });
+    relays.push(relay);
+    expect((await registerFrom(relay, '203.0.113.7')).status).toBe(201);
+    expectRateLimited(await registerFrom(relay, '198.51.100.23'), WINDOW);
+  });
+});

@@ -74,7 +74,15 @@ describe('loadConfig', () => {
     expect(loadConfig({ JWT_SECRET: SECRET, REDIS_URL: 'rediss://:pw@cache.internal:6380/2' }).redisUrl).toBe('rediss://:pw@cache.internal:6380/2');
   });
 
+  it('takes TRUST_PROXY as hops or as a list of proxy addresses and ranges, and trusts none by default', () => {
+    expect(loadConfig({ JWT_SECRET: SECRET }).trustProxy).toBeUndefined();
+    expect(loadConfig({ JWT_SECRET: SECRET, TRUST_PROXY: '2' }).trustProxy).toBe(2);
+    expect(loadConfig({ JWT_SECRET: SECRET, TRUST_PROXY: 'loopback, 10.0.0.0/8,fd00::1' }).trustProxy).toBe('loopback,10.0.0.0/8,fd00::1');
+  });
+
   it.each([
+    ['TRUST_PROXY', 'true'],
+    ['TRUST_PROXY', 'everyone'],
     ['PORT', 'eighty'],
     ['PORT', '70000'],
     ['NODE_ENV', 'staging'],

@@ -23,6 +23,8 @@ export interface RelayConfig {
     | { readonly mode: 'embedded'; readonly dataDir: string };
   /** Absent: a single instance with the in-process delivery bus. */
   readonly redisUrl?: string;
+  /** Express's `trust proxy`: hops, or the proxies' addresses and ranges; absent: trust none. */
+  readonly trustProxy?: number | string;
   readonly jwt: { readonly secret: string; readonly ttlSeconds: number };
   readonly refreshTokenTtlDays: number;
   readonly argon2: { readonly memoryKib: number; readonly timeCost: number; readonly parallelism: number };
@@ -144,6 +146,9 @@ export function loadConfig(env: Env, options: LoadConfigOptions = {}): RelayConf
       ? { mode: 'postgres', url: parsed.DATABASE_URL }
       : { mode: 'embedded', dataDir: join(dataDir, 'pglite') },
     redisUrl: parsed.REDIS_URL,
+    ...(parsed.TRUST_PROXY !== undefined && {
+      trustProxy: /^\d+$/.test(parsed.TRUST_PROXY) ? Number(parsed.TRUST_PROXY) : parsed.TRUST_PROXY.split(',').map((part) => part.trim()).join(','),
+    }),
     jwt: { secret, ttlSeconds: parsed.JWT_TTL_SECONDS },
     refreshTokenTtlDays: parsed.REFRESH_TOKEN_TTL_DAYS,
     argon2: {
@@ -224,6 +229,7 @@ const RELAY_VARIABLES = [
   ...Object.keys(new RelayEnv()),
   'DATABASE_URL',
   'REDIS_URL',
+  'TRUST_PROXY',
   'JWT_SECRET',
   'SEALED_SENDER_SERVER_CERTIFICATE',
   'SEALED_SENDER_SERVER_PRIVATE_KEY',

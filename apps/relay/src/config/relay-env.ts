@@ -57,6 +57,19 @@ export class RelayEnv {
   @Matches(/^rediss?:\/\/\S+$/, { message: 'REDIS_URL must be a redis:// or rediss:// URL' })
   REDIS_URL?: string;
 
+  /**
+   * Which proxies in front of the relay to believe about the client's
+   * address (`X-Forwarded-For`), for the per-IP limits: a number of hops,
+   * or a comma-separated list of `loopback`, `linklocal`, `uniquelocal`,
+   * addresses and CIDR ranges (Express's `trust proxy`). Unset: none, the
+   * TCP peer is the client.
+   */
+  @IsOptional()
+  @Matches(/^(\d{1,2}|(loopback|linklocal|uniquelocal|[0-9a-fA-F.:]+(\/\d{1,3})?)(\s*,\s*(loopback|linklocal|uniquelocal|[0-9a-fA-F.:]+(\/\d{1,3})?))*)$/, {
+    message: 'TRUST_PROXY must be a number of hops or a comma-separated list of loopback, linklocal, uniquelocal, addresses and CIDR ranges',
+  })
+  TRUST_PROXY?: string;
+
   @IsOptional()
   @IsString()
   @MinLength(1)
