@@ -1,5 +1,5 @@
 import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
-import { startCuttableProxy, type CuttableProxy } from './support/cuttable-proxy.js';
+import { startChaosProxy, type ChaosProxy } from './support/chaos-proxy.js';
 import { startRelayProcess, type RelayProcess } from './support/relay-process.js';
 import { createScratchDatabase, type ScratchDatabase } from './support/scratch-database.js';
 import { httpJson } from './support/test-relay.js';
@@ -23,19 +23,19 @@ const redisUrl = process.env.REDIS_URL;
 
 describe('health endpoints', () => {
   let database: ScratchDatabase;
-  let databaseProxy: CuttableProxy;
-  let redisProxy: CuttableProxy | undefined;
+  let databaseProxy: ChaosProxy;
+  let redisProxy: ChaosProxy | undefined;
   let relay: RelayProcess;
 
   beforeAll(async () => {
     database = await createScratchDatabase();
     const url = new URL(database.url);
-    databaseProxy = await startCuttableProxy(Number(url.port), url.hostname);
+    databaseProxy = await startChaosProxy(Number(url.port), url.hostname);
     url.port = String(databaseProxy.port);
     const overrides: Record<string, string> = { DATABASE_URL: url.toString(), HEALTH_CHECK_TIMEOUT_MS: '2000' };
     if (redisUrl) {
       const redis = new URL(redisUrl);
-      redisProxy = await startCuttableProxy(Number(redis.port || 6379), redis.hostname);
+      redisProxy = await startChaosProxy(Number(redis.port || 6379), redis.hostname);
       redis.port = String(redisProxy.port);
       overrides.REDIS_URL = redis.toString();
     }

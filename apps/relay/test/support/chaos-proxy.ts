@@ -5,7 +5,10 @@
  * `dropAll` every one. A connection whose relay side cannot be reached (the
  * relay is down) is destroyed at once. It outlives relay restarts, and
  * `retarget` points new connections at another relay, as a load balancer
- * does when an instance is gone.
+ * does when an instance is gone. In front of a dependency (the database,
+ * Redis), `cut` takes it away: every open connection is destroyed and new
+ * ones are reset on accept, as a host that is down resets them, until
+ * `restore`.
  */
 import { connect, createServer, type AddressInfo, type Socket } from 'node:net';
 
@@ -17,17 +20,27 @@ export interface ChaosProxy {
   /** Destroys one open connection chosen with `random` (uniform in [0, 1)); false when none is open. */
   dropRandom(random: () => number): boolean;
   dropAll(): void;
+  /** The port the proxy listens on. */
+  readonly port: number;
   /** New connections go to `port` from now on; open ones stay where they are. */
   retarget(port: number): void;
+  /** Destroys every open connection and resets new ones until `restore`. */
+  cut(): void;
+  restore(): void;
   close(): Promise<void>;
 }
 
-export async function startChaosProxy(initialTargetPort: number): Promise<ChaosProxy> {
+export async function startChaosProxy(initialTargetPort: number, targetHost = '127.0.0.1'): Promise<ChaosProxy> {
   let targetPort = initialTargetPort;
   const pairs = new Set<{ client: Socket; upstream: Socket }>();
   let dropped = 0;
+  let isCut = false;
   const server = createServer((client) => {
-    const upstream = connect({ host: '127.0.0.1', port: targetPort });
+    if (isCut) {
+      client.destroy();
+      return;
+    }
+    const upstream = connect({ host: targetHost, port: targetPort });
     const pair = { client, upstream };
     pairs.add(pair);
     const end = () => {
@@ -50,6 +63,7 @@ export async function startChaosProxy(initialTargetPort: number): Promise<ChaosP
   };
   return {
     baseUrl: `http://127.0.0.1:${port}`,
+    port,
     get dropped() {
       return dropped;
     },
@@ -66,7 +80,15 @@ export async function startChaosProxy(initialTargetPort: number): Promise<ChaosP
     retarget(port) {
       targetPort = port;
     },
+    cut() {
+      isCut = true;
+      for (const pair of [...pairs]) destroy(pair);
+    },
+    restore() {
+      isCut = false;
+    },
     async close() {
+      isCut = true;
       for (const pair of [...pairs]) destroy(pair);
       await new Promise<void>((resolve) => server.close(() => resolve()));
     },
