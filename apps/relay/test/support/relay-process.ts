@@ -18,7 +18,7 @@ import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { createScratchDatabase, type ScratchDatabase } from './scratch-database.js';
-import { TEST_JWT_SECRET, type RelayEnvOverrides } from './test-relay.js';
+import { GENEROUS_TEST_LIMITS, TEST_JWT_SECRET, type RelayEnvOverrides } from './test-relay.js';
 
 const MAIN = join(dirname(fileURLToPath(import.meta.url)), '../../dist/main.js');
 
@@ -71,8 +71,7 @@ export async function startRelayProcess(overrides: RelayEnvOverrides = {}, optio
     ARGON2_PARALLELISM: '1',
     HEARTBEAT_INTERVAL_MS: '1000',
     LOG_LEVEL: 'error',
-    BUNDLE_FETCHES_PER_PAIR: '100000',
-    BUNDLE_FETCHES_PER_REQUESTER: '100000',
+    ...GENEROUS_TEST_LIMITS,
     ...(options.databaseUrl !== undefined ? { DATABASE_URL: options.databaseUrl } : scratch ? { DATABASE_URL: scratch.url } : { DATA_DIR: dataDir }),
     ...overrides,
   };

@@ -63,6 +63,28 @@ export interface TestRelay {
 /** A secret the tests know, so they can forge tokens signed with it (expired ones, wrong audience...). */
 export const TEST_JWT_SECRET = 'test-secret-of-the-relay-e2e-harness-0123456789';
 
+/**
+ * Every rate limit far above what specs do: they fetch bundles, register and
+ * send many times, all from 127.0.0.1. The rate-limit specs set tight limits
+ * (or '' for the defaults) themselves.
+ */
+export const GENEROUS_TEST_LIMITS = {
+  BUNDLE_FETCHES_PER_PAIR: '100000',
+  BUNDLE_FETCHES_PER_REQUESTER: '100000',
+  PROVISIONING_SLOTS_PER_IP: '100000',
+  PROVISIONING_RECEIVES_PER_IP: '100000',
+  REGISTRATIONS_PER_IP: '100000',
+  LOGINS_PER_USERNAME: '100000',
+  LOGINS_PER_IP: '100000',
+  REFRESHES_PER_IP: '100000',
+  PASSWORD_CHECKS_PER_ACCOUNT: '100000',
+  SENDS_PER_DEVICE: '1000000',
+  SENDS_PER_PAIR: '1000000',
+  SEALED_SENDS_PER_IP: '1000000',
+  INBOUND_BYTES_PER_ACCOUNT: String(2 ** 40),
+  INBOUND_BYTES_PER_IP: String(2 ** 40),
+} satisfies RelayEnvOverrides;
+
 export async function startTestRelay(overrides: RelayEnvOverrides = {}): Promise<TestRelay> {
   const cleanups: Array<() => Promise<void>> = [];
   const cleanUp = async () => {
@@ -85,24 +107,7 @@ export async function startTestRelay(overrides: RelayEnvOverrides = {}): Promise
       ARGON2_PARALLELISM: '1',
       HEARTBEAT_INTERVAL_MS: '500',
       LOG_LEVEL: 'error',
-      // Far above the protocol's defaults: specs fetch bundles many times.
-      // The rate-limit spec sets tight limits (or '' for the defaults) itself.
-      BUNDLE_FETCHES_PER_PAIR: '100000',
-      BUNDLE_FETCHES_PER_REQUESTER: '100000',
-      // Likewise for provisioning, limited per client IP (every test client is 127.0.0.1).
-      PROVISIONING_SLOTS_PER_IP: '100000',
-      PROVISIONING_RECEIVES_PER_IP: '100000',
-      // And for every other rate limit (the rate-limit spec sets tight ones itself).
-      REGISTRATIONS_PER_IP: '100000',
-      LOGINS_PER_USERNAME: '100000',
-      LOGINS_PER_IP: '100000',
-      REFRESHES_PER_IP: '100000',
-      PASSWORD_CHECKS_PER_ACCOUNT: '100000',
-      SENDS_PER_DEVICE: '1000000',
-      SENDS_PER_PAIR: '1000000',
-      SEALED_SENDS_PER_IP: '1000000',
-      INBOUND_BYTES_PER_ACCOUNT: String(2 ** 40),
-      INBOUND_BYTES_PER_IP: String(2 ** 40),
+      ...GENEROUS_TEST_LIMITS,
       // With REDIS_URL (below) counters live in that Redis, under a prefix of
       // this relay's own (pass one to share counters between two relays).
       RATE_LIMIT_KEY_PREFIX: `relay-test-${randomBytes(6).toString('hex')}`,
