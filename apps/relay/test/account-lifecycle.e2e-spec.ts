@@ -13,7 +13,7 @@ import {
 import { AuthModule } from '../src/auth/auth.module.js';
 import { Clock } from '../src/common/clock.js';
 import { DeviceKeys } from './support/libsignal-keys.js';
-import { DEFAULT_TEST_PASSWORD, httpJson, registerUser, startTestRelay, uniqueUsername, type TestRelay } from './support/test-relay.js';
+import { DEFAULT_TEST_PASSWORD, httpJson, registerKeyedUser, registerUser, startTestRelay, type TestRelay, uniqueUsername } from './support/test-relay.js';
 import { connectWs, refusedUpgrade, waitForClose, waitForFrame } from './support/ws-client.js';
 
 const NEW_PASSWORD = 'a brand new passphrase';
@@ -118,10 +118,9 @@ describe('account lifecycle (e2e)', () => {
         },
       });
     const keyedUser = async (prefix: string, keys = new DeviceKeys({ preKeys: 3, kyberPreKeys: 2 })) => {
-      const user = await registerUser(relay, uniqueUsername(prefix));
-      expect((await httpJson(relay, 'PUT', '/v1/keys', { token: user.accessToken, body: keys.uploadRequest() })).status).toBe(204);
-      registrationIds.set(user.username, keys.registrationId);
-      return { user, keys };
+      const keyed = await registerKeyedUser(relay, prefix, keys);
+      registrationIds.set(keyed.user.username, keys.registrationId);
+      return keyed;
     };
     /** Rows the relay holds for the account, per table. */
     const rowsOf = async (accountId: string) => {

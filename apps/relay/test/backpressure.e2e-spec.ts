@@ -4,8 +4,7 @@ import type WebSocket from 'ws';
 import { EnvelopeType, MAX_CIPHERTEXT_BYTES, ServerFrameType, type AuthResponse, type MessageFrame, type ServerFrame } from '@chat/protocol';
 import { DeliveryService } from '../src/gateway/delivery.service.js';
 import type { ConnectionStats } from '../src/gateway/device-connection.js';
-import { DeviceKeys } from './support/libsignal-keys.js';
-import { httpJson, registerUser, startTestRelay, uniqueUsername, type TestRelay } from './support/test-relay.js';
+import { httpJson, registerKeyedUser, startTestRelay, type TestRelay } from './support/test-relay.js';
 import { connectWs, waitForFrame, type WsClient } from './support/ws-client.js';
 
 const WINDOW = 4;
@@ -52,9 +51,7 @@ describe('delivery backpressure (e2e)', () => {
   });
 
   const keyedUser = async (prefix: string) => {
-    const user = await registerUser(relay, uniqueUsername(prefix));
-    const keys = new DeviceKeys();
-    expect((await httpJson(relay, 'PUT', '/v1/keys', { token: user.accessToken, body: keys.uploadRequest() })).status).toBe(204);
+    const { user, keys } = await registerKeyedUser(relay, prefix);
     registrationIds.set(user.username, keys.registrationId);
     return user;
   };

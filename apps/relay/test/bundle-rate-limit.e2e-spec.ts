@@ -15,16 +15,13 @@ import {
   type PreKeyBundleResponse,
 } from '@chat/protocol';
 import { DeviceKeys, preKeyBundleOf } from './support/libsignal-keys.js';
-import { httpJson, registerUser, startTestRelay, uniqueUsername, type RelayEnvOverrides } from './support/test-relay.js';
+import { httpJson, registerKeyedUser, type RelayEnvOverrides, startTestRelay, uniqueUsername } from './support/test-relay.js';
 
 /** A relay, and helpers bound to it. */
 async function relayWith(overrides: RelayEnvOverrides) {
   const relay = await startTestRelay(overrides);
   const keyedUser = async (prefix: string, options: ConstructorParameters<typeof DeviceKeys>[0] = {}) => {
-    const user = await registerUser(relay, uniqueUsername(prefix));
-    const keys = new DeviceKeys(options);
-    expect((await httpJson(relay, 'PUT', '/v1/keys', { token: user.accessToken, body: keys.uploadRequest() })).status).toBe(204);
-    return { user, keys };
+    return registerKeyedUser(relay, prefix, new DeviceKeys(options));
   };
   const fetchBundle = (username: string, by: AuthResponse) =>
     httpJson<PreKeyBundleResponse>(relay, 'GET', `/v1/keys/${username}`, { token: by.accessToken });

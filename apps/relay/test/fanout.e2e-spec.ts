@@ -10,8 +10,7 @@ import {
   type SentFrame,
   type ServerFrame,
 } from '@chat/protocol';
-import { DeviceKeys } from './support/libsignal-keys.js';
-import { httpJson, registerUser, startTestRelay, uniqueUsername, type TestRelay } from './support/test-relay.js';
+import { httpJson, registerKeyedUser, registerUser, startTestRelay, type TestRelay, uniqueUsername } from './support/test-relay.js';
 import { connectWs, waitForFrame, type WsClient } from './support/ws-client.js';
 
 const isMessage = (frame: ServerFrame): frame is MessageFrame => frame.type === ServerFrameType.Message;
@@ -39,9 +38,7 @@ describe('fan-out, 409/410, idempotency and ephemeral sends (e2e)', () => {
   });
 
   const keyedUser = async (prefix: string): Promise<User> => {
-    const auth = await registerUser(relay, uniqueUsername(prefix));
-    const keys = new DeviceKeys();
-    expect((await httpJson(relay, 'PUT', '/v1/keys', { token: auth.accessToken, body: keys.uploadRequest() })).status).toBe(204);
+    const { user: auth, keys } = await registerKeyedUser(relay, prefix);
     return { auth, username: auth.username, accountId: auth.accountId, registrationIds: new Map([[1, keys.registrationId]]) };
   };
   /**

@@ -14,8 +14,7 @@ import {
   type SentFrame,
   type ServerFrame,
 } from '@chat/protocol';
-import { DeviceKeys } from './support/libsignal-keys.js';
-import { TEST_JWT_SECRET, httpJson, registerUser, startTestRelay, uniqueUsername, type TestRelay } from './support/test-relay.js';
+import { httpJson, registerKeyedUser, startTestRelay, TEST_JWT_SECRET, type TestRelay } from './support/test-relay.js';
 import { connectWs, refusedUpgrade, waitForClose, waitForFrame, type WsClient } from './support/ws-client.js';
 
 const ciphertext = (text: string) => Buffer.from(text).toString('base64');
@@ -30,10 +29,7 @@ describe('gateway (e2e)', () => {
   /** Registration id of each keyed user's device 1, which every device message must name. */
   const registrationIds = new Map<string, number>();
   const keyedUser = async (prefix: string) => {
-    const user = await registerUser(relay, uniqueUsername(prefix));
-    const keys = new DeviceKeys();
-    const { status } = await httpJson(relay, 'PUT', '/v1/keys', { token: user.accessToken, body: keys.uploadRequest() });
-    expect(status).toBe(204);
+    const { user, keys } = await registerKeyedUser(relay, prefix);
     registrationIds.set(user.username, keys.registrationId);
     return user;
   };

@@ -6,8 +6,7 @@ import {
   type AuthResponse,
   type ListMessagesResponse,
 } from '@chat/protocol';
-import { DeviceKeys } from './support/libsignal-keys.js';
-import { httpJson, registerUser, startTestRelay, uniqueUsername, type TestRelay } from './support/test-relay.js';
+import { httpJson, registerKeyedUser, registerUser, startTestRelay, type TestRelay, uniqueUsername } from './support/test-relay.js';
 
 const ciphertext = (text: string) => Buffer.from(text).toString('base64');
 
@@ -19,10 +18,7 @@ describe('messages (e2e)', () => {
   /** Registration id of each keyed user's device 1, which every device message must name. */
   const registrationIds = new Map<string, number>();
   const keyedUser = async (prefix: string) => {
-    const user = await registerUser(relay, uniqueUsername(prefix));
-    const keys = new DeviceKeys();
-    const { status } = await httpJson(relay, 'PUT', '/v1/keys', { token: user.accessToken, body: keys.uploadRequest() });
-    expect(status).toBe(204);
+    const { user, keys } = await registerKeyedUser(relay, prefix);
     registrationIds.set(user.username, keys.registrationId);
     return user;
   };

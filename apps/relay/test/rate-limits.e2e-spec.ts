@@ -2,16 +2,7 @@ import { randomBytes } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
 import { ClientFrameType, EnvelopeType, ErrorCode, ServerFrameType, type AuthResponse, type ErrorFrame, type ServerFrame } from '@chat/protocol';
 import { DeviceKeys } from './support/libsignal-keys.js';
-import {
-  DEFAULT_TEST_PASSWORD,
-  httpJson,
-  registerUser,
-  startTestRelay,
-  uniqueUsername,
-  type HttpResult,
-  type RelayEnvOverrides,
-  type TestRelay,
-} from './support/test-relay.js';
+import { DEFAULT_TEST_PASSWORD, httpJson, type HttpResult, registerKeyedUser, registerUser, type RelayEnvOverrides, startTestRelay, type TestRelay, uniqueUsername } from './support/test-relay.js';
 import { connectWs, waitForFrame, type WsClient } from './support/ws-client.js';
 
 /**
@@ -129,9 +120,7 @@ describe('rate limits of sends (e2e)', () => {
   });
 
   const keyedUser = async (prefix: string) => {
-    const user = await registerUser(relay, uniqueUsername(prefix));
-    const keys = new DeviceKeys();
-    expect((await httpJson(relay, 'PUT', '/v1/keys', { token: user.accessToken, body: keys.uploadRequest() })).status).toBe(204);
+    const { user, keys } = await registerKeyedUser(relay, prefix);
     registrationIds.set(user.username, keys.registrationId);
     return user;
   };

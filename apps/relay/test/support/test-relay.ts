@@ -33,6 +33,7 @@ import type { INestApplication } from '@nestjs/common';
 import pg from 'pg';
 import type { AuthResponse, ErrorBody } from '@chat/protocol';
 import { createRelayApp } from '../../src/app.factory.js';
+import { DeviceKeys } from './libsignal-keys.js';
 import { loadConfig, type RelayConfig } from '../../src/config/relay-config.js';
 import type { RelayEnv } from '../../src/config/relay-env.js';
 import { PrismaService } from '../../src/prisma/prisma.service.js';
@@ -208,6 +209,21 @@ export async function registerUser(
   const { status, body } = await httpJson<AuthResponse>(relay, 'POST', '/v1/auth/register', { body: { username, password } });
   if (status !== 201) throw new Error(`register ${username}: HTTP ${status} ${JSON.stringify(body)}`);
   return body;
+}
+
+/**
+ * A new account whose device 1 has uploaded `keys` (a full set by default),
+ * so that it can receive: what most messaging specs start from.
+ */
+export async function registerKeyedUser(
+  relay: Pick<TestRelay, 'baseUrl'>,
+  prefix: string,
+  keys: DeviceKeys = new DeviceKeys(),
+): Promise<{ user: AuthResponse; keys: DeviceKeys }> {
+  const user = await registerUser(relay, uniqueUsername(prefix));
+  const { status, body } = await httpJson(relay, 'PUT', '/v1/keys', { token: user.accessToken, body: keys.uploadRequest() });
+  if (status !== 204) throw new Error(`upload keys of ${user.username}: HTTP ${status} ${JSON.stringify(body)}`);
+  return { user, keys };
 }
 
 /** A username unique within the run (usernames are global on one database). */
