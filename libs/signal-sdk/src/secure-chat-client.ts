@@ -784,18 +784,23 @@ export class SecureChatClient extends TypedEventEmitter<ChatEvent, ChatEventHand
   }
 
   /**
-   * Checks a safety number scanned from the peer's screen against the keys
-   * this install holds (libsignal `ScannableFingerprint.compare`) and, if they
-   * match, marks the peer's current key verified (and trusted). A later change
-   * of that key makes it unverified again and is reported with `wasVerified`.
+   * Checks a safety number against the keys this install holds and, if they
+   * match, marks the peer's current key verified (and trusted). `compared` is
+   * either the scannable form read from the peer's QR code (libsignal
+   * `ScannableFingerprint.compare`), or the 60 displayable digits the user
+   * compared with the peer's screen (for apps that cannot scan; spaces are
+   * ignored). A later change of that key makes it unverified again and is
+   * reported with `wasVerified`.
    * @throws {SecureChatError} `SafetyNumberMismatch` (nothing changes then), `InvalidArgument`,
    *   `InvalidState`, `NoLocalIdentity`, `UnknownIdentity`.
    */
-  async verifySafetyNumber(username: string, scanned: Uint8Array): Promise<void> {
+  async verifySafetyNumber(username: string, compared: Uint8Array | string): Promise<void> {
     const peer = checkUsername(username);
-    if (!(scanned instanceof Uint8Array)) throw new SecureChatError(SecureChatErrorCode.InvalidArgument, 'scanned must be a Uint8Array');
+    if (!(compared instanceof Uint8Array) && typeof compared !== 'string') {
+      throw new SecureChatError(SecureChatErrorCode.InvalidArgument, 'compared must be a Uint8Array or a string of digits');
+    }
     const local = await this.localParty();
-    await this.sessions.withPeer(peer, () => this.transaction((stores) => this.trust.verify(stores, local, peer, scanned)));
+    await this.sessions.withPeer(peer, () => this.transaction((stores) => this.trust.verify(stores, local, peer, compared)));
   }
 
   private async localParty(): Promise<LocalParty> {

@@ -248,6 +248,21 @@ describe('safety numbers', () => {
     await bob.client.close();
   });
 
+  it('verify from the 60 digits the user compared (spaces ignored), and refuse other digits with SafetyNumberMismatch', async () => {
+    const { alice, bob } = await acquainted();
+    const digits = (await bob.client.safetyNumber('alice')).displayable;
+    const wrong = `${digits.slice(0, 59)}${(Number(digits[59]) + 1) % 10}`;
+    for (const bad of [wrong, digits.slice(0, 55), `${digits.slice(0, 59)}x`]) {
+      expect((await failure(alice.client.verifySafetyNumber('bob', bad))).code).toBe(SecureChatErrorCode.SafetyNumberMismatch);
+    }
+    expect((await alice.client.peerIdentity('bob'))?.status).toBe(IdentityStatus.Trusted);
+
+    await alice.client.verifySafetyNumber('bob', digits.replace(/(\d{5})/g, '$1 '));
+    expect((await alice.client.peerIdentity('bob'))?.status).toBe(IdentityStatus.Verified);
+    await bob.client.close();
+    await alice.client.close();
+  });
+
   it('differ after either side’s identity changes; a verified peer that changes is unverified, reported with wasVerified, and blocked', async () => {
     const { relay, alice, bob } = await acquainted();
     const before = (await alice.client.safetyNumber('bob')).displayable;

@@ -1,6 +1,6 @@
 import { ProtocolAddress, type PublicKey } from '@signalapp/libsignal-client';
 import { SecureChatError, SecureChatErrorCode } from '../errors.js';
-import { assertScannedSafetyNumber, safetyNumberOf, type SafetyNumber } from './safety-number.js';
+import { assertComparedSafetyNumber, assertScannedSafetyNumber, safetyNumberOf, type SafetyNumber } from './safety-number.js';
 import type { DeviceId } from '../ids.js';
 import type { PeerIdentityRecord, SecureChatStores } from '../stores/stores.js';
 
@@ -128,13 +128,14 @@ export class IdentityTrust {
   }
 
   /**
-   * Marks the peer's current key verified and trusted if `scanned` is the
-   * peer's scannable safety number for it.
+   * Marks the peer's current key verified and trusted if `compared` is the
+   * peer's scannable safety number for it, or the displayable digits.
    * @throws {SecureChatError} `SafetyNumberMismatch` (nothing is changed), `UnknownIdentity`.
    */
-  async verify(stores: SecureChatStores, local: LocalParty, username: string, scanned: Uint8Array): Promise<void> {
+  async verify(stores: SecureChatStores, local: LocalParty, username: string, compared: Uint8Array | string): Promise<void> {
     const record = await requirePeerIdentity(stores, username);
-    assertScannedSafetyNumber(local.username, local.identityKey, username, record.identityKey, scanned);
+    const check = typeof compared === 'string' ? assertComparedSafetyNumber : assertScannedSafetyNumber;
+    check(local.username, local.identityKey, username, record.identityKey, compared as never);
     await stores.identity.savePeerIdentity({ ...record, trustedKey: record.identityKey, verifiedKey: record.identityKey });
   }
 

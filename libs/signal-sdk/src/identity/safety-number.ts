@@ -61,3 +61,28 @@ export function assertScannedSafetyNumber(
 function fingerprintOf(localUsername: string, localKey: PublicKey, remoteUsername: string, remoteKey: PublicKey): Fingerprint {
   return Fingerprint.new(SAFETY_NUMBER_ITERATIONS, SAFETY_NUMBER_VERSION, utf8(localUsername), localKey, utf8(remoteUsername), remoteKey);
 }
+
+/**
+ * Whether `digits`, the 60 digits the user compared with the peer's screen
+ * (read aloud, or typed; spaces and line breaks are ignored), are the pair's
+ * displayable safety number as this side knows the keys.
+ * @throws {SecureChatError} `SafetyNumberMismatch` when they are not, or are not 60 digits.
+ */
+export function assertComparedSafetyNumber(
+  localUsername: string,
+  localKey: PublicKey,
+  remoteUsername: string,
+  remoteKey: PublicKey,
+  digits: string,
+): void {
+  const compared = digits.replace(/\s+/g, '');
+  if (!/^\d{60}$/.test(compared)) {
+    throw new SecureChatError(SecureChatErrorCode.SafetyNumberMismatch, 'a safety number is 60 digits');
+  }
+  if (compared !== safetyNumberOf(localUsername, localKey, remoteUsername, remoteKey).displayable) {
+    throw new SecureChatError(
+      SecureChatErrorCode.SafetyNumberMismatch,
+      `the safety number does not match the keys this install holds for itself and ${remoteUsername}`,
+    );
+  }
+}

@@ -23,6 +23,11 @@ export enum RecordKind {
   OutgoingMessage = 'outgoing-message',
 }
 
+/** An app's own records (`SqliteStores.appRecords`): one kind per collection, never one of the SDK's kinds. */
+export type AppRecordKind = `app:${string}`;
+
+type AnyRecordKind = RecordKind | AppRecordKind;
+
 /** A row as stored. */
 export interface RecordRow {
   seq: number;
@@ -68,31 +73,31 @@ export class RecordTable {
   }
 
   /** The payload under (kind, id), or null. @throws {SecureChatError} `StoreTampered`. */
-  get(kind: RecordKind, id: string): Buffer | null {
+  get(kind: AnyRecordKind, id: string): Buffer | null {
     const keys = this.currentKeys();
     const lookup = keys.lookup(kind, id);
     const row = sqlite(() => this.statements.select.get(kind, lookup));
     return row ? keys.open(kind, lookup, row.value).payload : null;
   }
 
-  put(kind: RecordKind, id: string, payload: Uint8Array): void {
+  put(kind: AnyRecordKind, id: string, payload: Uint8Array): void {
     const { lookup, value } = this.currentKeys().seal(kind, id, payload);
     sqlite(() => this.statements.upsert.run(kind, lookup, value));
   }
 
-  delete(kind: RecordKind, id: string): void {
+  delete(kind: AnyRecordKind, id: string): void {
     const lookup = this.currentKeys().lookup(kind, id);
     sqlite(() => this.statements.remove.run(kind, lookup));
   }
 
   /** Every record of `kind`, oldest first. @throws {SecureChatError} `StoreTampered`. */
-  list(kind: RecordKind): Array<{ id: string; payload: Buffer }> {
+  list(kind: AnyRecordKind): Array<{ id: string; payload: Buffer }> {
     const keys = this.currentKeys();
     return sqlite(() => this.statements.ofKind.all(kind)).map((row) => keys.open(kind, row.lookup, row.value));
   }
 
   /** Deletes all but the `keep` newest records of `kind`. */
-  trimOldest(kind: RecordKind, keep: number): void {
+  trimOldest(kind: AnyRecordKind, keep: number): void {
     this.currentKeys();
     sqlite(() => this.statements.trim.run({ kind, keep }));
   }

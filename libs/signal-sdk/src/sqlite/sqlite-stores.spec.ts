@@ -197,6 +197,73 @@ describe('SqliteStores', () => {
     }
   });
 
+  describe('appRecords', () => {
+    const text = (value: string) => new TextEncoder().encode(value);
+    const decoded = (records: Array<{ key: string; value: Uint8Array }>) =>
+      records.map(({ key, value }) => [key, new TextDecoder().decode(value)]);
+
+    it('keeps an app collection across reopening, in first-written order, apart from other collections', async () => {
+      const path = newPath();
+      const stores = await open(path);
+      const history = stores.appRecords('history');
+      await history.put('m1', text('first'));
+      await history.put('m2', text('second'));
+      await history.put('m1', text('first, edited'));
+      await stores.appRecords('settings').put('m1', text('not history'));
+      await history.put('m3', text('third'));
+      await history.delete('m2');
+      await stores.close();
+
+      const reopened = await open(path);
+      expect(decoded(await reopened.appRecords('history').list())).toEqual([
+        ['m1', 'first, edited'],
+        ['m3', 'third'],
+      ]);
+      expect(new TextDecoder().decode((await reopened.appRecords('settings').get('m1'))!)).toBe('not history');
+      expect(await reopened.appRecords('history').get('m2')).toBeNull();
+      await reopened.close();
+    });
+
+    it('keeps only the newest records when asked', async () => {
+      const stores = await open(newPath());
+      const log = stores.appRecords('log');
+      for (const n of [1, 2, 3, 4, 5]) await log.put(`k${n}`, text(`v${n}`));
+      await log.keepNewest(2);
+      expect(decoded(await log.list())).toEqual([
+        ['k4', 'v4'],
+        ['k5', 'v5'],
+      ]);
+      await expectCode(log.keepNewest(0), SecureChatErrorCode.InvalidArgument);
+      await stores.close();
+    });
+
+    it('writes neither keys nor values in the clear, and reports a tampered record with StoreTampered', async () => {
+      const path = newPath();
+      const stores = await open(path);
+      await stores.appRecords('history').put('conversation-with-wombat-walrus', text('PELICAN the parcel is under the bridge'));
+      await stores.close();
+      const file = readFileSync(path);
+      expect(file.includes(Buffer.from('wombat-walrus'))).toBe(false);
+      expect(file.includes(Buffer.from('PELICAN'))).toBe(false);
+
+      withRawFile(path, (db) => {
+        const row = db.prepare("SELECT seq, value FROM records WHERE kind = 'app:history'").get() as { seq: number; value: Buffer };
+        row.value[20] = row.value[20]! ^ 0x01;
+        db.prepare('UPDATE records SET value = ? WHERE seq = ?').run(row.value, row.seq);
+      });
+      await expectCode(open(path), SecureChatErrorCode.StoreTampered);
+    });
+
+    it('refuses collection names outside a-z, 0-9 and -, so that no app kind can be one of the SDK\'s', async () => {
+      const stores = await open(newPath());
+      for (const name of ['', 'History', 'a/b', 'x'.repeat(64)]) {
+        expect(() => stores.appRecords(name)).toThrow(SecureChatError);
+      }
+      await stores.close();
+      await expectCode(stores.appRecords('history').list(), SecureChatErrorCode.InvalidState);
+    });
+  });
+
   it('changes the passphrase by encrypting every record again under a new data key', async () => {
     const path = await populatedStore();
     const rows = () =>

@@ -38,7 +38,7 @@ import {
 } from '../stores/stores.js';
 import { receivedMessageKey, sentMessageKey } from '../stores/message-log-keys.js';
 import { StoreGate, transactionalStores, type StoreSet } from '../stores/transactional-stores.js';
-import { RecordKind, RecordTable, fromSqliteError, sqlite } from './record-table.js';
+import { RecordKind, RecordTable, fromSqliteError, sqlite, type AppRecordKind } from './record-table.js';
 import type { GroupRecord } from '../groups/group-rules.js';
 import { groupIdFromString, groupIdToString, type GroupMember } from '../groups/group-wire.js';
 import {
@@ -85,6 +85,26 @@ export interface SqliteStoreOptions {
    */
   kdf?: StoreKdfParams;
 }
+
+/**
+ * One collection of an app's own records (chat history, settings), kept in
+ * the store file and encrypted and authenticated like the SDK's records.
+ * Keys and values are the app's; a key is hashed into the row key, never
+ * written in the clear.
+ */
+export interface AppRecordCollection {
+  get(key: string): Promise<Uint8Array | null>;
+  /** Writes `value` under `key`; replacing a record keeps its place in `list` order. */
+  put(key: string, value: Uint8Array): Promise<void>;
+  delete(key: string): Promise<void>;
+  /** Every record, in the order first written. */
+  list(): Promise<Array<{ key: string; value: Uint8Array }>>;
+  /** Deletes all but the `count` (at least 1) most recently first-written records. */
+  keepNewest(count: number): Promise<void>;
+}
+
+/** `appRecords` collection names: short, and plain enough to read in a file listing of kinds. */
+const APP_COLLECTION_NAME = /^[a-z0-9][a-z0-9-]{0,62}$/;
 
 export interface ChangePassphraseOptions {
   /** scrypt cost for the new passphrase (default `DEFAULT_STORE_KDF`). */
@@ -265,6 +285,36 @@ export class SqliteStores implements SecureChatStores {
         newPassphrase.fill(0);
       }
     });
+  }
+
+  /**
+   * The app's collection `name` (lower-case letters, digits and `-`, at most
+   * 63), beside the SDK's records. Calls wait for an open transaction.
+   * @throws {SecureChatError} `InvalidArgument` (a bad name); the collection's calls throw
+   *   `StoreTampered`, `StoreFailure`, `InvalidState` after `close`.
+   */
+  appRecords(name: string): AppRecordCollection {
+    if (!APP_COLLECTION_NAME.test(name)) {
+      throw new SecureChatError(SecureChatErrorCode.InvalidArgument, 'an app collection name is 1-63 of a-z, 0-9 and -');
+    }
+    const kind: AppRecordKind = `app:${name}`;
+    const run = <T>(task: () => T) =>
+      this.gate.exclusive(() => {
+        this.assertOpen();
+        return task();
+      });
+    return {
+      get: (key) => run(() => this.records.get(kind, key)).then((payload) => (payload ? bytes(payload) : null)),
+      put: (key, value) => run(() => this.records.put(kind, key, value)),
+      delete: (key) => run(() => this.records.delete(kind, key)),
+      list: () => run(() => this.records.list(kind).map(({ id, payload }) => ({ key: id, value: bytes(payload) }))),
+      keepNewest: (count) => {
+        if (!Number.isInteger(count) || count < 1) {
+          return Promise.reject(new SecureChatError(SecureChatErrorCode.InvalidArgument, 'count must be a whole number of at least 1'));
+        }
+        return run(() => this.records.trimOldest(kind, count));
+      },
+    };
   }
 
   /** Waits for queued calls, then closes the file and forgets the keys. Idempotent. */
