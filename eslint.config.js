@@ -7,10 +7,11 @@ export default [
     ignores: ['**/dist', '**/node_modules', '**/generated', '**/coverage', 'tmp', 'data'],
   },
   {
-    files: ['**/*.ts', '**/*.js'],
+    files: ['**/*.ts', '**/*.tsx', '**/*.js'],
     rules: {
       // protocol depends on nothing of ours; the SDK only on protocol; the relay
-      // on protocol (the SDK only in its tests, see the override below).
+      // on protocol (the SDK only in its tests, see the override below); the
+      // terminal client on the SDK.
       '@nx/enforce-module-boundaries': [
         'error',
         {
@@ -20,6 +21,8 @@ export default [
             { sourceTag: 'scope:shared', onlyDependOnLibsWithTags: [] },
             { sourceTag: 'scope:sdk', onlyDependOnLibsWithTags: ['scope:shared'] },
             { sourceTag: 'scope:relay', onlyDependOnLibsWithTags: ['scope:shared'] },
+            // The terminal client is an app on the SDK, as our users' apps are.
+            { sourceTag: 'scope:cli', onlyDependOnLibsWithTags: ['scope:sdk', 'scope:shared'] },
             { sourceTag: 'type:lib', onlyDependOnLibsWithTags: ['type:lib'] },
           ],
         },
@@ -27,14 +30,14 @@ export default [
     },
   },
   {
-    files: ['**/*.ts'],
+    files: ['**/*.ts', '**/*.tsx'],
     rules: {
       '@typescript-eslint/no-unused-vars': ['error', { argsIgnorePattern: '^_', varsIgnorePattern: '^_' }],
     },
   },
   {
     // A test that asserts a value exists and then reads it says so with `!`.
-    files: ['**/*.spec.ts', '**/test/**/*.ts', '**/testing/**/*.ts', '**/test-support/**/*.ts'],
+    files: ['**/*.spec.ts', '**/*.spec.tsx', '**/test/**/*.ts', '**/testing/**/*.ts', '**/test-support/**/*.ts'],
     rules: { '@typescript-eslint/no-non-null-assertion': 'off' },
   },
   {
