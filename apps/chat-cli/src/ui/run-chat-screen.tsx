@@ -13,9 +13,10 @@ export interface ChatScreenStreams {
  * Ctrl-C is the screen's to handle (it asks the session to quit), not Ink's.
  */
 export async function runChatScreen(controller: ChatController, options: ChatScreenStreams = {}): Promise<void> {
+  // Ink takes an explicit `undefined` stream as the stream, not as "use the default".
   const instance = render(<ChatScreen controller={controller} />, {
-    stdin: options.stdin,
-    stdout: options.stdout,
+    ...(options.stdin && { stdin: options.stdin }),
+    ...(options.stdout && { stdout: options.stdout }),
     exitOnCtrlC: false,
   });
   let renderError: unknown;
