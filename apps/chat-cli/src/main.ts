@@ -1,6 +1,7 @@
 #!/usr/bin/env node
 // chat-cli: end-to-end encrypted chat in the terminal, on @chat/signal-sdk.
 // Exit codes: 0 done; 1 a failure (one line on stderr); 2 bad usage.
+import { inspect } from 'node:util';
 import { Command, CommanderError, Option } from 'commander';
 import { ConnectionState, ChatEvent, type SecureChatClient, type SecureChatLogger } from '@chat/signal-sdk';
 import type { SqliteStores } from '@chat/signal-sdk/sqlite';
@@ -298,7 +299,7 @@ async function main(argv: string[]): Promise<number> {
       // Help and version are answers, not failures; commander already printed its usage message.
       return error.exitCode === 0 ? 0 : 2;
     }
-    if (debug) process.stderr.write(`${(error as Error)?.stack ?? String(error)}\n`);
+    if (debug) process.stderr.write(`${inspect(error, { depth: 6 })}\n`);
     process.stderr.write(`chat-cli: ${describeError(error)}\n`);
     return error instanceof CliError ? error.exitCode : 1;
   }

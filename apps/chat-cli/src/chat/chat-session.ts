@@ -437,7 +437,11 @@ export class ChatSession implements ChatController {
     this.track(this.history.saveConversation({ id: conversation, kind: 'group', title: update.group.title, createdAt: this.now() }));
     const parts: string[] = [];
     if (update.removedSelf) parts.push(`${update.author} removed you from ${update.group.title}`);
-    else {
+    else if (update.group.revision === 1) {
+      // The group's first state: everyone in it is new.
+      const others = update.group.members.filter((member) => member !== update.author && member !== this.username);
+      parts.push(`${update.author} created ${update.group.title} with you${others.length > 0 ? `, ${others.join(', ')}` : ''}`);
+    } else {
       if (update.added.length > 0) parts.push(`${update.author} added ${update.added.join(', ')}`);
       if (update.removed.length > 0) parts.push(`${update.author} removed ${update.removed.join(', ')}`);
       if (parts.length === 0) parts.push(`${update.author} updated ${update.group.title}`);

@@ -67,5 +67,5 @@ export async function chooseProfile(home: string, given: string | undefined): Pr
   if (profiles.length === 0) {
     throw new CliError(`no account in ${home}; create one with chat-cli register <username>`);
   }
-  throw new CliError(`${home} holds several accounts (${profiles.join(', ')}); name one: chat-cli login <username>`);
+  throw new CliError(`${home} holds several accounts (${profiles.join(', ')}); name one (chat-cli login <username>, or --as <username>)`);
 }

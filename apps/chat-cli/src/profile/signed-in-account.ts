@@ -5,6 +5,7 @@ import type { SqliteStores } from '@chat/signal-sdk/sqlite';
 import { CliError, describeError } from '../errors.js';
 import { openAccountStore, readProfile, type Profile } from './account-store.js';
 import { readPassphrase } from './passphrase.js';
+import { storePathOf } from './profile-paths.js';
 
 export const DEFAULT_RELAY_URL = 'http://127.0.0.1:8080';
 
@@ -69,7 +70,7 @@ export async function signIn(options: SignInOptions): Promise<SignedInAccount> {
     const profile = await readProfile(stores, options.username);
     relayUrl = options.relayUrl ?? profile.relayUrl;
     const client = createClient(stores, { relayUrl, trustRoot: options.trustRoot, logger: options.logger });
-    await resumeOrLogIn(client, profile);
+    await resumeOrLogIn(client, profile, storePathOf(options.home, options.username));
     return { client, stores, profile, relayUrl };
   } catch (error) {
     await stores.close();
@@ -77,14 +78,19 @@ export async function signIn(options: SignInOptions): Promise<SignedInAccount> {
   }
 }
 
-async function resumeOrLogIn(client: SecureChatClient, profile: Profile): Promise<void> {
+async function resumeOrLogIn(client: SecureChatClient, profile: Profile, storePath: string): Promise<void> {
   try {
     await client.resume();
   } catch (error) {
     const noSession = SecureChatError.is(error, SecureChatErrorCode.SessionExpired) || SecureChatError.is(error, SecureChatErrorCode.InvalidState);
     if (!noSession) throw error;
     if (!profile.relayPassword) {
-      throw new CliError(`the session of ${profile.username} on this linked device expired; link it again with chat-cli link`, 1, { cause: error });
+      throw new CliError(
+        `this linked device can no longer sign in as ${profile.username} (it was unlinked, or unused too long); ` +
+          `delete ${storePath} and link it again with chat-cli link ${profile.username}`,
+        1,
+        { cause: error },
+      );
     }
     await client.login(profile.username, profile.relayPassword);
   }
