@@ -11,10 +11,10 @@
 //   <status>
 //   › <draft>
 import { Box, Text, type TextProps, useInput } from 'ink';
-import TextInput from 'ink-text-input';
 import type { ConnectionState } from '@chat/signal-sdk';
 import { useCallback, useRef, useState, useSyncExternalStore } from 'react';
 import { type ChatController, type ChatLine, type ChatView, type ConversationSummary, LineKind } from '../chat/chat-view.js';
+import { InputLine } from './input-line.js';
 import { lineSpans, type LineStyle, TIME_WIDTH } from './line-format.js';
 import { displayWidth, printable, type Row, truncate, wrapSpans } from './text-layout.js';
 import { useTerminalSize } from './use-terminal-size.js';
@@ -70,39 +70,14 @@ function useChatView(controller: ChatController): ChatView {
 export function ChatScreen({ controller }: ChatScreenProps) {
   const view = useChatView(controller);
   const { columns, rows } = useTerminalSize();
+  // The input line owns the draft; the screen keeps a copy to size the input rows.
   const [draft, setDraft] = useState('');
-  // Remounting the input puts its cursor back at the end, after a swallowed key moved it.
-  const [inputKey, setInputKey] = useState(0);
-
-  // ink-text-input inserts the letter of any Ctrl/Alt chord (Ctrl-N would type "n"), and
-  // which of the two input handlers runs first is not fixed. So a change waits for the end
-  // of the key's dispatch (a microtask), and is dropped when the key was a chord.
-  const pendingDraft = useRef<string | null>(null);
-  const chordPressed = useRef(false);
-  const settleDraft = useCallback(() => {
-    const next = pendingDraft.current;
-    const chord = chordPressed.current;
-    pendingDraft.current = null;
-    chordPressed.current = false;
-    if (next === null) return;
-    if (chord) {
-      setInputKey((key) => key + 1);
-      return;
-    }
-    setDraft(next);
-    controller.draftChanged(next);
-  }, [controller]);
-
   const changeDraft = (text: string) => {
-    pendingDraft.current = text;
-    queueMicrotask(settleDraft);
+    setDraft(text);
+    controller.draftChanged(text);
   };
-
-  const submitDraft = (line: string) => {
-    if (line.trim() === '') return;
-    setDraft('');
+  const submit = (line: string) => {
     void controller.submit(line);
-    controller.draftChanged('');
   };
 
   const openNeighbour = (step: 1 | -1) => {
@@ -128,16 +103,8 @@ export function ChatScreen({ controller }: ChatScreenProps) {
       openNeighbour(key.shift ? -1 : 1);
       return;
     }
-    if ((key.ctrl || key.meta) && input.length === 1) {
-      chordPressed.current = true;
-      queueMicrotask(settleDraft);
-      if (key.ctrl && input === 'n') openNeighbour(1);
-      if (key.ctrl && input === 'p') openNeighbour(-1);
-      if (key.ctrl && input === 'u' && draft !== '') {
-        setDraft('');
-        controller.draftChanged('');
-      }
-    }
+    if (key.ctrl && input === 'n') openNeighbour(1);
+    if (key.ctrl && input === 'p') openNeighbour(-1);
   });
 
   // Rows: header, rule, body, rule, status, input; one row is left free so Ink never
@@ -146,7 +113,7 @@ export function ChatScreen({ controller }: ChatScreenProps) {
   const height = Math.max(rows - 1, 8);
   const statusRows = statusLayout(view, width);
   const inputRows = Math.min(MAX_INPUT_ROWS, Math.ceil((displayWidth(draft) + 1) / Math.max(1, width - PROMPT.length)));
-  const bodyRows = Math.max(1, height - 4 - statusRows.length - inputRows);
+  const bodyRows = Math.max(1, height - 3 - statusRows.length - inputRows);
   const listWidth = width >= 60 ? LIST_WIDTH : Math.max(10, Math.floor(width / 3));
   const rightWidth = width - listWidth - SEPARATOR.length;
   const rule = '─'.repeat(width);
@@ -179,8 +146,7 @@ export function ChatScreen({ controller }: ChatScreenProps) {
         ))}
       </Box>
       <Box height={inputRows} overflow="hidden">
-        <Text>{PROMPT}</Text>
-        <TextInput key={inputKey} value={draft} onChange={changeDraft} onSubmit={submitDraft} />
+        <InputLine prompt={PROMPT} onChange={changeDraft} onSubmit={submit} />
       </Box>
     </Box>
   );
