@@ -89,6 +89,19 @@ describe('two people chat in two terminals through a real relay (issue #8 accept
   let databaseWhileAway = '';
   let queuedCiphertexts: string[] = [];
 
+  // Each step builds on the ones before: after a failure, the rest say so instead of failing confusingly.
+  let failedStep: string | null = null;
+  const step = (name: string, body: () => Promise<void>) =>
+    it(name, async () => {
+      if (failedStep !== null) throw new Error(`not run: an earlier step failed ("${failedStep}")`);
+      try {
+        await body();
+      } catch (error) {
+        failedStep = name;
+        throw error;
+      }
+    });
+
   const cli = (user: 'alice' | 'bob', args: string[]) => {
     const terminal = startCli(args, { home: homes[user], relayUrl: relay.url });
     terminals.push(terminal);
@@ -107,7 +120,7 @@ describe('two people chat in two terminals through a real relay (issue #8 accept
     for (const home of Object.values(homes)) if (home) await rm(home, { recursive: true, force: true });
   });
 
-  it('registers alice and bob: each answers the passphrase prompts and reaches the chat screen, connected', async () => {
+  step('registers alice and bob: each answers the passphrase prompts and reaches the chat screen, connected', async () => {
     alice = cli('alice', ['register', 'alice']);
     bob = cli('bob', ['register', 'bob']);
     await answerPassphrase(alice, passphrase.alice, { repeat: true });
@@ -116,7 +129,7 @@ describe('two people chat in two terminals through a real relay (issue #8 accept
     await bob.waitFor(connected('bob'));
   });
 
-  it('delivers alice’s message to bob as unread, marks it ✓✓ (delivered) for alice, then ✓✓ read once bob opens it', async () => {
+  step('delivers alice’s message to bob as unread, marks it ✓✓ (delivered) for alice, then ✓✓ read once bob opens it', async () => {
     await submit(alice, '/open bob');
     await alice.waitFor(/> bob/);
     await submit(alice, text.first);
@@ -132,7 +145,7 @@ describe('two people chat in two terminals through a real relay (issue #8 accept
     await alice.waitFor(outgoing(text.first, '✓✓ read'));
   });
 
-  it('shows "bob is typing…" to alice while bob types, and bob’s answer replaces it', async () => {
+  step('shows "bob is typing…" to alice while bob types, and bob’s answer replaces it', async () => {
     // Bob types his answer; until he sends it, alice sees him typing.
     bob.type(text.reply);
     await bob.waitFor(inputLine(text.reply));
@@ -146,7 +159,7 @@ describe('two people chat in two terminals through a real relay (issue #8 accept
     await bob.waitFor(outgoing(text.reply, '✓✓ read'));
   });
 
-  it('verifies safety numbers both ways from the 60 digits on the other’s screen, and refuses a wrong number', async () => {
+  step('verifies safety numbers both ways from the 60 digits on the other’s screen, and refuses a wrong number', async () => {
     await submit(alice, '/safety');
     await submit(bob, '/safety');
     const onAliceScreen = safetyNumberOn(await alice.waitFor('Safety number with bob:'), 'bob');
@@ -166,7 +179,7 @@ describe('two people chat in two terminals through a real relay (issue #8 accept
     await bob.waitFor('alice is verified');
   });
 
-  it('survives a relay crash: both screens say reconnecting, then connected once it restarts on the same port and database, and a message sent during the outage arrives', async () => {
+  step('survives a relay crash: both screens say reconnecting, then connected once it restarts on the same port and database, and a message sent during the outage arrives', async () => {
     await relay.kill();
     await alice.waitFor(reconnecting('alice'));
     await bob.waitFor(reconnecting('bob'));
@@ -181,7 +194,7 @@ describe('two people chat in two terminals through a real relay (issue #8 accept
     await alice.waitFor(outgoing(text.duringOutage, '✓✓ read'));
   });
 
-  it('quits with /quit (exit 0); the relay keeps alice’s next message for bob as ciphertext only', async () => {
+  step('quits with /quit (exit 0); the relay keeps alice’s next message for bob as ciphertext only', async () => {
     await submit(bob, '/quit');
     expect(await bob.exited).toBe(0);
 
@@ -201,7 +214,7 @@ describe('two people chat in two terminals through a real relay (issue #8 accept
     await alice.waitFor(connected('alice'), RECONNECT_WAIT_MS);
   });
 
-  it('logs bob in again with his passphrase: the history is still there and the message kept for him arrives', async () => {
+  step('logs bob in again with his passphrase: the history is still there and the message kept for him arrives', async () => {
     bob = cli('bob', ['login', 'bob']);
     await answerPassphrase(bob, passphrase.bob, { repeat: false });
     await bob.waitFor(connected('bob'));
@@ -213,7 +226,7 @@ describe('two people chat in two terminals through a real relay (issue #8 accept
     await alice.waitFor(outgoing(text.whileAway, '✓✓ read'));
   });
 
-  it('quits with Ctrl-C (exit 0) and logs alice in again with her passphrase: the conversation comes back from her encrypted store', async () => {
+  step('quits with Ctrl-C (exit 0) and logs alice in again with her passphrase: the conversation comes back from her encrypted store', async () => {
     alice.press('ctrl-c');
     expect(await alice.exited).toBe(0);
     await submit(bob, '/quit');
@@ -231,7 +244,7 @@ describe('two people chat in two terminals through a real relay (issue #8 accept
     expect(await alice.exited).toBe(0);
   });
 
-  it('leaves no message text (plain, hex or base64) in the relay’s database or logs, and no passphrase in its logs', async () => {
+  step('leaves no message text (plain, hex or base64) in the relay’s database or logs, and no passphrase in its logs', async () => {
     await relay.stop();
     const database = `${databaseWhileAway}\n${await relay.databaseText()}`;
     const logs = relay.logs();

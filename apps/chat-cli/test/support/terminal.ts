@@ -107,7 +107,8 @@ export function startInTerminal(nodeArgs: string[], options: TerminalOptions): C
   const screen = () => {
     const buffer = terminal.buffer.active;
     const rows: string[] = [];
-    for (let row = 0; row < terminal.rows; row++) rows.push(buffer.getLine(buffer.viewportY + row)?.translateToString(true) ?? '');
+    // Written spaces (a cursor drawn as an inverse space, padding) count as text to xterm; a person does not see them.
+    for (let row = 0; row < terminal.rows; row++) rows.push((buffer.getLine(buffer.viewportY + row)?.translateToString(true) ?? '').trimEnd());
     while (rows.length > 0 && rows[rows.length - 1] === '') rows.pop();
     return rows.join('\n');
   };
