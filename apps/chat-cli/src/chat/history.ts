@@ -80,8 +80,9 @@ export class ChatHistory {
 
   lastActivity(conversation: ConversationId): number {
     const lines = this.lines(conversation);
-    const newest = lines.length > 0 ? Math.max(...lines.slice(-50).map((stored) => stored.line.timestamp)) : 0;
-    return Math.max(newest, this.conversations.get(conversation)?.createdAt ?? 0);
+    // An empty conversation (just opened) counts from when it was opened.
+    if (lines.length === 0) return this.conversations.get(conversation)?.createdAt ?? 0;
+    return Math.max(...lines.slice(-50).map((stored) => stored.line.timestamp));
   }
 
   /** Adds the conversation if new, or renames it (a group's new title). */
