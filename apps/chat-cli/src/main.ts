@@ -50,12 +50,13 @@ async function register(usernameArg: string, options: { chat: boolean }, command
   await refuseExistingStore(settings.home, username);
   const passphrase = await readPassphrase({ confirm: true });
   const stores = await createAccountStore(settings.home, username, passphrase);
-  const profile: Profile = { username, relayUrl, relayPassword: newRelayPassword() };
+  const relayPassword = newRelayPassword();
+  const profile: Profile = { username, relayUrl, relayPassword };
   let client: SecureChatClient;
   try {
     await saveProfile(stores, profile);
     client = createClient(stores, { relayUrl, trustRoot: settings.trustRoot, logger: settings.logger });
-    await client.register(username, profile.relayPassword!);
+    await client.register(username, relayPassword);
   } catch (error) {
     // Nothing of a refused registration is worth keeping: a retry starts clean.
     await stores.close();
@@ -122,14 +123,17 @@ async function send(to: string | undefined, words: string[], options: { as?: str
   // With --group every word is the message; without it the first names the recipient.
   const messageWords = options.group ? [...(to === undefined ? [] : [to]), ...words] : words;
   const text = messageWords.join(' ');
-  if (!options.group && to === undefined) throw new CliError('name the recipient: chat-cli send <to> <message...>', 2);
   if (text.trim().length === 0) throw new CliError('the message is empty: chat-cli send <to> <message...>', 2);
-  const peer = options.group ? undefined : checkUsername(to!);
+  let target: { group: string } | { peer: string };
+  if (options.group) target = { group: options.group };
+  else if (to === undefined) throw new CliError('name the recipient: chat-cli send <to> <message...>', 2);
+  else target = { peer: checkUsername(to) };
+  const peer = 'peer' in target ? target.peer : undefined;
   const username = await chooseProfile(settings.home, options.as);
   const account = await signIn({ home: settings.home, username, relayUrl: settings.relayUrl, trustRoot: settings.trustRoot, logger: settings.logger });
   const session = await openSession(account.client, account.stores, account.relayUrl, settings);
   try {
-    const sent = options.group ? await session.sendToGroup(options.group, text) : await session.sendDirect(peer!, text);
+    const sent = 'group' in target ? await session.sendToGroup(target.group, text) : await session.sendDirect(target.peer, text);
     process.stdout.write(`sent ${sent.id}\n`);
   } catch (error) {
     throw asCliError(error, { relayUrl: account.relayUrl, username, peer });
@@ -175,12 +179,14 @@ async function refuseExistingStore(home: string, username: string): Promise<void
   if (exists) throw new CliError(`${username} already has a store at ${path}; sign in with chat-cli login ${username}`);
 }
 
-function openSession(client: SecureChatClient, stores: SqliteStores, relayUrl: string, settings: Settings): Promise<ChatSession> {
+async function openSession(client: SecureChatClient, stores: SqliteStores, relayUrl: string, settings: Settings): Promise<ChatSession> {
+  const { username, deviceId } = client;
+  if (username === null || deviceId === null) throw new CliError('not signed in: the session needs a signed-in client');
   return ChatSession.open({
     client,
     stores,
-    username: client.username!,
-    deviceId: client.deviceId!,
+    username,
+    deviceId,
     relayUrl,
     groupsEnabled: settings.trustRoot !== undefined,
   }).catch(async (error: unknown) => {
@@ -193,22 +199,23 @@ function openSession(client: SecureChatClient, stores: SqliteStores, relayUrl: s
 /** Connects and waits until every message that was waiting has been handled and kept. */
 async function takeWaitingMessages(client: SecureChatClient, session: ChatSession): Promise<void> {
   const queueEmpty = session.whenQueueEmpty();
-  let onState: ((state: ConnectionState) => void) | undefined;
   // A connection lost before the queue was drained would be retried forever; a script wants an answer.
+  let dropped: (error: CliError) => void = () => undefined;
   const lost = new Promise<never>((_, reject) => {
-    onState = (state) => {
-      if (state === ConnectionState.Reconnecting || state === ConnectionState.Disconnected) {
-        reject(new CliError('the connection to the relay dropped before every waiting message arrived; run chat-cli inbox again'));
-      }
-    };
-    client.on(ChatEvent.ConnectionState, onState);
+    dropped = reject;
   });
   lost.catch(() => undefined);
+  const onState = (state: ConnectionState) => {
+    if (state === ConnectionState.Reconnecting || state === ConnectionState.Disconnected) {
+      dropped(new CliError('the connection to the relay dropped before every waiting message arrived; run chat-cli inbox again'));
+    }
+  };
+  client.on(ChatEvent.ConnectionState, onState);
   try {
     await client.connect();
     await Promise.race([queueEmpty, lost]);
   } finally {
-    client.off(ChatEvent.ConnectionState, onState!);
+    client.off(ChatEvent.ConnectionState, onState);
   }
 }
 

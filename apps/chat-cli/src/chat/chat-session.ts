@@ -121,6 +121,8 @@ const MAX_EARLY_RECEIPTS = 1_000;
 
 const peerOf = (conversation: ConversationId): string | null => (conversation.startsWith('direct:') ? conversation.slice('direct:'.length) : null);
 const groupIdOf = (conversation: ConversationId): string | null => (conversation.startsWith('group:') ? conversation.slice('group:'.length) : null);
+const targetOf = (conversation: ConversationId): { peer: string } | { groupId: string } =>
+  conversation.startsWith('direct:') ? { peer: conversation.slice('direct:'.length) } : { groupId: conversation.slice('group:'.length) };
 
 function formatSafetyNumber(digits: string): string {
   return digits.match(/.{1,5}/g)?.join(' ') ?? digits;
@@ -237,8 +239,8 @@ export class ChatSession implements ChatController {
       if (!this.openId) return this.setStatus('error', 'open a conversation first: /open <username>');
       this.stopTyping();
       const conversation = this.openId;
-      const groupId = groupIdOf(conversation);
-      const queued = groupId ? this.startGroupSend(groupId, input.text) : this.startDirectSend(peerOf(conversation)!, input.text);
+      const target = targetOf(conversation);
+      const queued = 'peer' in target ? this.startDirectSend(target.peer, input.text) : this.startGroupSend(target.groupId, input.text);
       // The mark follows later; a failure is shown on the line and in the status.
       this.track(queued.done.catch(() => undefined));
       await queued.saved;
@@ -516,21 +518,21 @@ export class ChatSession implements ChatController {
       case 'open':
         return this.openTarget(command.target);
       case 'safety': {
-        const peer = this.requireDirect('/safety');
+        const { peer, conversation } = this.requireDirect('/safety');
         const safety = await this.withPeer(peer, () => this.client.safetyNumber(peer));
-        this.addLine(this.openId!, LineKind.Notice, `Safety number with ${peer}: ${formatSafetyNumber(safety.displayable)}`);
+        this.addLine(conversation, LineKind.Notice, `Safety number with ${peer}: ${formatSafetyNumber(safety.displayable)}`);
         return this.setStatus('info', `compare it with ${peer}'s screen, then /verify <the 60 digits>`);
       }
       case 'verify': {
-        const peer = this.requireDirect('/verify');
+        const { peer, conversation } = this.requireDirect('/verify');
         await this.withPeer(peer, () => this.client.verifySafetyNumber(peer, command.digits));
-        this.addLine(this.openId!, LineKind.Notice, `${peer} is verified`);
+        this.addLine(conversation, LineKind.Notice, `${peer} is verified`);
         return this.setStatus('info', `${peer} is verified`);
       }
       case 'accept': {
-        const peer = this.requireDirect('/accept');
+        const { peer, conversation } = this.requireDirect('/accept');
         await this.withPeer(peer, () => this.client.acceptIdentity(peer));
-        this.addLine(this.openId!, LineKind.Notice, `${peer}'s new safety number is trusted`);
+        this.addLine(conversation, LineKind.Notice, `${peer}'s new safety number is trusted`);
         return this.setStatus('info', `${peer}'s new safety number is trusted; messages to ${peer} go again`);
       }
       case 'devices': {
@@ -558,17 +560,17 @@ export class ChatSession implements ChatController {
         return this.setStatus('info', `group ${group.title} created`);
       }
       case 'group-add': {
-        const groupId = this.requireGroup('/group add');
+        const { groupId, conversation } = this.requireGroup('/group add');
         const group = await this.client.addGroupMembers(groupId, command.members.map((member) => member.toLowerCase()));
         this.groupsById.set(group.id, group);
-        this.addLine(this.openId!, LineKind.Notice, `you added ${command.members.join(', ')}`);
+        this.addLine(conversation, LineKind.Notice, `you added ${command.members.join(', ')}`);
         return this.setStatus('info', `${group.title}: ${group.members.join(', ')}`);
       }
       case 'group-remove': {
-        const groupId = this.requireGroup('/group remove');
+        const { groupId, conversation } = this.requireGroup('/group remove');
         const group = await this.client.removeGroupMember(groupId, command.member.toLowerCase());
         this.groupsById.set(group.id, group);
-        this.addLine(this.openId!, LineKind.Notice, `you removed ${command.member}`);
+        this.addLine(conversation, LineKind.Notice, `you removed ${command.member}`);
         return this.setStatus('info', `${group.title}: ${group.members.join(', ')}`);
       }
       case 'help':
@@ -608,10 +610,12 @@ export class ChatSession implements ChatController {
     }
   }
 
-  private requireDirect(command: string): string {
-    const peer = this.openId ? peerOf(this.openId) : null;
-    if (!peer) throw new CommandError(`${command} works in a conversation with one person: /open <username> first`);
-    return peer;
+  /** The open direct conversation and its peer. */
+  private requireDirect(command: string): { peer: string; conversation: ConversationId } {
+    const conversation = this.openId;
+    const peer = conversation ? peerOf(conversation) : null;
+    if (!conversation || !peer) throw new CommandError(`${command} works in a conversation with one person: /open <username> first`);
+    return { peer, conversation };
   }
 
   private requireGroups(): void {
@@ -620,12 +624,15 @@ export class ChatSession implements ChatController {
     }
   }
 
-  private requireGroup(command: string): string {
+  /** The open group conversation and its group id. */
+  private requireGroup(command: string): { groupId: string; conversation: ConversationId } {
     this.requireGroups();
-    const groupId = this.openId ? groupIdOf(this.openId) : null;
-    if (!groupId) throw new CommandError(`${command} works in an open group: /open <group title> first`);
-    return groupId;
+    const conversation = this.openId;
+    const groupId = conversation ? groupIdOf(conversation) : null;
+    if (!conversation || !groupId) throw new CommandError(`${command} works in an open group: /open <group title> first`);
+    return { groupId, conversation };
   }
+
 
   // --- the view ---------------------------------------------------------------
 
@@ -634,7 +641,7 @@ export class ChatSession implements ChatController {
       .map((conversation) => ({
         id: conversation.id,
         kind: conversation.kind,
-        title: conversation.kind === 'group' ? (this.groupsById.get(groupIdOf(conversation.id)!)?.title ?? conversation.title) : conversation.title,
+        title: this.groupsById.get(groupIdOf(conversation.id) ?? '')?.title ?? conversation.title,
         unread: this.history.unread(conversation.id),
         lastActivity: this.history.lastActivity(conversation.id),
       }))
@@ -689,7 +696,8 @@ export class ChatSession implements ChatController {
     const known = this.earlyReceipts.get(timestamp);
     if (known && MARK_ORDER[known] >= MARK_ORDER[mark]) return;
     this.earlyReceipts.set(timestamp, mark);
-    if (this.earlyReceipts.size > MAX_EARLY_RECEIPTS) this.earlyReceipts.delete(this.earlyReceipts.keys().next().value!);
+    const oldest = this.earlyReceipts.keys().next();
+    if (this.earlyReceipts.size > MAX_EARLY_RECEIPTS && !oldest.done) this.earlyReceipts.delete(oldest.value);
   }
 
   private applyEarlyReceipt(timestamp: number): void {

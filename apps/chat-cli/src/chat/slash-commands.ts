@@ -47,7 +47,7 @@ const usage = (name: SlashCommand['name']): InputLine => ({ kind: 'usage', text:
 export function splitWords(text: string): string[] {
   const words: string[] = [];
   const pattern = /"([^"]*)"?|(\S+)/g;
-  for (let match = pattern.exec(text); match; match = pattern.exec(text)) words.push(match[1] ?? match[2]!);
+  for (let match = pattern.exec(text); match; match = pattern.exec(text)) words.push(match[1] ?? match[2] ?? '');
   return words;
 }
 
@@ -65,7 +65,7 @@ function parseCommand(head: string, args: string[]): InputLine | null {
   const command = (value: SlashCommand): InputLine => ({ kind: 'command', command: value });
   switch (head) {
     case 'open':
-      return args.length === 1 ? command({ name: 'open', target: args[0]! }) : usage('open');
+      return args.length === 1 ? command({ name: 'open', target: args[0] }) : usage('open');
     case 'safety':
       return args.length === 0 ? command({ name: 'safety' }) : usage('safety');
     case 'verify': {
@@ -77,10 +77,10 @@ function parseCommand(head: string, args: string[]): InputLine | null {
     case 'devices':
       return args.length === 0 ? command({ name: 'devices' }) : usage('devices');
     case 'link':
-      return args.length === 1 ? command({ name: 'link', uri: args[0]! }) : usage('link');
+      return args.length === 1 ? command({ name: 'link', uri: args[0] }) : usage('link');
     case 'unlink': {
       const deviceId = Number(args[0]);
-      return args.length === 1 && /^\d+$/.test(args[0]!) && Number.isSafeInteger(deviceId)
+      return args.length === 1 && /^\d+$/.test(args[0]) && Number.isSafeInteger(deviceId)
         ? command({ name: 'unlink', deviceId })
         : usage('unlink');
     }
@@ -106,7 +106,7 @@ function parseGroupCommand([action, ...args]: string[]): InputLine {
     case 'add':
       return args.length > 0 ? command({ name: 'group-add', members: args }) : usage('group-add');
     case 'remove':
-      return args.length === 1 ? command({ name: 'group-remove', member: args[0]! }) : usage('group-remove');
+      return args.length === 1 ? command({ name: 'group-remove', member: args[0] }) : usage('group-remove');
     default:
       return { kind: 'usage', text: `usage: ${USAGE['group-create']} | ${USAGE['group-add']} | ${USAGE['group-remove']}` };
   }

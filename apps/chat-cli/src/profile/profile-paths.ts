@@ -63,7 +63,7 @@ export async function listProfiles(home: string): Promise<string[]> {
 export async function chooseProfile(home: string, given: string | undefined): Promise<string> {
   if (given !== undefined) return checkUsername(given);
   const profiles = await listProfiles(home);
-  if (profiles.length === 1) return profiles[0]!;
+  if (profiles.length === 1) return profiles[0];
   if (profiles.length === 0) {
     throw new CliError(`no account in ${home}; create one with chat-cli register <username>`);
   }
