@@ -43,13 +43,18 @@ function settingsOf(command: Command): Settings {
 
 // --- commands ------------------------------------------------------------------
 
-async function register(usernameArg: string, options: { chat: boolean }, command: Command): Promise<void> {
-  const settings = settingsOf(command);
+/** `register` and `link`: a new store for `usernameArg` (none may exist yet), locked by a passphrase asked twice. */
+async function newAccountStore(settings: Settings, usernameArg: string): Promise<{ username: string; relayUrl: string; stores: SqliteStores }> {
   const username = checkUsername(usernameArg);
   const relayUrl = settings.relayUrl ?? DEFAULT_RELAY_URL;
   await refuseExistingStore(settings.home, username);
   const passphrase = await readPassphrase({ confirm: true });
-  const stores = await createAccountStore(settings.home, username, passphrase);
+  return { username, relayUrl, stores: await createAccountStore(settings.home, username, passphrase) };
+}
+
+async function register(usernameArg: string, options: { chat: boolean }, command: Command): Promise<void> {
+  const settings = settingsOf(command);
+  const { username, relayUrl, stores } = await newAccountStore(settings, usernameArg);
   const relayPassword = newRelayPassword();
   const profile: Profile = { username, relayUrl, relayPassword };
   let client: SecureChatClient;
@@ -81,11 +86,7 @@ async function login(usernameArg: string | undefined, _options: unknown, command
 
 async function link(usernameArg: string, options: { chat: boolean }, command: Command): Promise<void> {
   const settings = settingsOf(command);
-  const username = checkUsername(usernameArg);
-  const relayUrl = settings.relayUrl ?? DEFAULT_RELAY_URL;
-  await refuseExistingStore(settings.home, username);
-  const passphrase = await readPassphrase({ confirm: true });
-  const stores = await createAccountStore(settings.home, username, passphrase);
+  const { username, relayUrl, stores } = await newAccountStore(settings, usernameArg);
   const client = createClient(stores, { relayUrl, trustRoot: settings.trustRoot, logger: settings.logger });
   const cancel = new AbortController();
   const onInterrupt = () => cancel.abort(new CliError('cancelled; this device was not linked'));

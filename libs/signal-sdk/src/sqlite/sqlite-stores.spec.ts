@@ -43,6 +43,15 @@ function withRawFile<T>(path: string, run: (db: Database.Database) => T): T {
   }
 }
 
+/** Flips one ciphertext byte of the first record of `kind` in a closed store file. */
+function flipCiphertextByte(path: string, kind: string): void {
+  withRawFile(path, (db) => {
+    const row = db.prepare('SELECT seq, value FROM records WHERE kind = ? ORDER BY seq LIMIT 1').get(kind) as { seq: number; value: Buffer };
+    row.value[20] = row.value[20]! ^ 0x01;
+    db.prepare('UPDATE records SET value = ? WHERE seq = ?').run(row.value, row.seq);
+  });
+}
+
 /** A store with a few records of several kinds, closed. */
 async function populatedStore(path = newPath()): Promise<string> {
   const stores = await open(path);
@@ -110,11 +119,7 @@ describe('SqliteStores', () => {
 
   it('reports a flipped byte in a record ciphertext with StoreTampered when opening', async () => {
     const path = await populatedStore();
-    withRawFile(path, (db) => {
-      const row = db.prepare("SELECT seq, value FROM records WHERE kind = 'pre-key' ORDER BY seq LIMIT 1").get() as { seq: number; value: Buffer };
-      row.value[20] = row.value[20]! ^ 0x01;
-      db.prepare('UPDATE records SET value = ? WHERE seq = ?').run(row.value, row.seq);
-    });
+    flipCiphertextByte(path, 'pre-key');
     await expectCode(open(path), SecureChatErrorCode.StoreTampered);
   });
 
@@ -246,11 +251,7 @@ describe('SqliteStores', () => {
       expect(file.includes(Buffer.from('wombat-walrus'))).toBe(false);
       expect(file.includes(Buffer.from('PELICAN'))).toBe(false);
 
-      withRawFile(path, (db) => {
-        const row = db.prepare("SELECT seq, value FROM records WHERE kind = 'app:history'").get() as { seq: number; value: Buffer };
-        row.value[20] = row.value[20]! ^ 0x01;
-        db.prepare('UPDATE records SET value = ? WHERE seq = ?').run(row.value, row.seq);
-      });
+      flipCiphertextByte(path, 'app:history');
       await expectCode(open(path), SecureChatErrorCode.StoreTampered);
     });
 
