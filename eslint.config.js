@@ -11,7 +11,8 @@ export default [
     rules: {
       // protocol depends on nothing of ours; the SDK only on protocol; the relay
       // on protocol (the SDK only in its tests, see the override below); the
-      // terminal client on the SDK.
+      // terminal client on the SDK; tools (benchmarks) on the SDK and the test
+      // harnesses.
       '@nx/enforce-module-boundaries': [
         'error',
         {
@@ -23,6 +24,10 @@ export default [
             { sourceTag: 'scope:relay', onlyDependOnLibsWithTags: ['scope:shared'] },
             // The terminal client is an app on the SDK, as our users' apps are.
             { sourceTag: 'scope:cli', onlyDependOnLibsWithTags: ['scope:sdk', 'scope:shared'] },
+            // Benchmarks and other scripts drive the SDK and the relay as a process.
+            { sourceTag: 'scope:tools', onlyDependOnLibsWithTags: ['scope:sdk', 'scope:shared', 'scope:testing'] },
+            // Test harnesses (the relay as a child process) depend on nothing of ours.
+            { sourceTag: 'scope:testing', onlyDependOnLibsWithTags: [] },
             { sourceTag: 'type:lib', onlyDependOnLibsWithTags: ['type:lib'] },
           ],
         },
