@@ -57,4 +57,16 @@ export default [
       ],
     },
   },
+  {
+    // The terminal client's whole-system tests start the built relay through the shared harness.
+    files: ['apps/chat-cli/test/**/*.ts'],
+    rules: {
+      '@nx/enforce-module-boundaries': [
+        'error',
+        {
+          depConstraints: [{ sourceTag: 'scope:cli', onlyDependOnLibsWithTags: ['scope:sdk', 'scope:shared', 'scope:testing'] }],
+        },
+      ],
+    },
+  },
 ];

@@ -27,6 +27,7 @@ export default {
     '^@chat/signal-sdk/testing$': '<rootDir>/../../libs/signal-sdk/src/testing/index.ts',
     '^@chat/signal-sdk/testing/conformance$': '<rootDir>/../../libs/signal-sdk/src/testing/store-conformance.ts',
     '^@chat/signal-sdk/sqlite$': '<rootDir>/../../libs/signal-sdk/src/sqlite/index.ts',
+    '^@chat/relay-harness$': '<rootDir>/../../libs/relay-harness/src/index.ts',
   },
   moduleFileExtensions: ['ts', 'js', 'json'],
 };

@@ -8,7 +8,7 @@ import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { SqliteStores } from '@chat/signal-sdk/sqlite';
-import { freeLoopbackPort, startRelay, type TestRelayProcess } from './support/relay.js';
+import { freeLoopbackPort, startRelay, type TestRelayProcess } from '@chat/relay-harness';
 
 // Each run starts Node and derives the store key (scrypt): about a second or two.
 jest.setTimeout(60_000);

@@ -7,7 +7,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it, jest } from '@jest/globals';
-import { startRelay, type TestRelayProcess } from './support/relay.js';
+import { startRelay, type TestRelayProcess } from '@chat/relay-harness';
 import { type CliTerminal, startCli } from './support/terminal.js';
 
 jest.setTimeout(240_000);

@@ -1,13 +1,13 @@
 // The built relay (apps/relay/dist/main.js) as a child process on a free
-// loopback port, for tests that drive the CLI as a person would: a scratch
-// database on DATABASE_URL's server when it is set, else the relay's embedded
-// PGlite in a temporary DATA_DIR. It can be stopped and started again on the
-// same port and database (a relay restart as clients see it), and it keeps
-// everything the relay printed and can dump everything it stored, so that a
-// test can show neither holds a message's plaintext.
+// loopback port, for whole-system tests (the CLI driven as a person would) and
+// benchmarks: a scratch database on DATABASE_URL's server when it is set, else
+// the relay's embedded PGlite in a temporary DATA_DIR. It can be stopped and
+// started again on the same port and database (a relay restart as clients see
+// it), and it keeps everything the relay printed and can dump everything it
+// stored, so that a test can show neither holds a message's plaintext.
 import { type ChildProcess, spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
@@ -15,15 +15,14 @@ import { fileURLToPath } from 'node:url';
 import { PGlite } from '@electric-sql/pglite';
 import pg from 'pg';
 
-export const RELAY_MAIN = resolve(dirname(fileURLToPath(import.meta.url)), '../../../relay/dist/main.js');
+/** Found relative to this file, from src/ (Jest) and from dist/ alike. */
+export const RELAY_MAIN = resolve(dirname(fileURLToPath(import.meta.url)), '../../../apps/relay/dist/main.js');
 
 /** Limits far above anything a test does, so that no test trips a rate limit by accident. */
 const UNLIMITED = '1000000000';
 const RELAY_TEST_ENV: Record<string, string> = {
   NODE_ENV: 'test',
   HOST: '127.0.0.1',
-  // The most the relay logs: what the no-plaintext check reads.
-  LOG_LEVEL: 'verbose',
   // Argon2id at its cheapest: registering and logging in take milliseconds.
   ARGON2_MEMORY_KIB: '1024',
   ARGON2_TIME_COST: '1',
@@ -51,8 +50,17 @@ const RELAY_TEST_ENV: Record<string, string> = {
 export interface RelayOptions {
   /** Extra or overriding relay variables. */
   env?: Record<string, string>;
+  /**
+   * The relay's LOG_LEVEL. The default, `verbose`, is the most it logs: what a
+   * no-plaintext check reads. Benchmarks pass `warn`, so logging does not dominate.
+   */
+  logLevel?: string;
+  /** Flags for the relay's node, before its main: `--expose-gc`, `--inspect=127.0.0.1:0`, `--cpu-prof`. */
+  nodeFlags?: string[];
   /** How long start() waits for /health/ready (default 60 s). */
   readyTimeoutMs?: number;
+  /** How often start() asks /health/ready (default 100 ms); a cold-start measurement asks more often. */
+  readyPollMs?: number;
 }
 
 /** One table of the relay's database, every value as text (bytea also as hex and as escaped text). */
@@ -65,6 +73,12 @@ export interface DatabaseTable {
 export interface TestRelayProcess {
   /** http://127.0.0.1:<port>, the same across restarts. */
   readonly url: string;
+  /** Where the relay keeps its data: its scratch Postgres database, or PGlite under DATA_DIR. */
+  readonly database: 'postgres' | 'embedded';
+  /** The running relay's process id (for /proc/<pid>/status), undefined while it is stopped. */
+  readonly pid: number | undefined;
+  /** The last start(): milliseconds from spawning the process to its first ready answer. */
+  readonly readyAfterMs: number;
   /** Starts the relay (again) on the same port and database; resolves when it is ready. */
   start(): Promise<void>;
   /** SIGTERM, as an orchestrator stops it; resolves when it exited. */
@@ -89,7 +103,7 @@ export async function startRelay(options: RelayOptions = {}): Promise<TestRelayP
     cleanups.length = 0;
   };
   try {
-    const dataDir = await mkdtemp(join(tmpdir(), 'chat-cli-relay-'));
+    const dataDir = await mkdtemp(join(tmpdir(), 'relay-harness-'));
     cleanups.push(() => rm(dataDir, { recursive: true, force: true }));
     const serverUrl = process.env.DATABASE_URL;
     const databaseUrl = serverUrl ? await createScratchDatabase(serverUrl, cleanups) : undefined;
@@ -98,47 +112,40 @@ export async function startRelay(options: RelayOptions = {}): Promise<TestRelayP
     const env: Record<string, string> = {
       ...inheritedEnv(),
       ...RELAY_TEST_ENV,
+      LOG_LEVEL: options.logLevel ?? 'verbose',
       PORT: String(port),
       DATA_DIR: dataDir,
       JWT_SECRET: randomBytes(32).toString('base64url'),
-      RATE_LIMIT_KEY_PREFIX: `chat-cli-test-${randomBytes(6).toString('hex')}`,
+      RATE_LIMIT_KEY_PREFIX: `relay-harness-${randomBytes(6).toString('hex')}`,
       ...(databaseUrl && { DATABASE_URL: databaseUrl }),
       ...options.env,
     };
     const output: string[] = [];
-    let child: ChildProcess | null = null;
-    let exited: Promise<void> = Promise.resolve();
+    let child: SpawnedServer | null = null;
+    let readyAfterMs = Number.NaN;
 
     const start = async () => {
       if (child) throw new Error('the relay is already running');
-      const relay = spawn(process.execPath, [RELAY_MAIN], { env, stdio: ['ignore', 'pipe', 'pipe'] });
+      const relay = await spawnUntilReady({
+        name: 'the relay',
+        args: [...(options.nodeFlags ?? []), RELAY_MAIN],
+        env,
+        readyUrl: `${url}/health/ready`,
+        output,
+        readyTimeoutMs: options.readyTimeoutMs,
+        readyPollMs: options.readyPollMs,
+      });
       child = relay;
-      relay.stdout.setEncoding('utf8').on('data', (chunk: string) => output.push(chunk));
-      relay.stderr.setEncoding('utf8').on('data', (chunk: string) => output.push(chunk));
-      let exitCode: number | string | null = null;
-      exited = new Promise((resolveExit) =>
-        relay.once('exit', (code, signal) => {
-          exitCode = code ?? signal;
-          if (child === relay) child = null;
-          resolveExit();
-        }),
-      );
-      const deadline = Date.now() + (options.readyTimeoutMs ?? 60_000);
-      for (;;) {
-        if (exitCode !== null) throw new Error(`the relay exited (${exitCode}) before it was ready:\n${tail(output.join(''))}`);
-        if (await isReady(url)) return;
-        if (Date.now() > deadline) {
-          relay.kill('SIGKILL');
-          throw new Error(`the relay was not ready on ${url} in time:\n${tail(output.join(''))}`);
-        }
-        await sleep(100);
-      }
+      readyAfterMs = relay.readyAfterMs;
+      void relay.exited.then(() => {
+        if (child === relay) child = null;
+      });
     };
     const sendSignal = async (name: NodeJS.Signals) => {
       const running = child;
       if (!running) return;
-      running.kill(name);
-      await exited;
+      running.process.kill(name);
+      await running.exited;
     };
     cleanups.push(() => sendSignal('SIGKILL'));
 
@@ -165,6 +172,13 @@ export async function startRelay(options: RelayOptions = {}): Promise<TestRelayP
     await start();
     return {
       url,
+      database: databaseUrl ? 'postgres' : 'embedded',
+      get pid() {
+        return child?.process.pid;
+      },
+      get readyAfterMs() {
+        return readyAfterMs;
+      },
       start,
       stop: () => sendSignal('SIGTERM'),
       kill: () => sendSignal('SIGKILL'),
@@ -180,6 +194,72 @@ export async function startRelay(options: RelayOptions = {}): Promise<TestRelayP
     await cleanUp();
     throw error;
   }
+}
+
+export interface SpawnOptions {
+  /** For error messages: 'the relay', 'the bare server'. */
+  name: string;
+  /** node's arguments: flags, then a script (or `-e <code>`) and its arguments. */
+  args: string[];
+  env: Record<string, string>;
+  /** Polled until it answers 2xx. */
+  readyUrl: string;
+  /** Receives everything the process writes to stdout and stderr. */
+  output?: string[];
+  /** Default 60 s. */
+  readyTimeoutMs?: number;
+  /** Default 100 ms. */
+  readyPollMs?: number;
+}
+
+export interface SpawnedServer {
+  readonly process: ChildProcess;
+  /** Milliseconds from spawn() to the first ready answer. */
+  readonly readyAfterMs: number;
+  /** Resolves with the exit code (or signal) when the process has exited. */
+  readonly exited: Promise<number | string | null>;
+}
+
+/**
+ * Spawns a node process and resolves once `readyUrl` answers: how the relay is
+ * started, and how a benchmark starts a baseline server the same way. It
+ * rejects, with the tail of the output, if the process exits first or is not
+ * ready in time (it is then killed).
+ */
+export async function spawnUntilReady(options: SpawnOptions): Promise<SpawnedServer> {
+  const output = options.output ?? [];
+  const began = performance.now();
+  const child = spawn(process.execPath, options.args, { env: options.env, stdio: ['ignore', 'pipe', 'pipe'] });
+  child.stdout.setEncoding('utf8').on('data', (chunk: string) => output.push(chunk));
+  child.stderr.setEncoding('utf8').on('data', (chunk: string) => output.push(chunk));
+  let exitCode: number | string | null = null;
+  let hasExited = false;
+  const exited = new Promise<number | string | null>((resolveExit) =>
+    child.once('exit', (code, signal) => {
+      exitCode = code ?? signal;
+      hasExited = true;
+      resolveExit(exitCode);
+    }),
+  );
+  const deadline = Date.now() + (options.readyTimeoutMs ?? 60_000);
+  for (;;) {
+    if (hasExited) throw new Error(`${options.name} exited (${exitCode}) before it was ready:\n${tail(output.join(''))}`);
+    if (await isReady(options.readyUrl)) return { process: child, readyAfterMs: performance.now() - began, exited };
+    if (Date.now() > deadline) {
+      child.kill('SIGKILL');
+      await exited;
+      throw new Error(`${options.name} was not ready on ${options.readyUrl} in time:\n${tail(output.join(''))}`);
+    }
+    await sleep(options.readyPollMs ?? 100);
+  }
+}
+
+/** A process's resident set size in KiB, from /proc/<pid>/status (Linux). */
+export async function residentSetKiB(pid: number): Promise<number> {
+  const status = await readFile(`/proc/${pid}/status`, 'utf8');
+  const match = /^VmRSS:\s+(\d+)\s+kB$/m.exec(status);
+  if (!match) throw new Error(`no VmRSS in /proc/${pid}/status`);
+  return Number(match[1]);
 }
 
 /** Every table of the public schema (the relay's, and Prisma's migration log), every column as text. */
@@ -211,7 +291,7 @@ async function readTables(query: (sql: string) => Promise<Array<Record<string, u
 
 /** A database of its own on the server, dropped by the cleanup. */
 async function createScratchDatabase(serverUrl: string, cleanups: Array<() => Promise<void>>): Promise<string> {
-  const name = `chat_cli_e2e_${randomBytes(6).toString('hex')}`;
+  const name = `relay_harness_${randomBytes(6).toString('hex')}`;
   const admin = async (sql: string) => {
     const client = new pg.Client({ connectionString: serverUrl });
     await client.connect();
@@ -228,17 +308,17 @@ async function createScratchDatabase(serverUrl: string, cleanups: Array<() => Pr
   return url.toString();
 }
 
-/** The test process's environment without the relay's own variables (a DATABASE_URL of the run, say). */
-function inheritedEnv(): Record<string, string> {
+/** This process's environment without the relay's own variables (a DATABASE_URL of the run, say). */
+export function inheritedEnv(): Record<string, string> {
   const relayVariables = /^(DATABASE_URL|REDIS_URL|DATA_DIR|PORT|HOST|JWT_|LOG_LEVEL|NODE_ENV|SEALED_SENDER_|TRUST_PROXY)/;
   return Object.fromEntries(
     Object.entries(process.env).filter((entry): entry is [string, string] => entry[1] !== undefined && !relayVariables.test(entry[0])),
   );
 }
 
-async function isReady(url: string): Promise<boolean> {
+async function isReady(readyUrl: string): Promise<boolean> {
   try {
-    const response = await fetch(`${url}/health/ready`, { signal: AbortSignal.timeout(2_000) });
+    const response = await fetch(readyUrl, { signal: AbortSignal.timeout(2_000) });
     await response.arrayBuffer();
     return response.ok;
   } catch {
