@@ -1,7 +1,9 @@
 import { describe, expect, it } from '@jest/globals';
 import { SecureChatErrorCode } from '../errors.js';
+import type { DeviceId } from '../ids.js';
 import { describeStoreConformance } from '../testing/store-conformance.js';
 import { MemorySessionStore, amendStores, createMemoryStores } from './memory-stores.js';
+import { MAX_PENDING_MESSAGES } from './stores.js';
 
 describeStoreConformance('memory stores', async () => ({ stores: createMemoryStores(), close: async () => undefined }));
 
@@ -28,5 +30,44 @@ describe('amendStores', () => {
   it('refuses a partial set that brings a transaction', () => {
     const { transaction, session } = createMemoryStores();
     expect(() => amendStores({ session, transaction })).toThrow(expect.objectContaining({ code: SecureChatErrorCode.InvalidOptions }));
+  });
+});
+
+describe('memory store transactions', () => {
+  const pending = { sender: 'alice', senderDevice: 1 as DeviceId, content: new Uint8Array([1]) };
+
+  it('put an entry that a rolled-back transaction pruned back in its place, so the oldest is still pruned first', async () => {
+    const stores = createMemoryStores();
+    for (let i = 0; i < MAX_PENDING_MESSAGES; i++) await stores.metadata.savePendingMessage(`m${i}`, pending);
+    // The full log prunes m0 for the new entry; the rollback must restore m0 as the oldest, not as the newest.
+    await expect(
+      stores.transaction!(async (tx) => {
+        await tx.metadata.savePendingMessage('rolled-back', pending);
+        throw new Error('abort');
+      }),
+    ).rejects.toThrow('abort');
+    expect(await stores.metadata.getPendingMessage('m0')).not.toBeNull();
+    expect(await stores.metadata.getPendingMessage('rolled-back')).toBeNull();
+
+    await stores.metadata.savePendingMessage('next', pending);
+    expect(await stores.metadata.getPendingMessage('m0')).toBeNull();
+    expect(await stores.metadata.getPendingMessage('m1')).not.toBeNull();
+  });
+
+  it('roll back a delete from the middle, an overwrite and an insert together', async () => {
+    const stores = createMemoryStores();
+    for (const id of ['a', 'b', 'c']) await stores.metadata.savePendingMessage(id, pending);
+    const changed = { ...pending, content: new Uint8Array([2]) };
+    await expect(
+      stores.transaction!(async (tx) => {
+        await tx.metadata.savePendingMessage('a', changed);
+        await tx.metadata.removePendingMessage('b');
+        await tx.metadata.savePendingMessage('d', pending);
+        throw new Error('abort');
+      }),
+    ).rejects.toThrow('abort');
+    expect((await stores.metadata.getPendingMessage('a'))?.content).toEqual(new Uint8Array([1]));
+    expect(await stores.metadata.getPendingMessage('b')).not.toBeNull();
+    expect(await stores.metadata.getPendingMessage('d')).toBeNull();
   });
 });

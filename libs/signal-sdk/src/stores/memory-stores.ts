@@ -49,35 +49,141 @@ const addressKey = (address: ProtocolAddress) => `${address.name()}.${address.de
 
 const notFound = (what: string) => new SecureChatError(SecureChatErrorCode.RecordNotFound, `no ${what}`);
 
-/** A memory store's state can be copied and put back: that is its transaction rollback. */
+/** A memory store's state can be snapshotted and put back: that is its transaction rollback. */
 export interface Snapshottable {
-  /** Copies the state; calling the returned function restores it. */
-  snapshot(): () => void;
+  snapshot(): Snapshot;
 }
 
-// Values are never mutated in place (every save stores a new object), so a
-// shallow copy of each collection is a full snapshot.
-function snapshotMap<K, V>(map: Map<K, V>): () => void {
-  const copy = new Map(map);
-  return () => {
-    map.clear();
-    for (const [key, value] of copy) map.set(key, value);
+export interface Snapshot {
+  /** Puts the state back as it was when the snapshot was taken (rollback). */
+  restore(): void;
+  /** Keeps the state as it is and ends the snapshot (commit). */
+  release(): void;
+}
+
+/** One snapshot of several parts; `also` restores what is not a collection (a field). */
+function snapshotOf(parts: Snapshot[], also: () => void = () => undefined): Snapshot {
+  return {
+    restore: () => {
+      also();
+      for (const part of parts) part.restore();
+    },
+    release: () => {
+      for (const part of parts) part.release();
+    },
   };
 }
 
-function snapshotSet<V>(set: Set<V>): () => void {
+/**
+ * A Map whose snapshot costs what a transaction changes, not the size of the
+ * map: while a snapshot is open, the first write to each key remembers the
+ * key's value before it. The message logs hold thousands of entries and every
+ * message runs a transaction, so copying them made each message cost more the
+ * longer the client ran (issue #9, SDK overhead).
+ *
+ * A rollback puts back the same entries in the same order, since pruning
+ * takes the oldest entry by insertion order: a deleted first entry goes back
+ * to the front. Any other delete, or a `clear`, falls back to a full copy
+ * taken just before it (no per-message path does that to a large map).
+ * Values are never mutated in place (every save stores a new object), so
+ * remembering a value is remembering the entry.
+ */
+class SnapshotMap<K, V> extends Map<K, V> {
+  private open: {
+    /** Each key's state before its first change in the snapshot. */
+    before: Map<K, { had: true; value: V } | { had: false }>;
+    /** Keys that were first in the map when deleted, in order. */
+    deletedFromFront: K[];
+    /** The whole map, once a change the log does not cover happened. */
+    copy: Map<K, V> | null;
+  } | null = null;
+
+  override set(key: K, value: V): this {
+    this.remember(key);
+    return super.set(key, value);
+  }
+
+  override delete(key: K): boolean {
+    const open = this.open;
+    if (open && !open.copy && super.has(key)) {
+      if (this.keys().next().value === key) {
+        this.remember(key);
+        open.deletedFromFront.push(key);
+      } else {
+        open.copy = new Map(this.entriesBefore(open));
+      }
+    }
+    return super.delete(key);
+  }
+
+  override clear(): void {
+    if (this.open && !this.open.copy) this.open.copy = new Map(this.entriesBefore(this.open));
+    super.clear();
+  }
+
+  snapshot(): Snapshot {
+    const open = { before: new Map(), deletedFromFront: [] as K[], copy: null as Map<K, V> | null };
+    this.open = open;
+    const end = () => {
+      if (this.open === open) this.open = null;
+    };
+    return {
+      restore: () => {
+        end();
+        this.restore(open);
+      },
+      release: end,
+    };
+  }
+
+  private remember(key: K): void {
+    const open = this.open;
+    if (!open || open.copy || open.before.has(key)) return;
+    open.before.set(key, super.has(key) ? { had: true, value: super.get(key) as V } : { had: false });
+  }
+
+  private restore(open: NonNullable<SnapshotMap<K, V>['open']>): void {
+    if (!open.copy && open.before.size === 0) return;
+    const entries = open.copy ? [...open.copy] : this.entriesBefore(open);
+    super.clear();
+    for (const [key, value] of entries) super.set(key, value);
+  }
+
+  /** The entries, in order, as they were when the snapshot `open` was taken (it has no copy). */
+  private entriesBefore(open: NonNullable<SnapshotMap<K, V>['open']>): Array<[K, V]> {
+    const entries: Array<[K, V]> = [];
+    const front = new Set(open.deletedFromFront);
+    for (const key of open.deletedFromFront) {
+      const before = open.before.get(key);
+      if (before?.had) entries.push([key, before.value]);
+    }
+    for (const [key, value] of this) {
+      if (front.has(key)) continue;
+      const before = open.before.get(key);
+      if (!before) entries.push([key, value]);
+      else if (before.had) entries.push([key, before.value]);
+    }
+    return entries;
+  }
+}
+
+/** The sets stay small (profile keys shared, last-resort key uses), so a copy is their snapshot. */
+function snapshotSet<V>(set: Set<V>): Snapshot {
   const copy = new Set(set);
-  return () => {
-    set.clear();
-    for (const value of copy) set.add(value);
+  return {
+    restore: () => {
+      set.clear();
+      for (const value of copy) set.add(value);
+    },
+    release: () => undefined,
   };
 }
 
 export class MemorySessionStore extends SecureChatSessionStore implements Snapshottable {
-  private readonly sessions = new Map<string, Uint8Array<ArrayBuffer>>();
+  private readonly sessions = new SnapshotMap<string, Uint8Array<ArrayBuffer>>();
 
-  snapshot(): () => void {
-    return snapshotMap(this.sessions);
+  snapshot(): Snapshot {
+    return this.sessions.snapshot();
   }
 
   async saveSession(address: ProtocolAddress, record: SessionRecord): Promise<void> {
@@ -111,15 +217,13 @@ interface StoredPeerIdentity {
 /** Identities are per account, so peers are keyed by name, not device; the trust policy is the base class's. */
 export class MemoryIdentityKeyStore extends SecureChatIdentityKeyStore implements Snapshottable {
   private local: { keyPair: Uint8Array<ArrayBuffer>; registrationId: number } | null = null;
-  private readonly remote = new Map<string, StoredPeerIdentity>();
+  private readonly remote = new SnapshotMap<string, StoredPeerIdentity>();
 
-  snapshot(): () => void {
+  snapshot(): Snapshot {
     const local = this.local;
-    const restoreRemote = snapshotMap(this.remote);
-    return () => {
+    return snapshotOf([this.remote.snapshot()], () => {
       this.local = local;
-      restoreRemote();
-    };
+    });
   }
 
   async getLocalIdentity(): Promise<LocalIdentity | null> {
@@ -160,10 +264,10 @@ const peerIdentityOf = (username: string, stored: StoredPeerIdentity): PeerIdent
 });
 
 export class MemoryPreKeyStore extends PreKeyStore implements Snapshottable {
-  private readonly preKeys = new Map<number, Uint8Array<ArrayBuffer>>();
+  private readonly preKeys = new SnapshotMap<number, Uint8Array<ArrayBuffer>>();
 
-  snapshot(): () => void {
-    return snapshotMap(this.preKeys);
+  snapshot(): Snapshot {
+    return this.preKeys.snapshot();
   }
 
   async savePreKey(id: number, record: PreKeyRecord): Promise<void> {
@@ -183,10 +287,10 @@ export class MemoryPreKeyStore extends PreKeyStore implements Snapshottable {
 }
 
 export class MemorySignedPreKeyStore extends SecureChatSignedPreKeyStore implements Snapshottable {
-  private readonly signedPreKeys = new Map<number, Uint8Array<ArrayBuffer>>();
+  private readonly signedPreKeys = new SnapshotMap<number, Uint8Array<ArrayBuffer>>();
 
-  snapshot(): () => void {
-    return snapshotMap(this.signedPreKeys);
+  snapshot(): Snapshot {
+    return this.signedPreKeys.snapshot();
   }
 
   async saveSignedPreKey(id: number, record: SignedPreKeyRecord): Promise<void> {
@@ -209,17 +313,12 @@ export class MemorySignedPreKeyStore extends SecureChatSignedPreKeyStore impleme
 }
 
 export class MemoryKyberPreKeyStore extends SecureChatKyberPreKeyStore implements Snapshottable {
-  private readonly kyberPreKeys = new Map<number, { record: Uint8Array<ArrayBuffer>; lastResort: boolean }>();
+  private readonly kyberPreKeys = new SnapshotMap<number, { record: Uint8Array<ArrayBuffer>; lastResort: boolean }>();
   /** (last-resort key, signed prekey, base key) triples already used, to refuse a replayed PreKey message. */
   private readonly usedLastResort = new Set<string>();
 
-  snapshot(): () => void {
-    const restoreKeys = snapshotMap(this.kyberPreKeys);
-    const restoreUses = snapshotSet(this.usedLastResort);
-    return () => {
-      restoreKeys();
-      restoreUses();
-    };
+  snapshot(): Snapshot {
+    return snapshotOf([this.kyberPreKeys.snapshot(), snapshotSet(this.usedLastResort)]);
   }
 
   async saveKyberPreKey(id: number, record: KyberPreKeyRecord): Promise<void> {
@@ -265,10 +364,10 @@ export class MemoryKyberPreKeyStore extends SecureChatKyberPreKeyStore implement
 }
 
 export class MemorySenderKeyStore extends SenderKeyStore implements Snapshottable {
-  private readonly senderKeys = new Map<string, Uint8Array<ArrayBuffer>>();
+  private readonly senderKeys = new SnapshotMap<string, Uint8Array<ArrayBuffer>>();
 
-  snapshot(): () => void {
-    return snapshotMap(this.senderKeys);
+  snapshot(): Snapshot {
+    return this.senderKeys.snapshot();
   }
 
   async saveSenderKey(sender: ProtocolAddress, distributionId: Uuid, record: SenderKeyRecord): Promise<void> {
@@ -285,52 +384,50 @@ export class MemoryMetadataStore extends SecureChatMetadataStore implements Snap
   private account: AccountRecord | null = null;
   private refreshToken: string | null = null;
   private signedKeysState: SignedKeysState | null = null;
-  private readonly nextKeyIds = new Map<KeyIdKind, number>();
-  private readonly peerDevices = new Map<string, DeviceId[]>();
+  private readonly nextKeyIds = new SnapshotMap<KeyIdKind, number>();
+  private readonly peerDevices = new SnapshotMap<string, DeviceId[]>();
   /** In insertion order, so the first entry is the oldest. */
-  private readonly pendingMessages = new Map<string, PendingMessage>();
+  private readonly pendingMessages = new SnapshotMap<string, PendingMessage>();
   /** Per recipient username, keyed by `sentMessageKey`. */
-  private readonly sentMessages = new Map<string, Map<string, SentMessageRecord>>();
+  private readonly sentMessages = new SnapshotMap<string, Map<string, SentMessageRecord>>();
   /** Keyed by `receivedMessageKey`, in insertion order; the value is `receivedAt`. */
-  private readonly receivedMessages = new Map<string, number>();
+  private readonly receivedMessages = new SnapshotMap<string, number>();
   /** Envelope id to `processedAt`, in insertion order (the first entry is the oldest). */
-  private readonly processedEnvelopes = new Map<string, number>();
+  private readonly processedEnvelopes = new SnapshotMap<string, number>();
   /** The outbox by id, in the order queued (`Map.set` on a present key keeps its place). */
-  private readonly outgoing = new Map<string, OutgoingMessageRecord>();
+  private readonly outgoing = new SnapshotMap<string, OutgoingMessageRecord>();
   /** Group records by base64url group id; replaced whole on save. */
-  private readonly groups = new Map<string, GroupRecord>();
+  private readonly groups = new SnapshotMap<string, GroupRecord>();
   // Sealed sender: profile keys and account ids.
   private ownProfileKey: Uint8Array | null = null;
-  private readonly peerProfileKeys = new Map<string, Uint8Array>();
+  private readonly peerProfileKeys = new SnapshotMap<string, Uint8Array>();
   private readonly sharedProfileKeys = new Set<string>();
-  private readonly accountIds = new Map<string, string>();
-  private readonly usernamesOfAccounts = new Map<string, string>();
+  private readonly accountIds = new SnapshotMap<string, string>();
+  private readonly usernamesOfAccounts = new SnapshotMap<string, string>();
 
-  snapshot(): () => void {
-    const { account, refreshToken, signedKeysState } = this;
-    // The per-recipient maps are replaced, never changed in place, so a shallow copy is a snapshot.
-    const restores = [
-      snapshotMap(this.nextKeyIds),
-      snapshotMap(this.peerDevices),
-      snapshotMap(this.pendingMessages),
-      snapshotMap(this.sentMessages),
-      snapshotMap(this.receivedMessages),
-      snapshotMap(this.processedEnvelopes),
-      snapshotMap(this.outgoing),
-      snapshotMap(this.groups),
-      snapshotMap(this.peerProfileKeys),
+  snapshot(): Snapshot {
+    const { account, refreshToken, signedKeysState, ownProfileKey } = this;
+    // The per-recipient maps are replaced, never changed in place, so remembering them is enough.
+    const parts = [
+      this.nextKeyIds.snapshot(),
+      this.peerDevices.snapshot(),
+      this.pendingMessages.snapshot(),
+      this.sentMessages.snapshot(),
+      this.receivedMessages.snapshot(),
+      this.processedEnvelopes.snapshot(),
+      this.outgoing.snapshot(),
+      this.groups.snapshot(),
+      this.peerProfileKeys.snapshot(),
       snapshotSet(this.sharedProfileKeys),
-      snapshotMap(this.accountIds),
-      snapshotMap(this.usernamesOfAccounts),
+      this.accountIds.snapshot(),
+      this.usernamesOfAccounts.snapshot(),
     ];
-    const ownProfileKey = this.ownProfileKey;
-    return () => {
+    return snapshotOf(parts, () => {
       this.ownProfileKey = ownProfileKey;
       this.account = account;
       this.refreshToken = refreshToken;
       this.signedKeysState = signedKeysState;
-      for (const restore of restores) restore();
-    };
+    });
   }
 
   async getAccount(): Promise<AccountRecord | null> {
@@ -539,17 +636,18 @@ export function createMemoryStores(): SecureChatStores {
 }
 
 function snapshotTransactions(parts: Snapshottable[]): TransactionHooks {
-  let restores: Array<() => void> = [];
+  let snapshots: Snapshot[] = [];
   return {
     begin: () => {
-      restores = parts.map((part) => part.snapshot());
+      snapshots = parts.map((part) => part.snapshot());
     },
     commit: () => {
-      restores = [];
+      for (const snapshot of snapshots) snapshot.release();
+      snapshots = [];
     },
     rollback: () => {
-      for (const restore of restores) restore();
-      restores = [];
+      for (const snapshot of snapshots) snapshot.restore();
+      snapshots = [];
     },
   };
 }
