@@ -61,6 +61,8 @@ export interface RelayOptions {
   readyTimeoutMs?: number;
   /** How often start() asks /health/ready (default 100 ms); a cold-start measurement asks more often. */
   readyPollMs?: number;
+  /** The embedded database even when DATABASE_URL is set. */
+  embedded?: boolean;
 }
 
 /** One table of the relay's database, every value as text (bytea also as hex and as escaped text). */
@@ -105,7 +107,7 @@ export async function startRelay(options: RelayOptions = {}): Promise<TestRelayP
   try {
     const dataDir = await mkdtemp(join(tmpdir(), 'relay-harness-'));
     cleanups.push(() => rm(dataDir, { recursive: true, force: true }));
-    const serverUrl = process.env.DATABASE_URL;
+    const serverUrl = options.embedded ? undefined : process.env.DATABASE_URL;
     const databaseUrl = serverUrl ? await createScratchDatabase(serverUrl, cleanups) : undefined;
     const port = await freeLoopbackPort();
     const url = `http://127.0.0.1:${port}`;

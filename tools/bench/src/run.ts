@@ -7,13 +7,15 @@ import { dirname, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { type BenchContext, type BenchReport, type BenchRow, formatTable, type Machine, type Scenario } from './report.js';
+import { coldStart } from './scenarios/cold-start.js';
 import { groupFanout } from './scenarios/group-fanout.js';
 import { idleConnections } from './scenarios/idle-connections.js';
 import { relayThroughput } from './scenarios/relay-throughput.js';
 import { sdkOverhead } from './scenarios/sdk-overhead.js';
+import { sessionSetup } from './scenarios/session-setup.js';
 
 // In the order the issue lists the goals.
-const SCENARIOS: Scenario[] = [sdkOverhead, relayThroughput, idleConnections, groupFanout];
+const SCENARIOS: Scenario[] = [sdkOverhead, sessionSetup, relayThroughput, idleConnections, groupFanout, coldStart];
 
 const REPO_ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '../../..');
 
