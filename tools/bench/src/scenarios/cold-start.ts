@@ -1,8 +1,9 @@
 // Goal 6: the built relay, spawned on a fresh database (a new DATA_DIR for the
 // embedded PGlite, which it creates and migrates; with DATABASE_URL also a new
-// scratch Postgres database), until /health/ready answers. The baseline is a
-// bare `node -e` HTTP server spawned and polled the same way: what Node itself
-// costs to start on this machine.
+// scratch Postgres database), until /health/ready answers; then stopped and
+// started again on the same database, as a restart is. The baseline is a bare
+// `node -e` HTTP server spawned and polled the same way: what Node itself costs
+// to start on this machine.
 import { freeLoopbackPort, inheritedEnv, spawnUntilReady, startRelay } from '@chat/relay-harness';
 import type { BenchContext, BenchRow, Scenario } from '../report.js';
 import { ratioOf } from '../report.js';
@@ -17,38 +18,48 @@ export const coldStart: Scenario = {
   async run(ctx) {
     const runs = ctx.smoke ? 1 : 5;
     const bare: number[] = [];
-    const embedded: number[] = [];
-    const postgres: number[] = [];
+    const samples = new Map<string, number[]>();
+    const add = (key: string, ms: number) => samples.set(key, [...(samples.get(key) ?? []), ms]);
     for (let run = 0; run < runs; run++) {
       bare.push(await bareServerReadyMs());
-      embedded.push(await relayReadyMs(ctx, true));
-      if (ctx.database === 'postgres') postgres.push(await relayReadyMs(ctx, false));
+      const embedded = await relayReadyMs(ctx, true);
+      add('fresh embedded', embedded.fresh);
+      add('existing embedded', embedded.restart);
+      if (ctx.database === 'postgres') {
+        const postgres = await relayReadyMs(ctx, false);
+        add('fresh Postgres', postgres.fresh);
+        add('existing Postgres', postgres.restart);
+      }
     }
-    ctx.log(`bare ${bare.map(Math.round).join(', ')} ms; embedded ${embedded.map(Math.round).join(', ')} ms` +
-      (postgres.length > 0 ? `; postgres ${postgres.map(Math.round).join(', ')} ms` : ''));
+    ctx.log(`bare node: ${bare.map(Math.round).join(', ')} ms`);
     const baseline = { name: 'bare node http server', value: median(bare) };
-    const row = (database: string, samples: number[], goal: boolean): BenchRow => ({
+    return [...samples].map(([database, ms]): BenchRow => ({
       scenario: 'cold-start',
-      metric: `spawn to ready, fresh ${database} database`,
-      value: median(samples),
+      metric: `spawn to ready, ${database} database`,
+      value: median(ms),
       unit: 'ms',
       baseline,
-      ratio: ratioOf(median(samples), baseline.value),
-      ...(goal && { goal: { text: '< 3 s', met: median(samples) < GOAL_MS } }),
-      note: `median of ${runs} (${samples.map((ms) => Math.round(ms)).join(', ')} ms), /health/ready polled every ${POLL_MS} ms, LOG_LEVEL=warn`,
-    });
-    return [row('embedded', embedded, true), ...(postgres.length > 0 ? [row('Postgres', postgres, false)] : [])];
+      ratio: ratioOf(median(ms), baseline.value),
+      // The issue's goal is the embedded database; a fresh one is an install's first start, an existing one every later start.
+      ...(database.endsWith('embedded') && { goal: { text: '< 3 s', met: median(ms) < GOAL_MS } }),
+      note: `median of ${runs} (${ms.map((value) => Math.round(value)).join(', ')} ms), /health/ready polled every ${POLL_MS} ms, LOG_LEVEL=warn`,
+    }));
   },
 };
 
-async function relayReadyMs(ctx: BenchContext, embedded: boolean): Promise<number> {
-  // The scratch database (Postgres) or DATA_DIR is made before the spawn; the relay migrates it while starting.
+/** The first start on a fresh database, and a second start on it after a SIGTERM stop. */
+async function relayReadyMs(ctx: BenchContext, embedded: boolean): Promise<{ fresh: number; restart: number }> {
+  // The scratch database (Postgres) or DATA_DIR is made before the spawn; the relay creates and migrates it while starting.
   const relay = await startRelay({ logLevel: 'warn', readyPollMs: POLL_MS, embedded });
   try {
-    return relay.readyAfterMs;
+    const fresh = relay.readyAfterMs;
+    await relay.stop();
+    await relay.start();
+    const restart = relay.readyAfterMs;
+    ctx.log(`relay on ${embedded ? 'embedded' : 'Postgres'}: ready after ${Math.round(fresh)} ms fresh, ${Math.round(restart)} ms restarted`);
+    return { fresh, restart };
   } finally {
     await relay.close();
-    ctx.log(`relay on ${embedded ? 'embedded' : 'Postgres'}: ready after ${Math.round(relay.readyAfterMs)} ms`);
   }
 }
 
