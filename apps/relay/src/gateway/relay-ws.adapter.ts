@@ -1,5 +1,7 @@
 import { Logger } from '@nestjs/common';
 import { WsAdapter } from '@nestjs/platform-ws';
+import type { MessageMappingProperties } from '@nestjs/websockets';
+import type { Observable } from 'rxjs';
 import type { WebSocket, WebSocketServer } from 'ws';
 
 /**
@@ -19,6 +21,24 @@ export class RelayWsAdapter extends WsAdapter {
     const server = super.create(port, options) as WebSocketServer;
     this.servers.push(server);
     return server;
+  }
+
+  /**
+   * Nest binds every socket's `@SubscribeMessage` handlers through a chain of
+   * RxJS streams (fromEvent, share, mergeMap, takeUntil), even when the
+   * gateway has none: about 8 KB of heap per open socket, more than the
+   * socket itself (the idle-connections benchmark: 13.4 KB per idle relay
+   * socket with them, 5.6 KB without). The relay's gateway reads its frames
+   * itself, so a socket without handlers gets no streams; a gateway with
+   * handlers keeps Nest's binding.
+   */
+  override bindMessageHandlers(
+    client: WebSocket,
+    handlers: MessageMappingProperties[],
+    transform: (data: unknown) => Observable<unknown>,
+  ): void {
+    if (handlers.length === 0) return;
+    super.bindMessageHandlers(client, handlers, transform);
   }
 
   override bindErrorHandler(server: WebSocketServer): WebSocketServer {
