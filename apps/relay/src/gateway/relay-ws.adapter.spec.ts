@@ -18,7 +18,7 @@ describe('RelayWsAdapter.bindMessageHandlers', () => {
 
   it("keeps Nest's binding for a gateway that has handlers", () => {
     const socket = fakeSocket();
-    const handler: MessageMappingProperties = { message: 'event', methodName: 'handle', callback: () => undefined };
+    const handler: MessageMappingProperties = { message: 'event', methodName: 'handle', callback: () => of(undefined), isAckHandledManually: false };
     new RelayWsAdapter().bindMessageHandlers(socket, [handler], (data) => of(data));
     expect(socket.listenerCount('message')).toBe(1);
   });
