@@ -76,10 +76,11 @@ class Arrivals {
     const deadline = Date.now() + timeoutMs;
     for (;;) {
       const byMember = this.times.get(text);
-      if (byMember && members.every((member) => byMember.has(member))) return Math.max(...members.map((member) => byMember.get(member)!));
+      const times = members.map((member) => byMember?.get(member));
+      if (times.every((time): time is number => time !== undefined)) return Math.max(...times);
       const remaining = deadline - Date.now();
       if (remaining <= 0) {
-        const missing = members.filter((member) => !byMember?.has(member)).length;
+        const missing = times.filter((time) => time === undefined).length;
         throw new Error(`${missing} of ${members.length} members did not get "${text}" within ${timeoutMs} ms`);
       }
       await new Promise<void>((resolve) => {

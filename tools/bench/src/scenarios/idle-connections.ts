@@ -1,5 +1,5 @@
 // Goal 4: the relay's memory per authenticated, open, idle WebSocket, at
-// 10,000 sockets (smoke: 300), beside a bare `ws` server holding as many.
+// 10,000 sockets (smoke: 100), beside a bare `ws` server holding as many.
 //
 // Each socket is a real device connection: an account registered over HTTP,
 // its access token on the upgrade request, ready at its `queue-empty` frame
@@ -40,7 +40,7 @@ interface SocketMemory {
 export const idleConnections: Scenario = {
   name: 'idle-connections',
   async run(ctx: BenchContext): Promise<BenchRow[]> {
-    const count = ctx.smoke ? 300 : 10_000;
+    const count = ctx.smoke ? 100 : 10_000;
     const relay = await measureRelay(ctx, count);
     const bare = await measureBareServer(ctx, count);
     const note = (memory: SocketMemory, what: 'heap' | 'rss') =>
