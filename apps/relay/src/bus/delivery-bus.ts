@@ -3,12 +3,17 @@ import type { CloseCode, Envelope, KeysLowFrame } from '@chat/protocol';
 /**
  * What one relay instance tells the instance that holds a device's (or an
  * account's) socket. Serialized as JSON between instances; it carries no
- * token, password or key (an ephemeral envelope's ciphertext, which only
- * the recipient can read, is the one payload).
+ * token, password or key (an envelope's ciphertext, stored or ephemeral,
+ * which only the recipient can read, is the one payload).
  */
 export type BusEvent =
   /** Something was stored for the device: its connection reads its queue again. */
   | { readonly type: 'wake'; readonly deviceRowId: string }
+  /**
+   * A message for the device was stored (committed): a caught-up connection
+   * sends it without reading its queue, any other reads (as for `wake`).
+   */
+  | { readonly type: 'stored'; readonly deviceRowId: string; readonly envelope: Envelope }
   /** The device's message was deleted: its connection's window slot is free (an HTTP ack may reach another instance). */
   | { readonly type: 'acked'; readonly deviceRowId: string; readonly id: string }
   /** Sent to the device if it is connected now; never stored. */

@@ -26,6 +26,7 @@ import { errorFrame, parseClientFrame, requestIdOf, validateFrame } from './clie
 import { DeliveryService } from './delivery.service.js';
 import { DeviceConnection } from './device-connection.js';
 import { HandshakeAuthenticator } from './handshake.js';
+import { holdWritesUntilTickEnd } from './held-writes.js';
 
 /** What the gateway knows about one open socket. */
 interface SocketSession {
@@ -183,6 +184,7 @@ export class ChatGateway implements OnGatewayInit, OnGatewayConnection, OnGatewa
         },
         onFailure: (error) => this.queueReadFailed(socket, error),
         onDelivered: (envelope) => this.metrics.messageDelivered(envelope.serverTimestamp),
+        beforeSend: () => holdWritesUntilTickEnd(socket),
       });
       if (session.closed) return;
       // Set before attaching, so that a socket closing meanwhile is detached (and its subscriptions dropped).
@@ -249,6 +251,8 @@ export class ChatGateway implements OnGatewayInit, OnGatewayConnection, OnGatewa
   }
 
   private sendFrame(socket: WebSocket, frame: ServerFrame): void {
-    if (socket.readyState === socket.OPEN) socket.send(JSON.stringify(frame));
+    if (socket.readyState !== socket.OPEN) return;
+    holdWritesUntilTickEnd(socket);
+    socket.send(JSON.stringify(frame));
   }
 }

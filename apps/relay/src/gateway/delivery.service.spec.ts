@@ -223,6 +223,76 @@ describe('DeviceConnection delivery window', () => {
   });
 });
 
+describe('DeviceConnection, caught up: stored messages without a read', () => {
+  /** What the relay does on a send: store the row, then hand the envelope to delivery. */
+  const storeAndHand = (queue: FakeQueue, delivery: DeliveryService, id: string) => {
+    queue.store(id);
+    delivery.stored('row-1', envelope(id));
+  };
+
+  it('sends a message stored after queue-empty as handed, without reading, and frees its slot on ack without reading', async () => {
+    const { socket, delivery, connection, queue, ack } = connected(3);
+    connection.start();
+    await settle();
+    const readsWhenCaughtUp = queue.reads.length;
+    storeAndHand(queue, delivery, 'a');
+    storeAndHand(queue, delivery, 'b');
+    expect(socket.sentIds).toEqual(['queue-empty', 'a', 'b']);
+    ack('a');
+    ack('b');
+    storeAndHand(queue, delivery, 'c');
+    await settle();
+    expect(socket.sentIds).toEqual(['queue-empty', 'a', 'b', 'c']);
+    expect(queue.reads.length).toBe(readsWhenCaughtUp);
+  });
+
+  it('leaves a message that does not fit the window in the queue, and reads it, in order, once acks free slots', async () => {
+    const { socket, delivery, connection, queue, ack } = connected(2);
+    connection.start();
+    await settle();
+    for (const id of ['a', 'b', 'c', 'd']) storeAndHand(queue, delivery, id);
+    await settle();
+    expect(socket.sentIds).toEqual(['queue-empty', 'a', 'b']);
+    ack('a');
+    await settle();
+    // No longer caught up: the ack reads, and a message handed meanwhile waits its turn behind `c` and `d`.
+    storeAndHand(queue, delivery, 'e');
+    ack('b');
+    await settle();
+    ack('c');
+    await settle();
+    ack('d');
+    await settle();
+    expect(socket.sentIds).toEqual(['queue-empty', 'a', 'b', 'c', 'd', 'e']);
+  });
+
+  it('reads instead while a read is under way, and after a plain wake-up (a message it was not handed)', async () => {
+    const { socket, delivery, connection, queue } = connected(5);
+    connection.start();
+    await settle();
+    queue.store('sealed');
+    delivery.notify('row-1');
+    queue.hold();
+    storeAndHand(queue, delivery, 'a');
+    expect(socket.sentIds).toEqual(['queue-empty']);
+    queue.release();
+    await settle();
+    expect(socket.sentIds).toEqual(['queue-empty', 'sealed', 'a']);
+    storeAndHand(queue, delivery, 'b');
+    expect(socket.sentIds).toEqual(['queue-empty', 'sealed', 'a', 'b']);
+  });
+
+  it('takes nothing handed before start or before queue-empty without reading: the stored queue comes first', async () => {
+    const { socket, delivery, connection, queue } = connected(5);
+    storeAndHand(queue, delivery, 'early');
+    expect(socket.sentIds).toEqual([]);
+    queue.store('older');
+    connection.start();
+    await settle();
+    expect(socket.sentIds).toEqual(['early', 'older', 'queue-empty']);
+  });
+});
+
 describe('device notices', () => {
   const keysLow = { type: ServerFrameType.KeysLow, preKeys: 3, kyberPreKeys: 25, threshold: 20 } as const;
 

@@ -40,6 +40,16 @@ export class DeliveryService {
     this.publish({ type: 'wake', deviceRowId });
   }
 
+  /**
+   * Called after a message for the device is stored, with its envelope: a
+   * connection that has every other stored message of the device in flight
+   * sends it at once, without reading its queue; any other reads (as
+   * `notify`). Never throws.
+   */
+  stored(deviceRowId: string, envelope: Envelope): void {
+    this.publish({ type: 'stored', deviceRowId, envelope });
+  }
+
   /** Called after the device's message was deleted (acked): its slot of the delivery window is free. */
   acked(deviceRowId: string, id: string): void {
     this.publish({ type: 'acked', deviceRowId, id });
@@ -162,6 +172,9 @@ export class DeliveryService {
       switch (event.type) {
         case 'wake':
           this.connections.get(event.deviceRowId)?.wake();
+          return;
+        case 'stored':
+          this.connections.get(event.deviceRowId)?.deliverStored(event.envelope);
           return;
         case 'acked':
           this.connections.get(event.deviceRowId)?.acked(event.id);

@@ -34,6 +34,8 @@ export interface DeviceConnectionOptions {
   onFailure?: (error: unknown) => void;
   /** A stored envelope was written to the socket (metrics). */
   onDelivered?: (envelope: Envelope) => void;
+  /** Called before each frame is written: the gateway holds the socket's writes to the end of the tick (`holdWritesUntilTickEnd`). */
+  beforeSend?: () => void;
 }
 
 /** What a connection holds, for tests and metrics. */
@@ -71,6 +73,14 @@ const EMPTY_QUEUE: QueueSource = { read: async () => [], connectNotice: async ()
  * excluded from reads, and an ack releases its id only after the row is
  * deleted); and a row that committed after a later one is read all the same.
  *
+ * One shortcut skips the database: while the connection is caught up (its
+ * last read found fewer messages than it had room for, and nothing was stored
+ * for the device since that it was not handed), every stored message of the
+ * device is in flight here, so a message stored now is sent as it was
+ * committed (`deliverStored`) if the window has room, and an ack needs no
+ * read. A message it cannot take at once, and any plain wake-up, ends the
+ * shortcut until a read catches up again.
+ *
  * `queue-empty` is sent once, the first time a read finds fewer messages
  * than it had room for; notices wait for it, one per kind, the latest kept.
  */
@@ -79,6 +89,7 @@ export class DeviceConnection {
   private readonly source: QueueSource;
   private readonly onFailure: (error: unknown) => void;
   private readonly onDelivered?: (envelope: Envelope) => void;
+  private readonly beforeSend?: () => void;
   private readonly inFlight = new Set<string>();
   private readonly pendingNotices = new Map<DeviceNotice['type'], DeviceNotice>();
   private started = false;
@@ -86,6 +97,8 @@ export class DeviceConnection {
   /** Woken while a read was under way: read again when it ends. */
   private wokenWhileReading = false;
   private queueEmptySent = false;
+  /** Every stored message of the device is in flight here (see the class comment). */
+  private caughtUp = false;
 
   constructor(
     readonly deviceRowId: string,
@@ -100,6 +113,7 @@ export class DeviceConnection {
     this.window = options.window ?? DEFAULT_MAX_INFLIGHT_DELIVERIES;
     this.onFailure = options.onFailure ?? (() => this.close(1011, 'INTERNAL'));
     this.onDelivered = options.onDelivered;
+    this.beforeSend = options.beforeSend;
   }
 
   get isOpen(): boolean {
@@ -107,7 +121,9 @@ export class DeviceConnection {
   }
 
   send(frame: ServerFrame): void {
-    if (this.isOpen) this.socket.send(JSON.stringify(frame));
+    if (!this.isOpen) return;
+    this.beforeSend?.();
+    this.socket.send(JSON.stringify(frame));
   }
 
   /** Begins sending the stored queue. Until then, wake-ups are ignored. */
@@ -119,6 +135,7 @@ export class DeviceConnection {
   /** Something may have been stored for the device, or a slot of the window freed: read what fits. */
   wake(): void {
     if (!this.started) return;
+    this.caughtUp = false;
     if (this.reading) {
       this.wokenWhileReading = true;
       return;
@@ -135,9 +152,25 @@ export class DeviceConnection {
     );
   }
 
-  /** The message is deleted (acked, or swept): its slot in the window is free. */
+  /**
+   * A message for the device was just stored (committed), with its
+   * envelope: sent now when the connection is caught up and has room, else
+   * a wake-up (the message is read in its turn).
+   */
+  deliverStored(envelope: Envelope): void {
+    if (!this.started) return;
+    if (this.caughtUp && this.isOpen && this.inFlight.size < this.window) {
+      this.inFlight.add(envelope.id);
+      this.send({ type: ServerFrameType.Message, envelope });
+      this.onDelivered?.(envelope);
+      return;
+    }
+    this.wake();
+  }
+
+  /** The message is deleted (acked, or swept): its slot in the window is free, and read into unless caught up. */
   acked(id: string): void {
-    if (this.inFlight.delete(id)) this.wake();
+    if (this.inFlight.delete(id) && !this.caughtUp) this.wake();
   }
 
   /** An ephemeral envelope: sent now if the socket is keeping up, else dropped. Returns whether it was sent. */
@@ -169,8 +202,10 @@ export class DeviceConnection {
 
   /** Reads and sends until the window is full or a read finds nothing more, and again while woken meanwhile. */
   private async fillWindow(): Promise<void> {
+    let readAll: boolean;
     do {
       this.wokenWhileReading = false;
+      readAll = false;
       if (!this.isOpen) return;
       const room = this.window - this.inFlight.size;
       if (room <= 0) continue;
@@ -181,8 +216,11 @@ export class DeviceConnection {
         this.send({ type: ServerFrameType.Message, envelope });
         this.onDelivered?.(envelope);
       }
-      if (envelopes.length < room && !this.queueEmptySent) await this.finishQueue();
+      readAll = envelopes.length < room;
+      if (readAll && !this.queueEmptySent) await this.finishQueue();
     } while (this.wokenWhileReading);
+    // Nothing was stored since the read began without waking it again: what the device has stored is in flight.
+    this.caughtUp = readAll;
   }
 
   /**

@@ -1,8 +1,10 @@
 import { Injectable } from '@nestjs/common';
 import type { EnvelopeType } from '@chat/protocol';
+import type pg from 'pg';
 import { Prisma } from '../prisma/generated/client.js';
 import { PrismaService } from '../prisma/prisma.service.js';
 import { deviceCanReceive } from '../prisma/receiving-device.sql.js';
+import { Batcher } from './batcher.js';
 
 /** A device that can receive messages: it has uploaded its keys. */
 export interface RecipientDevice {
@@ -88,14 +90,80 @@ const toStoredMessage = (row: StoredMessageRow): StoredMessage => ({
   serverTimestamp: row.server_timestamp,
 });
 
-/** The only place the messages feature touches the database. */
+/** One call of `storeSend`, as a batch of sends receives it. */
+interface SendWrite {
+  messages: NewMessage[];
+  sentRequest: SentRequestRecord | undefined;
+}
+
+interface QueueRead {
+  deviceRowId: string;
+  excluding: readonly string[];
+  limit: number;
+}
+
+interface SenderLookup {
+  accountId: string;
+  deviceId: number;
+  requestId: string | undefined;
+}
+
+/** Postgres SQLSTATE foreign_key_violation: a row names a device (or account) that was deleted meanwhile. */
+const FOREIGN_KEY_VIOLATION = '23503';
+
+/** The most calls one batched statement (or transaction) takes. */
+const MAX_BATCH = 256;
+
+/**
+ * The only place the messages feature touches the database.
+ *
+ * The statements every message goes through (looking up the sender and the
+ * recipient, storing, reading a device's queue, deleting on ack) are batched
+ * (`Batcher`): the calls that arrive while a statement of their kind is under
+ * way run together as one statement, and concurrent sends are stored in one
+ * transaction (group commit). Each caller still gets its own answer, and a
+ * send is answered only once its transaction has committed. They run as
+ * plain SQL on the pool Prisma uses, as named (prepared) statements.
+ */
 @Injectable()
 export class MessagesRepository {
-  constructor(private readonly prisma: PrismaService) {}
+  private readonly senderLookups: Batcher<SenderLookup, SenderDevice | null>;
+  private readonly recipientLookups: Batcher<string, AddressedAccount | null>;
+  private readonly sendWrites: Batcher<SendWrite, StoreOutcome>;
+  private readonly queueReads: Batcher<QueueRead, StoredMessage[]>;
+  private readonly queueDeletes: Batcher<{ deviceRowId: string; id: string }, boolean>;
+
+  constructor(private readonly prisma: PrismaService) {
+    // One batch of each kind at a time per database connection it may take, leaving connections for the rest.
+    const concurrency = Math.max(1, Math.floor(prisma.database.poolMax / 4));
+    const options = { maxBatchSize: MAX_BATCH, concurrency };
+    this.senderLookups = new Batcher((lookups) => this.findSenderDevices(lookups), options);
+    this.recipientLookups = new Batcher((usernames) => this.findAccountsByUsernames(usernames), options);
+    this.sendWrites = new Batcher((writes) => this.storeSends(writes), options);
+    this.queueReads = new Batcher((reads) => this.findQueuedOfDevices(reads), options);
+    this.queueDeletes = new Batcher((deletes) => this.deleteQueuedOfDevices(deletes), options);
+  }
 
   /** The account of that username as a send addresses it; null when there is no such account. */
-  async findAccountByUsername(username: string): Promise<AddressedAccount | null> {
-    return (await this.findAccounts(Prisma.sql`a.username = ${username}`))[0] ?? null;
+  findAccountByUsername(username: string): Promise<AddressedAccount | null> {
+    return this.recipientLookups.submit(username);
+  }
+
+  private async findAccountsByUsernames(usernames: readonly string[]): Promise<Array<AddressedAccount | null>> {
+    const { rows } = await this.prisma.pool.query<AccountRow>({
+      name: 'messages-accounts-by-username',
+      text: `
+        SELECT a.id AS account_id, a.username, d.id AS device_row_id, d.device_id, d.registration_id, false AS unlinked
+          FROM accounts a LEFT JOIN devices d ON d.account_id = a.id AND ${DEVICE_CAN_RECEIVE}
+         WHERE a.username = ANY($1::varchar[])
+        UNION ALL
+        SELECT a.id, a.username, NULL, u.device_id, u.registration_id, true
+          FROM accounts a JOIN unlinked_devices u ON u.account_id = a.id
+         WHERE a.username = ANY($1::varchar[])`,
+      values: [[...new Set(usernames)]],
+    });
+    const byUsername = new Map(accountsOf(rows).map((account) => [account.username, account]));
+    return usernames.map((username) => byUsername.get(username) ?? null);
   }
 
   async findAccountById(accountId: string): Promise<AddressedAccount | null> {
@@ -109,9 +177,7 @@ export class MessagesRepository {
 
   /** Keyed devices and tombstones in one round trip. */
   private async findAccounts(accountIs: Prisma.Sql): Promise<AddressedAccount[]> {
-    const rows = await this.prisma.$queryRaw<
-      { account_id: string; username: string; device_row_id: string | null; device_id: number | null; registration_id: number | null; unlinked: boolean }[]
-    >`
+    const rows = await this.prisma.$queryRaw<AccountRow[]>`
       SELECT a.id AS account_id, a.username, d.id AS device_row_id, d.device_id, d.registration_id, false AS unlinked
         FROM accounts a LEFT JOIN devices d ON d.account_id = a.id AND ${deviceCanReceive}
        WHERE ${accountIs}
@@ -119,61 +185,79 @@ export class MessagesRepository {
       SELECT a.id, a.username, NULL, u.device_id, u.registration_id, true
         FROM accounts a JOIN unlinked_devices u ON u.account_id = a.id
        WHERE ${accountIs}`;
-    const accounts = new Map<string, AddressedAccount>();
-    for (const row of rows) {
-      let account = accounts.get(row.account_id);
-      if (!account) {
-        account = { accountId: row.account_id, username: row.username, devices: [], unlinked: new Set() };
-        accounts.set(row.account_id, account);
-      }
-      if (row.unlinked) account.unlinked.add(row.device_id as number);
-      else if (row.device_row_id !== null) {
-        account.devices.push({ deviceRowId: row.device_row_id, deviceId: row.device_id as number, registrationId: row.registration_id as number });
-      }
-    }
-    for (const account of accounts.values()) account.devices.sort((a, b) => a.deviceId - b.deviceId);
-    return [...accounts.values()];
+    return accountsOf(rows);
   }
 
-  /** The sender's device row and the answer stored for `requestId`, in one round trip; null when the device no longer exists. */
-  async findSenderDevice(accountId: string, deviceId: number, requestId: string | undefined): Promise<SenderDevice | null> {
-    const [row] = await this.prisma.$queryRaw<{ id: string; server_timestamp: Date | null }[]>`
-      SELECT d.id, s.server_timestamp
-        FROM devices d
-        LEFT JOIN sent_requests s ON s.sender_device_row_id = d.id AND s.request_id = ${requestId ?? null}::uuid
-       WHERE d.account_id = ${accountId}::uuid AND d.device_id = ${deviceId}`;
-    return row ? { deviceRowId: row.id, previousServerTimestamp: row.server_timestamp } : null;
+  /** The sender's device row and the answer stored for `requestId`; null when the device no longer exists. */
+  findSenderDevice(accountId: string, deviceId: number, requestId: string | undefined): Promise<SenderDevice | null> {
+    return this.senderLookups.submit({ accountId, deviceId, requestId });
+  }
+
+  private async findSenderDevices(lookups: readonly SenderLookup[]): Promise<Array<SenderDevice | null>> {
+    const { rows } = await this.prisma.pool.query<{ ord: string; id: string; server_timestamp: Date | null }>({
+      name: 'messages-sender-devices',
+      text: `
+        SELECT r.ord, d.id, s.server_timestamp
+          FROM unnest($1::uuid[], $2::int[], $3::uuid[]) WITH ORDINALITY AS r(account_id, device_id, request_id, ord)
+          JOIN devices d ON d.account_id = r.account_id AND d.device_id = r.device_id
+          LEFT JOIN sent_requests s ON s.sender_device_row_id = d.id AND s.request_id = r.request_id`,
+      values: [lookups.map((lookup) => lookup.accountId), lookups.map((lookup) => lookup.deviceId), lookups.map((lookup) => lookup.requestId ?? null)],
+    });
+    const found = new Map(rows.map((row) => [Number(row.ord), { deviceRowId: row.id, previousServerTimestamp: row.server_timestamp }]));
+    return lookups.map((_, index) => found.get(index + 1) ?? null);
   }
 
   /**
    * The messages of one send and, for a send with an id, its `sent_requests`
-   * row, in one transaction: all or nothing. The row is written first, so of
-   * two concurrent sends with one id the second waits on the first's key,
-   * then finds it and stores nothing.
+   * row, in one transaction: all or nothing. The transaction is shared with
+   * the sends that arrive meanwhile (group commit); it resolves once it has
+   * committed.
    */
-  async storeSend(messages: NewMessage[], sentRequest: SentRequestRecord | undefined): Promise<StoreOutcome> {
+  storeSend(messages: NewMessage[], sentRequest: SentRequestRecord | undefined): Promise<StoreOutcome> {
+    return this.sendWrites.submit({ messages, sentRequest });
+  }
+
+  /**
+   * Stores a batch of sends in one transaction, each all or nothing. A
+   * foreign key violation (a recipient or sender device deleted since it
+   * was looked up) fails the whole statement, so the sends are then stored
+   * one transaction each, and only the send that names the deleted device
+   * is `recipient-gone`.
+   */
+  private async storeSends(writes: readonly SendWrite[]): Promise<StoreOutcome[]> {
     try {
-      return await this.prisma.$transaction(async (tx): Promise<StoreOutcome> => {
-        if (sentRequest) {
-          const inserted = await tx.$executeRaw`
-            INSERT INTO sent_requests (sender_device_row_id, request_id, server_timestamp)
-            VALUES (${sentRequest.senderDeviceRowId}::uuid, ${sentRequest.requestId}::uuid, ${sentRequest.serverTimestamp})
-            ON CONFLICT DO NOTHING`;
-          if (inserted === 0) {
-            const [earlier] = await tx.$queryRaw<{ server_timestamp: Date }[]>`
-              SELECT server_timestamp FROM sent_requests
-               WHERE sender_device_row_id = ${sentRequest.senderDeviceRowId}::uuid AND request_id = ${sentRequest.requestId}::uuid`;
-            // Only a deletion of the sender's device between the two statements leaves no row.
-            if (!earlier) return { kind: 'recipient-gone' };
-            return { kind: 'duplicate', serverTimestamp: earlier.server_timestamp };
-          }
-        }
-        await tx.message.createMany({ data: messages });
-        return { kind: 'stored' };
-      });
+      return await this.inTransaction((client) => storeSendsIn(client, writes));
     } catch (error) {
-      if (error instanceof Prisma.PrismaClientKnownRequestError && error.code === 'P2003') return { kind: 'recipient-gone' };
+      if (!isForeignKeyViolation(error)) throw error;
+      if (writes.length === 1) return [{ kind: 'recipient-gone' }];
+      const outcomes: StoreOutcome[] = [];
+      for (const write of writes) {
+        try {
+          outcomes.push(...(await this.inTransaction((client) => storeSendsIn(client, [write]))));
+        } catch (single) {
+          if (!isForeignKeyViolation(single)) throw single;
+          outcomes.push({ kind: 'recipient-gone' });
+        }
+      }
+      return outcomes;
+    }
+  }
+
+  private async inTransaction<T>(work: (client: pg.PoolClient) => Promise<T>): Promise<T> {
+    const client = await this.prisma.pool.connect();
+    let broken = false;
+    try {
+      await client.query('BEGIN');
+      const result = await work(client);
+      await client.query('COMMIT');
+      return result;
+    } catch (error) {
+      await client.query('ROLLBACK').catch(() => {
+        broken = true;
+      });
       throw error;
+    } finally {
+      client.release(broken);
     }
   }
 
@@ -225,24 +309,159 @@ export class MessagesRepository {
   /**
    * The device's oldest `limit` queued messages other than `excluding` (those
    * in flight on its connection). Not a cursor past the last seq read: a
-   * message whose insert committed after a later one's is still found.
+   * message whose insert committed after a later one's is still found. Reads
+   * of many devices' connections run as one statement.
    */
-  async findQueued(deviceRowId: string, excluding: readonly string[], limit: number): Promise<StoredMessage[]> {
-    const rows = await this.prisma.$queryRaw<StoredMessageRow[]>`
-      SELECT m.id, m.seq, m.sender_username AS source, m.sender_device_id AS source_device,
-             m.sender_account_id::text AS source_account_id, m.type, m.ciphertext, m.server_timestamp
-        FROM messages m
-       WHERE m.recipient_device_row_id = ${deviceRowId}::uuid
-         AND m.id <> ALL(${[...excluding]}::uuid[])
-       ORDER BY m.seq
-       LIMIT ${limit}`;
-    return rows.map(toStoredMessage);
+  findQueued(deviceRowId: string, excluding: readonly string[], limit: number): Promise<StoredMessage[]> {
+    return this.queueReads.submit({ deviceRowId, excluding, limit });
   }
 
-  /** Deletes the message only if it is queued for this device; false when there is none. */
-  async deleteQueued(deviceRowId: string, id: string): Promise<boolean> {
-    const deleted = await this.prisma.$executeRaw`
-      DELETE FROM messages WHERE id = ${id}::uuid AND recipient_device_row_id = ${deviceRowId}::uuid`;
-    return deleted > 0;
+  private async findQueuedOfDevices(reads: readonly QueueRead[]): Promise<StoredMessage[][]> {
+    const { rows } = await this.prisma.pool.query<StoredMessageRow & { ord: string; seq: string }>({
+      name: 'messages-queued-of-devices',
+      text: `
+        SELECT r.ord, m.id, m.seq, m.sender_username AS source, m.sender_device_id AS source_device,
+               m.sender_account_id::text AS source_account_id, m.type, m.ciphertext, m.server_timestamp
+          FROM unnest($1::uuid[], $2::text[], $3::int[]) WITH ORDINALITY AS r(device_row_id, excluding, row_limit, ord)
+          CROSS JOIN LATERAL (
+            SELECT * FROM messages q
+             WHERE q.recipient_device_row_id = r.device_row_id
+               AND q.id <> ALL(string_to_array(r.excluding, ',')::uuid[])
+             ORDER BY q.seq
+             LIMIT r.row_limit) m
+         ORDER BY r.ord, m.seq`,
+      // The ids each connection has in flight, as one text per device: a rectangular uuid[][] would not fit ragged lists.
+      values: [reads.map((read) => read.deviceRowId), reads.map((read) => read.excluding.join(',')), reads.map((read) => read.limit)],
+    });
+    const pages = reads.map((): StoredMessage[] => []);
+    for (const row of rows) pages[Number(row.ord) - 1].push(toStoredMessage({ ...row, seq: BigInt(row.seq) }));
+    return pages;
   }
+
+  /** Deletes the message only if it is queued for this device; false when there is none. Acks of many devices are one statement. */
+  deleteQueued(deviceRowId: string, id: string): Promise<boolean> {
+    return this.queueDeletes.submit({ deviceRowId, id });
+  }
+
+  private async deleteQueuedOfDevices(deletes: ReadonlyArray<{ deviceRowId: string; id: string }>): Promise<boolean[]> {
+    const { rows } = await this.prisma.pool.query<{ id: string; recipient_device_row_id: string }>({
+      name: 'messages-delete-acked',
+      text: `
+        DELETE FROM messages m
+         USING unnest($1::uuid[], $2::uuid[]) AS d(id, device_row_id)
+         WHERE m.id = d.id AND m.recipient_device_row_id = d.device_row_id
+        RETURNING m.id, m.recipient_device_row_id`,
+      values: [deletes.map((entry) => entry.id), deletes.map((entry) => entry.deviceRowId)],
+    });
+    const deleted = new Set(rows.map((row) => `${row.recipient_device_row_id}/${row.id}`));
+    return deletes.map((entry) => deleted.has(`${entry.deviceRowId}/${entry.id}`));
+  }
+}
+
+interface AccountRow {
+  account_id: string;
+  username: string;
+  device_row_id: string | null;
+  device_id: number | null;
+  registration_id: number | null;
+  unlinked: boolean;
+}
+
+/** `deviceCanReceive` as text, for the statements run on the pool. */
+const DEVICE_CAN_RECEIVE = deviceCanReceive.sql;
+
+/** Accounts (in order of first appearance) from rows of keyed devices and tombstones. */
+function accountsOf(rows: readonly AccountRow[]): AddressedAccount[] {
+  const accounts = new Map<string, AddressedAccount>();
+  for (const row of rows) {
+    let account = accounts.get(row.account_id);
+    if (!account) {
+      account = { accountId: row.account_id, username: row.username, devices: [], unlinked: new Set() };
+      accounts.set(row.account_id, account);
+    }
+    if (row.unlinked) account.unlinked.add(row.device_id as number);
+    else if (row.device_row_id !== null) {
+      account.devices.push({ deviceRowId: row.device_row_id, deviceId: row.device_id as number, registrationId: row.registration_id as number });
+    }
+  }
+  for (const account of accounts.values()) account.devices.sort((a, b) => a.deviceId - b.deviceId);
+  return [...accounts.values()];
+}
+
+const isForeignKeyViolation = (error: unknown): boolean => (error as { code?: unknown } | null)?.code === FOREIGN_KEY_VIOLATION;
+
+/**
+ * The statements of a batch of sends, inside its transaction. Each send's
+ * id row is written first, all in one statement: a send whose id was
+ * accepted before (committed, or earlier in this batch) stores nothing and
+ * is answered with the first one's timestamp. Then the messages of the
+ * others, in batch order (so in seq order), in one statement.
+ */
+async function storeSendsIn(client: pg.PoolClient, writes: readonly SendWrite[]): Promise<StoreOutcome[]> {
+  const outcomes: Array<StoreOutcome | undefined> = writes.map(() => undefined);
+  const key = (request: SentRequestRecord) => `${request.senderDeviceRowId}/${request.requestId}`;
+  // The first send of each id in this batch claims it; a later one is its retry.
+  const claimedBy = new Map<string, number>();
+  writes.forEach(({ sentRequest }, index) => {
+    if (sentRequest && !claimedBy.has(key(sentRequest))) claimedBy.set(key(sentRequest), index);
+  });
+  const claims = [...claimedBy.values()].map((index) => writes[index].sentRequest as SentRequestRecord);
+  if (claims.length > 0) {
+    const { rows: inserted } = await client.query<{ sender_device_row_id: string; request_id: string }>({
+      name: 'messages-claim-send-ids',
+      text: `
+        INSERT INTO sent_requests (sender_device_row_id, request_id, server_timestamp)
+        SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::timestamptz[])
+        ON CONFLICT DO NOTHING
+        RETURNING sender_device_row_id, request_id`,
+      values: [claims.map((claim) => claim.senderDeviceRowId), claims.map((claim) => claim.requestId), claims.map((claim) => claim.serverTimestamp)],
+    });
+    const claimed = new Set(inserted.map((row) => `${row.sender_device_row_id}/${row.request_id}`));
+    const taken = claims.filter((claim) => !claimed.has(key(claim)));
+    const earlier = new Map<string, Date>();
+    if (taken.length > 0) {
+      const { rows } = await client.query<{ sender_device_row_id: string; request_id: string; server_timestamp: Date }>({
+        name: 'messages-earlier-send-ids',
+        text: `
+          SELECT s.sender_device_row_id, s.request_id, s.server_timestamp
+            FROM sent_requests s JOIN unnest($1::uuid[], $2::uuid[]) AS t(sender_device_row_id, request_id)
+              ON s.sender_device_row_id = t.sender_device_row_id AND s.request_id = t.request_id`,
+        values: [taken.map((claim) => claim.senderDeviceRowId), taken.map((claim) => claim.requestId)],
+      });
+      for (const row of rows) earlier.set(`${row.sender_device_row_id}/${row.request_id}`, row.server_timestamp);
+    }
+    writes.forEach(({ sentRequest }, index) => {
+      if (!sentRequest) return;
+      const id = key(sentRequest);
+      if (claimedBy.get(id) === index && claimed.has(id)) return;
+      if (claimed.has(id)) {
+        // A retry within this batch: answered as the send that claimed the id, which is stored below.
+        outcomes[index] = { kind: 'duplicate', serverTimestamp: writes[claimedBy.get(id) as number].sentRequest?.serverTimestamp as Date };
+        return;
+      }
+      const timestamp = earlier.get(id);
+      // Only a deletion of the sender's device between the two statements leaves no row.
+      outcomes[index] = timestamp ? { kind: 'duplicate', serverTimestamp: timestamp } : { kind: 'recipient-gone' };
+    });
+  }
+  const messages = writes.flatMap((write, index) => (outcomes[index] === undefined ? write.messages : []));
+  if (messages.length > 0) {
+    await client.query({
+      name: 'messages-store',
+      text: `
+        INSERT INTO messages (id, recipient_device_row_id, sender_account_id, sender_username, sender_device_id, type, ciphertext, server_timestamp)
+        SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::varchar[], $5::int[], $6::varchar[], $7::bytea[], $8::timestamptz[])`,
+      values: [
+        messages.map((message) => message.id),
+        messages.map((message) => message.recipientDeviceRowId),
+        messages.map((message) => message.senderAccountId),
+        messages.map((message) => message.senderUsername),
+        messages.map((message) => message.senderDeviceId),
+        messages.map((message) => message.type),
+        messages.map((message) => Buffer.from(message.ciphertext.buffer, message.ciphertext.byteOffset, message.ciphertext.byteLength)),
+        messages.map((message) => message.serverTimestamp),
+      ],
+    });
+  }
+  return outcomes.map((outcome) => outcome ?? { kind: 'stored' });
 }

@@ -4,7 +4,7 @@ import type { AuthenticatedDevice } from '../auth/authenticated-device.js';
 import { RelayException } from '../common/relay.exception.js';
 import type { DeliveryService } from '../gateway/delivery.service.js';
 import type { AddressedAccount, MessagesRepository, NewMessage, SentRequestRecord, StoreOutcome } from './messages.repository.js';
-import { MessagesService } from './messages.service.js';
+import { envelopeOf, MessagesService } from './messages.service.js';
 
 const alice: AuthenticatedDevice = { accountId: 'acc-alice', username: 'alice', deviceId: 1, credentialVersion: 0, expiresAt: 0 };
 const bob = (): AddressedAccount => ({
@@ -52,14 +52,18 @@ function setUp(accounts: AddressedAccount[] = [bob(), aliceAccount()]) {
     },
   } as unknown as MessagesRepository;
   const ephemeral: Array<[string, Envelope]> = [];
+  const handed: Array<[string, Envelope]> = [];
   const delivery = {
-    notify: (deviceRowId: string) => log.push(`notify ${deviceRowId}`),
+    stored: (deviceRowId: string, envelope: Envelope) => {
+      log.push(`stored ${deviceRowId}`);
+      handed.push([deviceRowId, envelope]);
+    },
     deliverEphemeral: (deviceRowId: string, envelope: Envelope) => {
       ephemeral.push([deviceRowId, envelope]);
       return true;
     },
   } as unknown as DeliveryService;
-  return { service: new MessagesService(repository, delivery), log, stored, ephemeral, repository };
+  return { service: new MessagesService(repository, delivery), log, stored, ephemeral, handed, repository };
 }
 
 const to = (deviceId: number, registrationId: number) => ({
@@ -81,10 +85,25 @@ async function refusal(promise: Promise<unknown>): Promise<RelayException> {
 }
 
 describe('MessagesService.send', () => {
-  it('stores every device message in one store, then wakes each recipient device', async () => {
+  it('hands each recipient device the envelope a read of its stored row gives, once stored', async () => {
+    const { service, stored, handed } = setUp();
+    const { serverTimestamp } = await service.send(alice, request([2, 102], [1, 101]));
+    expect(handed).toEqual(stored.map((message) => [message.recipientDeviceRowId, envelopeOf({ ...message, seq: 1n, source: message.senderUsername, sourceDevice: message.senderDeviceId, sourceAccountId: message.senderAccountId })]));
+    expect(handed[0][1]).toEqual({
+      id: stored[0].id,
+      source: 'alice',
+      sourceDevice: 1,
+      sourceAccountId: 'acc-alice',
+      type: EnvelopeType.Signal,
+      ciphertext: Buffer.from('to 2').toString('base64'),
+      serverTimestamp,
+    });
+  });
+
+  it('stores every device message in one store, then hands each recipient device its envelope', async () => {
     const { service, log, stored } = setUp();
     await service.send(alice, request([2, 102], [1, 101]));
-    expect(log).toEqual(['store 2', 'notify row-bob-2', 'notify row-bob-1']);
+    expect(log).toEqual(['store 2', 'stored row-bob-2', 'stored row-bob-1']);
     expect(stored.map((m) => [m.recipientDeviceRowId, Buffer.from(m.ciphertext).toString()])).toEqual([
       ['row-bob-2', 'to 2'],
       ['row-bob-1', 'to 1'],
@@ -96,7 +115,7 @@ describe('MessagesService.send', () => {
   it("stores sync copies for the sender's other devices with the messages", async () => {
     const { service, log, stored } = setUp();
     await service.send(alice, { ...toBob(), sync: [to(2, 202)] });
-    expect(log).toEqual(['store 3', 'notify row-bob-1', 'notify row-bob-2', 'notify row-alice-2']);
+    expect(log).toEqual(['store 3', 'stored row-bob-1', 'stored row-bob-2', 'stored row-alice-2']);
     expect(stored.map((m) => m.recipientDeviceRowId)).toEqual(['row-bob-1', 'row-bob-2', 'row-alice-2']);
   });
 
@@ -153,7 +172,7 @@ describe('MessagesService.send', () => {
     expect((await refusal(service.send(bobOnDevice1, toBob()))).details).toEqual(['extra: 1']);
     expect((await refusal(service.send(bobOnDevice1, { ...request([2, 102]), sync: [] }))).code).toBe(ErrorCode.ValidationFailed);
     await service.send(bobOnDevice1, request([2, 102]));
-    expect(log).toEqual(['store 1', 'notify row-bob-2']);
+    expect(log).toEqual(['store 1', 'stored row-bob-2']);
   });
 
   it('answers a repeated id with the first serverTimestamp and stores nothing more', async () => {
@@ -162,7 +181,7 @@ describe('MessagesService.send', () => {
     const first = await service.send(alice, { ...toBob(), id });
     const again = await service.send(alice, { ...request([1, 999]), id }); // checked before anything else
     expect(again).toEqual(first);
-    expect(log).toEqual(['store 2', 'notify row-bob-1', 'notify row-bob-2']);
+    expect(log).toEqual(['store 2', 'stored row-bob-1', 'stored row-bob-2']);
   });
 
   it('answers from the store when an identical send won the race after the first look-up', async () => {

@@ -44,6 +44,20 @@ export function envelopeOf(message: StoredMessage): Envelope {
   };
 }
 
+/** The envelope of a message as stored: the same as `envelopeOf` gives when its row is read back. */
+export function envelopeOfNew(message: NewMessage): Envelope {
+  return envelopeOf({
+    id: message.id,
+    seq: 0n,
+    source: message.senderUsername,
+    sourceDevice: message.senderDeviceId,
+    sourceAccountId: message.senderAccountId,
+    type: message.type,
+    ciphertext: message.ciphertext,
+    serverTimestamp: message.serverTimestamp,
+  });
+}
+
 /** What the device checks read of an addressed device message. */
 export type AddressedDevice = Pick<OutgoingDeviceMessage, 'deviceId' | 'registrationId'>;
 
@@ -194,7 +208,7 @@ export class MessagesService {
     if (outcome.kind === 'recipient-gone') throw unknownRecipient();
     this.metrics?.messagesAccepted('authenticated', stored.length);
 
-    for (const message of stored) this.delivery.notify(message.recipientDeviceRowId);
+    for (const message of stored) this.delivery.stored(message.recipientDeviceRowId, envelopeOfNew(message));
     return { serverTimestamp: serverTimestamp.getTime() };
   }
 

@@ -1,5 +1,6 @@
 import { Logger, type OnApplicationShutdown } from '@nestjs/common';
 import { PrismaPg } from '@prisma/adapter-pg';
+import pg from 'pg';
 import type { RelayConfig } from '../config/relay-config.js';
 import { openDatabase, type DatabaseConnection } from './database-connection.js';
 import { PrismaClient } from './generated/client.js';
@@ -9,19 +10,27 @@ import { applyMigrations } from './migrator.js';
  * The relay's Prisma client over `@prisma/adapter-pg`, on Postgres or on the
  * embedded PGlite. Only repositories use it. `connect` opens the database and
  * applies pending migrations before the first query.
+ *
+ * `pool` is the adapter's own `pg` pool, for the few hot-path statements
+ * (storing, reading and deleting queued messages) that repositories run as
+ * plain SQL: Prisma's per-query work costs more than those statements do.
+ * Sharing the pool keeps the embedded database's one connection the only one.
  */
 export class PrismaService extends PrismaClient implements OnApplicationShutdown {
   private static readonly logger = new Logger('Database');
 
-  private constructor(readonly database: DatabaseConnection) {
-    super({ adapter: new PrismaPg({ connectionString: database.url, max: database.poolMax }) });
+  private constructor(
+    readonly database: DatabaseConnection,
+    readonly pool: pg.Pool,
+  ) {
+    super({ adapter: new PrismaPg(pool, { disposeExternalPool: true }) });
   }
 
   static async connect(config: Pick<RelayConfig, 'database'>): Promise<PrismaService> {
     const database = await openDatabase(config.database);
     try {
       await applyMigrations(database.url, { log: (message) => PrismaService.logger.log(message) });
-      const prisma = new PrismaService(database);
+      const prisma = new PrismaService(database, new pg.Pool({ connectionString: database.url, max: database.poolMax }));
       await prisma.$connect();
       return prisma;
     } catch (error) {
