@@ -13,7 +13,7 @@ export interface OpenSocketsOptions {
    * attached, and their stored queue read.
    */
   ready?: (socket: WebSocket) => Promise<void>;
-  /** Called every 1,000 sockets. */
+  /** Called every 1,000 ready sockets. */
   onProgress?: (open: number) => void;
 }
 
@@ -21,6 +21,7 @@ export interface OpenSocketsOptions {
 export async function openSockets(url: string, count: number, options: OpenSocketsOptions = {}): Promise<WebSocket[]> {
   const sockets: WebSocket[] = [];
   let next = 0;
+  let ready = 0;
   const open = async (index: number) => {
     const socket = new WebSocket(url, { headers: options.headers?.(index) });
     sockets.push(socket);
@@ -37,7 +38,7 @@ export async function openSockets(url: string, count: number, options: OpenSocke
   const worker = async () => {
     while (next < count) {
       await open(next++);
-      if (sockets.length % 1_000 === 0) options.onProgress?.(sockets.length);
+      if (++ready % 1_000 === 0) options.onProgress?.(ready);
     }
   };
   try {
