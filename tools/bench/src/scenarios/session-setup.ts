@@ -31,24 +31,25 @@ export const sessionSetup: Scenario = {
       };
       // No receipts: a receipt back would be a second set-up, in the other direction.
       const peer = client({ deliveryReceipts: false });
-      await peer.register(`peer_${tag}`, PASSWORD);
+      const peerName = `peer_${tag}`;
+      await peer.register(peerName, PASSWORD);
       const arrivals = new Map<string, () => void>();
       peer.on(ChatEvent.Message, (message) => arrivals.get(message.sender)?.());
       await peer.connect();
 
       ctx.log(`registering ${setups} senders`);
-      const senders: SecureChatClient[] = [];
+      const senders: Array<{ name: string; client: SecureChatClient }> = [];
       for (let i = 0; i < setups; i++) {
-        const sender = client({ deliveryReceipts: false, oneTimePreKeyBatch: 1 });
-        await sender.register(`s${i}_${tag}`, PASSWORD);
+        const sender = { name: `s${i}_${tag}`, client: client({ deliveryReceipts: false, oneTimePreKeyBatch: 1 }) };
+        await sender.client.register(sender.name, PASSWORD);
         senders.push(sender);
       }
 
       const sdkMs: number[] = [];
       for (const sender of senders) {
-        const arrived = new Promise<void>((resolve) => arrivals.set(sender.username!, resolve));
+        const arrived = new Promise<void>((resolve) => arrivals.set(sender.name, resolve));
         const began = nowMs();
-        await Promise.all([sender.send(peer.username!, 'hello'), arrived]);
+        await Promise.all([sender.client.send(peerName, 'hello'), arrived]);
         sdkMs.push(nowMs() - began);
       }
 

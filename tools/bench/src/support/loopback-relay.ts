@@ -33,15 +33,17 @@ const TOKEN_PREFIX = 'loopback:';
 export class LoopbackRelay {
   private readonly accounts = new Map<string, LoopbackAccount>();
 
+  private accountOf(username: string): LoopbackAccount {
+    const account = this.accounts.get(username);
+    if (!account) throw new Error(`the loopback relay has no account ${username}`);
+    return account;
+  }
+
   /** A transport for one client; the access token names its account. */
   transport(): RelayTransport {
-    const account = (token: string) => {
-      const found = this.accounts.get(token.slice(TOKEN_PREFIX.length));
-      if (!found) throw new Error(`unknown token ${token}`);
-      return found;
-    };
+    const account = (token: string) => this.accountOf(token.slice(TOKEN_PREFIX.length));
     const auth = (username: string): AuthResponse => ({
-      accountId: this.accounts.get(username)!.accountId,
+      accountId: this.accountOf(username).accountId,
       username,
       deviceId: 1,
       accessToken: `${TOKEN_PREFIX}${username}`,
@@ -118,9 +120,8 @@ export class LoopbackRelay {
   /** Hands each device message to the recipient at once (a microtask later); returns the server timestamp. */
   private deliver(from: string, request: SendMessageRequest): number {
     const serverTimestamp = Date.now();
-    const sender = this.accounts.get(from)!;
-    const recipient = this.accounts.get(request.to);
-    if (!recipient) throw new Error(`unknown recipient ${request.to}`);
+    const sender = this.accountOf(from);
+    const recipient = this.accountOf(request.to);
     for (const message of request.messages) {
       const envelope: Envelope = {
         id: randomUUID(),
@@ -140,7 +141,7 @@ export class LoopbackRelay {
   }
 
   private openSocket(username: string, listener: RelaySocketListener): RelaySocket {
-    const owner = this.accounts.get(username)!;
+    const owner = this.accountOf(username);
     owner.listener = listener;
     const queued = owner.queued.splice(0);
     queueMicrotask(() => {
