@@ -41,15 +41,18 @@ export const OPENAPI_UI_PATH = '/v1/docs';
 
 const BEARER = 'bearer';
 
-/** Builds the document from the app's controllers and serves it (call before `listen`). */
-export function setUpOpenApi(app: INestApplication): OpenAPIObject {
-  const document = buildOpenApiDocument(app);
-  SwaggerModule.setup(OPENAPI_UI_PATH.slice(1), app, document, {
+/**
+ * Serves the document (call before `listen`). It is built from the app's
+ * controllers on the first request for it, once: building it took about a
+ * tenth of the relay's start-up (issue #9, cold start), and most runs never
+ * ask for it.
+ */
+export function setUpOpenApi(app: INestApplication): void {
+  SwaggerModule.setup(OPENAPI_UI_PATH.slice(1), app, () => buildOpenApiDocument(app), {
     jsonDocumentUrl: OPENAPI_JSON_PATH.slice(1),
     raw: ['json'],
     customSiteTitle: 'Relay HTTP API',
   });
-  return document;
 }
 
 export function buildOpenApiDocument(app: INestApplication): OpenAPIObject {
