@@ -25,6 +25,7 @@ import {
 import { createMemoryStores } from '@chat/signal-sdk/testing';
 import type { MultiRecipientSendRequest, SealedSendRequest, SendMessageRequest, SendMessageResponse } from '@chat/protocol';
 import { startRelay } from '@chat/relay-harness';
+import { postgresBackendsOf, processCpuSeconds } from '../relay-load/cpu.js';
 import { type BenchContext, type BenchRow, ratioOf, type Scenario } from '../report.js';
 import { median, nowMs } from '../stats.js';
 import { BENCH_PASSWORD } from '../support/accounts.js';
@@ -108,7 +109,9 @@ export const groupFanout: Scenario = {
       const trustRoot = await developmentTrustRoot(relay.url);
       const began = nowMs();
       const tag = Math.random().toString(36).slice(2, 8);
-      for (let i = 0; i < size; i++) members.push(newMember(relay.url, trustRoot, `g_${tag}_${i}`, arrivals, errors));
+      // One-time prekeys for every other member's session set-up (the SDK's default and maximum batch is 100).
+      const oneTimePreKeyBatch = Math.min(100, size + 4);
+      for (let i = 0; i < size; i++) members.push(newMember(relay.url, trustRoot, oneTimePreKeyBatch, `g_${tag}_${i}`, arrivals, errors));
       await inBatches(members, 4, async (member) => {
         await member.client.register(member.username, BENCH_PASSWORD);
         await member.client.connect();
@@ -118,6 +121,10 @@ export const groupFanout: Scenario = {
       const [sender, ...others] = members as [Member, ...Member[]];
       const updated = new Set<Member>();
       for (const member of others) member.client.on(ChatEvent.GroupUpdated, () => void updated.add(member));
+      // Whose CPU the group's set-up takes: the relay's (and its Postgres backends'), or the clients' (this process).
+      const relayCpu = () => processCpuSeconds(relay.pid) + postgresBackendsOf(relay.pid).reduce((sum, pid) => sum + processCpuSeconds(pid), 0);
+      const clientsCpu = () => (process.cpuUsage().user + process.cpuUsage().system) / 1e6;
+      const cpuBefore = { relay: relayCpu(), clients: clientsCpu() };
       const createBegan = nowMs();
       const group = await sender.client.createGroup('bench group', others.map((member) => member.username));
       const createMs = nowMs() - createBegan;
@@ -125,6 +132,7 @@ export const groupFanout: Scenario = {
       await waitFor(() => updated.size === others.length, 120_000, 'every member applying the group state');
       await waitFor(() => profileKeysSettled(members), 20 * 60_000, 'the members sharing their profile keys');
       const settledMs = nowMs() - createBegan;
+      const setUpCpu = { relay: relayCpu() - cpuBefore.relay, clients: clientsCpu() - cpuBefore.clients };
       ctx.log(`every member has every other member's profile key ${seconds(settledMs)} after createGroup began`);
       if (errors.length > 0) ctx.log(`client errors so far: ${errors.length} (first: ${errors[0]})`);
 
@@ -197,7 +205,9 @@ export const groupFanout: Scenario = {
           metric: `createGroup (${others.length} members, new sessions)`,
           value: createMs,
           unit: 'ms',
-          note: `then every member had every other's profile key after ${seconds(settledMs)} (${others.length * (others.length + 1)} 1:1 profile-key messages); client errors: ${errors.length}`,
+          note:
+            `then every member had every other's profile key after ${seconds(settledMs)} (${others.length * (others.length + 1)} 1:1 profile-key messages); ` +
+            `CPU until then: relay ${setUpCpu.relay.toFixed(1)} s${ctx.database === 'postgres' ? ' (with its Postgres backends)' : ''}, all clients ${setUpCpu.clients.toFixed(1)} s; client errors: ${errors.length}`,
         },
       ];
     } finally {
@@ -207,10 +217,10 @@ export const groupFanout: Scenario = {
   },
 };
 
-function newMember(relayUrl: string, trustRoot: string, username: string, arrivals: Arrivals, errors: string[]): Member {
+function newMember(relayUrl: string, trustRoot: string, oneTimePreKeyBatch: number, username: string, arrivals: Arrivals, errors: string[]): Member {
   const stores = createMemoryStores();
   const transport = new CountingTransport(relayUrl);
-  const client = SecureChatClient.create({ relayUrl, stores, transport, trustRoot, deliveryReceipts: false });
+  const client = SecureChatClient.create({ relayUrl, stores, transport, trustRoot, oneTimePreKeyBatch, deliveryReceipts: false });
   const member: Member = { username, client, stores, transport };
   client.on(ChatEvent.Message, (message) => {
     if (message.text !== undefined) arrivals.record(member, message.text);
