@@ -31,7 +31,8 @@ COPY prisma prisma
 COPY libs/protocol libs/protocol
 COPY libs/signal-sdk libs/signal-sdk
 COPY apps/relay apps/relay
-RUN node tools/prisma-generate.mjs && npx tsc -b libs/protocol/tsconfig.lib.json libs/signal-sdk/tsconfig.lib.json apps/relay/tsconfig.app.json
+RUN node tools/prisma-generate.mjs && npx tsc -b libs/protocol/tsconfig.lib.json libs/signal-sdk/tsconfig.lib.json apps/relay/tsconfig.app.json \
+  && node apps/relay/dist/tools/pglite-template.js
 
 FROM node:20-bookworm-slim AS runtime
 ENV NODE_ENV=production HOST=0.0.0.0 PORT=8080 DATA_DIR=/data
