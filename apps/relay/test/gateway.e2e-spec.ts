@@ -14,6 +14,7 @@ import {
   type SentFrame,
   type ServerFrame,
 } from '@chat/protocol';
+import { MAX_FRAMES_IN_PROGRESS } from '../src/gateway/chat.gateway.js';
 import { httpJson, registerKeyedUser, startTestRelay, TEST_JWT_SECRET, type TestRelay } from './support/test-relay.js';
 import { connectWs, refusedUpgrade, waitForClose, waitForFrame, type WsClient } from './support/ws-client.js';
 
@@ -184,6 +185,24 @@ describe('gateway (e2e)', () => {
 
     bobWs.send({ type: 'ack', id: delivered.envelope.id });
     await eventually(async () => (await queued(bob)).length === 0);
+  });
+
+  it('answers every frame of a client that writes more than MAX_FRAMES_IN_PROGRESS sends without waiting, and delivers them all', async () => {
+    const [alice, bob] = [await keyedUser('alice'), await keyedUser('bob')];
+    const aliceWs = await connect(alice);
+    const bobWs = await connect(bob);
+    await waitForFrame(bobWs, (f) => f.type === ServerFrameType.QueueEmpty);
+    bobWs.onFrame.add((f) => {
+      if (isMessage(f)) bobWs.send({ type: 'ack', id: f.envelope.id });
+    });
+    const count = MAX_FRAMES_IN_PROGRESS * 2 + 10;
+    // Written in one go: the relay stops reading the socket at its limit and reads on once half is answered.
+    for (let i = 0; i < count; i++) aliceWs.send(sendFrame(bob, `burst ${i}`, `b${i}`));
+    await waitForFrame(aliceWs, () => aliceWs.frames.filter((f) => f.type === ServerFrameType.Sent).length === count, 30_000);
+    expect(aliceWs.frames.filter((f) => f.type === ServerFrameType.Error)).toEqual([]);
+    await waitForFrame(bobWs, () => bobWs.frames.filter(isMessage).length === count, 30_000);
+    expect(new Set(bobWs.frames.filter(isMessage).map(textOf)).size).toBe(count);
+    await eventually(async () => (await queued(bob)).length === 0, 10_000);
   });
 
   it('answers malformed, unknown and invalid frames with error frames and keeps the socket working', async () => {

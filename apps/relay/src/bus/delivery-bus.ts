@@ -68,6 +68,13 @@ export abstract class DeliveryBus {
   abstract onResync(handler: () => void): void;
   /** A number greater than every earlier one of any instance: orders connection handshakes across instances. */
   abstract nextGeneration(): Promise<number>;
+  /**
+   * Whether every socket is in this process, so that every event reaches its
+   * handler at once, in publish order, and none is lost (no other instance
+   * can commit a message whose event comes late or never). Only then may a
+   * connection rely on `stored` events to know its device's whole queue.
+   */
+  abstract readonly singleInstance: boolean;
   /** Resolves when the bus can carry events (a round trip to Redis), for readiness checks. */
   abstract ping(): Promise<void>;
   abstract close(): Promise<void>;

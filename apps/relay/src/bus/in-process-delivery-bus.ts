@@ -6,6 +6,7 @@ import { DeliveryBus, type BusEvent, type BusEventHandler } from './delivery-bus
  * not needed.
  */
 export class InProcessDeliveryBus extends DeliveryBus {
+  override readonly singleInstance = true;
   private handler: BusEventHandler = () => undefined;
   private generation = 0;
 

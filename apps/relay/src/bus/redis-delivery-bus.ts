@@ -38,6 +38,8 @@ export const DEFAULT_REDIS_PREFIX = 'chat-relay:';
  * reconnect the resync handler runs, because events may have been missed.
  */
 export class RedisDeliveryBus extends DeliveryBus {
+  /** Another instance may commit a message and die before its event is published: connections keep reading their queues. */
+  override readonly singleInstance = false;
   private readonly logger = new Logger('DeliveryBus');
   /** Tells this instance's own messages apart when Redis echoes them back. */
   readonly instanceId = randomUUID();

@@ -25,6 +25,7 @@ import { ShutdownState } from '../shutdown/shutdown-state.js';
 import { errorFrame, parseClientFrame, requestIdOf, validateFrame } from './client-frames.js';
 import { DeliveryService } from './delivery.service.js';
 import { DeviceConnection } from './device-connection.js';
+import { plainAckFrame, plainSendFrame } from './frame-fast-path.js';
 import { HandshakeAuthenticator } from './handshake.js';
 import { holdWritesUntilTickEnd } from './held-writes.js';
 
@@ -39,7 +40,17 @@ interface SocketSession {
   answeredPing: boolean;
   expiryTimer?: NodeJS.Timeout;
   closed: boolean;
+  /** Frames read and not yet answered (sends waiting for their commit, acks for their delete). */
+  answering: number;
 }
+
+/**
+ * Frames one socket may have read and not yet answered. Past it the socket
+ * is no longer read (TCP pushes back on the client) until half are
+ * answered, so a client that writes without waiting holds a bounded share
+ * of the relay's memory and of each group commit.
+ */
+export const MAX_FRAMES_IN_PROGRESS = 256;
 
 /** setTimeout's ceiling; a longer token lifetime is waited out in steps. */
 const MAX_TIMER_DELAY_MS = 2 ** 31 - 1;
@@ -101,6 +112,7 @@ export class ChatGateway implements OnGatewayInit, OnGatewayConnection, OnGatewa
       deviceRowId: this.messages.deviceRowIdOf(device),
       answeredPing: true,
       closed: false,
+      answering: 0,
     };
     // Also awaited by acks and the queue drain; this keeps an unawaited rejection from being unhandled.
     session.deviceRowId.catch(() => undefined);
@@ -113,7 +125,11 @@ export class ChatGateway implements OnGatewayInit, OnGatewayConnection, OnGatewa
       // Graceful shutdown: a frame that arrives while draining is not read (the socket gets 1001 next and the
       // client resends it elsewhere); one already being answered is counted, so the drain waits for its write.
       if (this.shutdown.isDraining) return;
-      void this.shutdown.track(this.answerFrame(socket, session, isBinary ? data : data.toString('utf8')));
+      if (++session.answering >= MAX_FRAMES_IN_PROGRESS && !socket.isPaused) socket.pause();
+      const answered = this.answerFrame(socket, session, isBinary ? data : data.toString('utf8')).finally(() => {
+        if (--session.answering <= MAX_FRAMES_IN_PROGRESS / 2 && socket.isPaused) socket.resume();
+      });
+      void this.shutdown.track(answered);
     });
     this.scheduleExpiry(socket, session);
     void this.startDelivery(socket, session);
@@ -144,7 +160,7 @@ export class ChatGateway implements OnGatewayInit, OnGatewayConnection, OnGatewa
     try {
       switch (parsed.type) {
         case ClientFrameType.Send: {
-          const { requestId, message } = validateFrame(SendFrame, parsed.frame);
+          const { requestId, message } = plainSendFrame(parsed.frame) ?? validateFrame(SendFrame, parsed.frame);
           // The same limits as POST /v1/messages.
           await this.rateLimits.consumeSend(session.device, message.to);
           const { serverTimestamp } = await this.messages.send(session.device, message);
@@ -153,7 +169,7 @@ export class ChatGateway implements OnGatewayInit, OnGatewayConnection, OnGatewa
         }
         case ClientFrameType.Ack: {
           // Not answered; an id that is not this device's message (or an ephemeral one) changes nothing.
-          const { id } = validateFrame(AckFrame, parsed.frame);
+          const { id } = plainAckFrame(parsed.frame) ?? validateFrame(AckFrame, parsed.frame);
           await this.messages.ackQueued(await session.deviceRowId, id);
           return;
         }
@@ -185,6 +201,7 @@ export class ChatGateway implements OnGatewayInit, OnGatewayConnection, OnGatewa
         onFailure: (error) => this.queueReadFailed(socket, error),
         onDelivered: (envelope) => this.metrics.messageDelivered(envelope.serverTimestamp),
         beforeSend: () => holdWritesUntilTickEnd(socket),
+        everyStoreHanded: this.delivery.everyStoreHanded,
       });
       if (session.closed) return;
       // Set before attaching, so that a socket closing meanwhile is detached (and its subscriptions dropped).

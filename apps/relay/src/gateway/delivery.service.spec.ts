@@ -75,11 +75,16 @@ const settle = async () => {
   for (let i = 0; i < 10; i++) await new Promise((resolve) => setImmediate(resolve));
 };
 
-function connected(window: number, queue = new FakeQueue()) {
+function connected(window: number, queue = new FakeQueue(), everyStoreHanded = false) {
   const socket = new FakeSocket();
   const delivery = new DeliveryService(new InProcessDeliveryBus());
   const failures: unknown[] = [];
-  const connection = new DeviceConnection('row-1', 'acc-1', socket, 1, { source: queue, window, onFailure: (e) => failures.push(e) });
+  const connection = new DeviceConnection('row-1', 'acc-1', socket, 1, {
+    source: queue,
+    window,
+    onFailure: (e) => failures.push(e),
+    everyStoreHanded,
+  });
   void delivery.attach(connection);
   /** What the relay does on an ack: delete the row, then free the slot. */
   const ack = (id: string) => {
@@ -231,7 +236,7 @@ describe('DeviceConnection, caught up: stored messages without a read', () => {
   };
 
   it('sends a message stored after queue-empty as handed, without reading, and frees its slot on ack without reading', async () => {
-    const { socket, delivery, connection, queue, ack } = connected(3);
+    const { socket, delivery, connection, queue, ack } = connected(3, new FakeQueue(), true);
     connection.start();
     await settle();
     const readsWhenCaughtUp = queue.reads.length;
@@ -247,7 +252,7 @@ describe('DeviceConnection, caught up: stored messages without a read', () => {
   });
 
   it('leaves a message that does not fit the window in the queue, and reads it, in order, once acks free slots', async () => {
-    const { socket, delivery, connection, queue, ack } = connected(2);
+    const { socket, delivery, connection, queue, ack } = connected(2, new FakeQueue(), true);
     connection.start();
     await settle();
     for (const id of ['a', 'b', 'c', 'd']) storeAndHand(queue, delivery, id);
@@ -267,7 +272,7 @@ describe('DeviceConnection, caught up: stored messages without a read', () => {
   });
 
   it('reads instead while a read is under way, and after a plain wake-up (a message it was not handed)', async () => {
-    const { socket, delivery, connection, queue } = connected(5);
+    const { socket, delivery, connection, queue } = connected(5, new FakeQueue(), true);
     connection.start();
     await settle();
     queue.store('sealed');
@@ -282,8 +287,22 @@ describe('DeviceConnection, caught up: stored messages without a read', () => {
     expect(socket.sentIds).toEqual(['queue-empty', 'sealed', 'a', 'b']);
   });
 
+  it('reads on every ack and every stored message when not every store is handed to it (several relay instances)', async () => {
+    const { socket, delivery, connection, queue, ack } = connected(3);
+    connection.start();
+    await settle();
+    const readsWhenEmpty = queue.reads.length;
+    storeAndHand(queue, delivery, 'a');
+    expect(socket.sentIds).toEqual(['queue-empty']);
+    await settle();
+    expect(socket.sentIds).toEqual(['queue-empty', 'a']);
+    ack('a');
+    await settle();
+    expect(queue.reads.length).toBe(readsWhenEmpty + 2);
+  });
+
   it('takes nothing handed before start or before queue-empty without reading: the stored queue comes first', async () => {
-    const { socket, delivery, connection, queue } = connected(5);
+    const { socket, delivery, connection, queue } = connected(5, new FakeQueue(), true);
     storeAndHand(queue, delivery, 'early');
     expect(socket.sentIds).toEqual([]);
     queue.store('older');
@@ -383,6 +402,7 @@ describe('DeliveryService connection registry', () => {
  * only if the other is subscribed to its topic then.
  */
 class LinkedBus extends DeliveryBus {
+  override readonly singleInstance = false;
   peer?: LinkedBus;
   readonly topics = new Map<string, number>();
   private readonly inbox: BusEvent[] = [];
@@ -448,6 +468,27 @@ describe('DeliveryService across instances (a bus between two of them)', () => {
       expect(olderSocket.closedWith).toEqual([CloseCode.ConnectionReplaced, 'CONNECTION_REPLACED']);
       expect(newerSocket.closedWith).toBeUndefined();
     }
+  });
+
+  it('hands a stored message to the other instance as a wake-up: its connection reads the queue, on every ack too', async () => {
+    const { busA, busB, a, b } = twoInstances();
+    const queue = new FakeQueue();
+    const socket = new FakeSocket();
+    const connection = new DeviceConnection('row-1', 'acc-1', socket, 1, { source: queue, window: 5, everyStoreHanded: a.everyStoreHanded });
+    await a.attach(connection);
+    connection.start();
+    await settle();
+    queue.store('m1');
+    b.stored('row-1', envelope('m1'));
+    LinkedBus.flush(busA, busB);
+    await settle();
+    expect(socket.sentIds).toEqual(['queue-empty', 'm1']);
+    // An instance that committed `m2` and died before publishing: the next ack's read still finds it.
+    queue.store('m2');
+    queue.delete('m1');
+    a.acked('row-1', 'm1');
+    await settle();
+    expect(socket.sentIds).toEqual(['queue-empty', 'm1', 'm2']);
   });
 
   it('routes wake-ups, acks, ephemeral envelopes, notices and closes to the instance that holds the socket', async () => {

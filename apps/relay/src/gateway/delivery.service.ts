@@ -44,10 +44,16 @@ export class DeliveryService {
    * Called after a message for the device is stored, with its envelope: a
    * connection that has every other stored message of the device in flight
    * sends it at once, without reading its queue; any other reads (as
-   * `notify`). Never throws.
+   * `notify`). With several instances it is `notify`: an event from another
+   * instance can come late or, if that instance dies, never. Never throws.
    */
   stored(deviceRowId: string, envelope: Envelope): void {
-    this.publish({ type: 'stored', deviceRowId, envelope });
+    this.publish(this.bus.singleInstance ? { type: 'stored', deviceRowId, envelope } : { type: 'wake', deviceRowId });
+  }
+
+  /** Whether a connection may rely on `stored` events to know its device's whole queue (one relay instance). */
+  get everyStoreHanded(): boolean {
+    return this.bus.singleInstance;
   }
 
   /** Called after the device's message was deleted (acked): its slot of the delivery window is free. */

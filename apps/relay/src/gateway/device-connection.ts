@@ -34,6 +34,12 @@ export interface DeviceConnectionOptions {
   onFailure?: (error: unknown) => void;
   /** A stored envelope was written to the socket (metrics). */
   onDelivered?: (envelope: Envelope) => void;
+  /**
+   * Every message stored for the device is handed to this connection with
+   * `deliverStored` as it commits (one relay instance, see
+   * `DeliveryBus.singleInstance`): while caught up it skips reads. Default false.
+   */
+  everyStoreHanded?: boolean;
   /** Called before each frame is written: the gateway holds the socket's writes to the end of the tick (`holdWritesUntilTickEnd`). */
   beforeSend?: () => void;
 }
@@ -73,9 +79,11 @@ const EMPTY_QUEUE: QueueSource = { read: async () => [], connectNotice: async ()
  * excluded from reads, and an ack releases its id only after the row is
  * deleted); and a row that committed after a later one is read all the same.
  *
- * One shortcut skips the database: while the connection is caught up (its
- * last read found fewer messages than it had room for, and nothing was stored
- * for the device since that it was not handed), every stored message of the
+ * One shortcut skips the database when every message stored for the device
+ * is handed to the connection as it commits (`everyStoreHanded`: one relay
+ * instance): while the connection is caught up (its last read found fewer
+ * messages than it had room for, and nothing was stored for the device since
+ * that it was not handed), every stored message of the
  * device is in flight here, so a message stored now is sent as it was
  * committed (`deliverStored`) if the window has room, and an ack needs no
  * read. A message it cannot take at once, and any plain wake-up, ends the
@@ -90,6 +98,7 @@ export class DeviceConnection {
   private readonly onFailure: (error: unknown) => void;
   private readonly onDelivered?: (envelope: Envelope) => void;
   private readonly beforeSend?: () => void;
+  private readonly everyStoreHanded: boolean;
   private readonly inFlight = new Set<string>();
   private readonly pendingNotices = new Map<DeviceNotice['type'], DeviceNotice>();
   private started = false;
@@ -114,6 +123,7 @@ export class DeviceConnection {
     this.onFailure = options.onFailure ?? (() => this.close(1011, 'INTERNAL'));
     this.onDelivered = options.onDelivered;
     this.beforeSend = options.beforeSend;
+    this.everyStoreHanded = options.everyStoreHanded ?? false;
   }
 
   get isOpen(): boolean {
@@ -220,7 +230,7 @@ export class DeviceConnection {
       if (readAll && !this.queueEmptySent) await this.finishQueue();
     } while (this.wokenWhileReading);
     // Nothing was stored since the read began without waking it again: what the device has stored is in flight.
-    this.caughtUp = readAll;
+    this.caughtUp = readAll && this.everyStoreHanded;
   }
 
   /**

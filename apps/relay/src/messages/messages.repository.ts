@@ -121,8 +121,8 @@ const MAX_BATCH = 256;
  * recipient, storing, reading a device's queue, deleting on ack) are batched
  * (`Batcher`): the calls that arrive while a statement of their kind is under
  * way run together as one statement, and concurrent sends are stored in one
- * transaction (group commit). Each caller still gets its own answer, and a
- * send is answered only once its transaction has committed. They run as
+ * statement, one commit (group commit). Each caller still gets its own
+ * answer, and a send is answered only once its statement has committed. They run as
  * plain SQL on the pool Prisma uses, as named (prepared) statements.
  */
 @Injectable()
@@ -209,8 +209,8 @@ export class MessagesRepository {
 
   /**
    * The messages of one send and, for a send with an id, its `sent_requests`
-   * row, in one transaction: all or nothing. The transaction is shared with
-   * the sends that arrive meanwhile (group commit); it resolves once it has
+   * row, in one statement: all or nothing. The statement is shared with the
+   * sends that arrive meanwhile (group commit); it resolves once it has
    * committed.
    */
   storeSend(messages: NewMessage[], sentRequest: SentRequestRecord | undefined): Promise<StoreOutcome> {
@@ -218,22 +218,22 @@ export class MessagesRepository {
   }
 
   /**
-   * Stores a batch of sends in one transaction, each all or nothing. A
-   * foreign key violation (a recipient or sender device deleted since it
-   * was looked up) fails the whole statement, so the sends are then stored
-   * one transaction each, and only the send that names the deleted device
-   * is `recipient-gone`.
+   * Stores a batch of sends in one statement (one commit), each all or
+   * nothing. A foreign key violation (a recipient or sender device deleted
+   * since it was looked up) fails the whole statement, so the sends are then
+   * stored one statement each, and only the send that names the deleted
+   * device is `recipient-gone`.
    */
   private async storeSends(writes: readonly SendWrite[]): Promise<StoreOutcome[]> {
     try {
-      return await this.inTransaction((client) => storeSendsIn(client, writes));
+      return await this.withClient((client) => storeSendsIn(client, writes));
     } catch (error) {
       if (!isForeignKeyViolation(error)) throw error;
       if (writes.length === 1) return [{ kind: 'recipient-gone' }];
       const outcomes: StoreOutcome[] = [];
       for (const write of writes) {
         try {
-          outcomes.push(...(await this.inTransaction((client) => storeSendsIn(client, [write]))));
+          outcomes.push(...(await this.withClient((client) => storeSendsIn(client, [write]))));
         } catch (single) {
           if (!isForeignKeyViolation(single)) throw single;
           outcomes.push({ kind: 'recipient-gone' });
@@ -243,21 +243,12 @@ export class MessagesRepository {
     }
   }
 
-  private async inTransaction<T>(work: (client: pg.PoolClient) => Promise<T>): Promise<T> {
+  private async withClient<T>(work: (client: pg.PoolClient) => Promise<T>): Promise<T> {
     const client = await this.prisma.pool.connect();
-    let broken = false;
     try {
-      await client.query('BEGIN');
-      const result = await work(client);
-      await client.query('COMMIT');
-      return result;
-    } catch (error) {
-      await client.query('ROLLBACK').catch(() => {
-        broken = true;
-      });
-      throw error;
+      return await work(client);
     } finally {
-      client.release(broken);
+      client.release();
     }
   }
 
@@ -391,77 +382,92 @@ function accountsOf(rows: readonly AccountRow[]): AddressedAccount[] {
 const isForeignKeyViolation = (error: unknown): boolean => (error as { code?: unknown } | null)?.code === FOREIGN_KEY_VIOLATION;
 
 /**
- * The statements of a batch of sends, inside its transaction. Each send's
- * id row is written first, all in one statement: a send whose id was
- * accepted before (committed, or earlier in this batch) stores nothing and
- * is answered with the first one's timestamp. Then the messages of the
- * others, in batch order (so in seq order), in one statement.
+ * A batch of sends as one statement, so one commit: each send's id row and
+ * its messages are written together or not at all. A send whose id was
+ * accepted before (committed, or earlier in this batch) stores nothing and is
+ * answered with the first one's timestamp; the messages of the others are
+ * inserted in batch order (so in seq order).
  */
-async function storeSendsIn(client: pg.PoolClient, writes: readonly SendWrite[]): Promise<StoreOutcome[]> {
+async function storeSendsIn(client: pg.ClientBase, writes: readonly SendWrite[]): Promise<StoreOutcome[]> {
   const outcomes: Array<StoreOutcome | undefined> = writes.map(() => undefined);
   const key = (request: SentRequestRecord) => `${request.senderDeviceRowId}/${request.requestId}`;
-  // The first send of each id in this batch claims it; a later one is its retry.
+  // The first send of each id in this batch claims it; a later one is its retry, answered as the first is (below).
   const claimedBy = new Map<string, number>();
+  const retries: Array<[retry: number, first: number]> = [];
   writes.forEach(({ sentRequest }, index) => {
-    if (sentRequest && !claimedBy.has(key(sentRequest))) claimedBy.set(key(sentRequest), index);
+    if (!sentRequest) return;
+    const first = claimedBy.get(key(sentRequest));
+    if (first === undefined) claimedBy.set(key(sentRequest), index);
+    else retries.push([index, first]);
   });
+  const isRetry = new Set(retries.map(([retry]) => retry));
   const claims = [...claimedBy.values()].map((index) => writes[index].sentRequest as SentRequestRecord);
-  if (claims.length > 0) {
-    const { rows: inserted } = await client.query<{ sender_device_row_id: string; request_id: string }>({
-      name: 'messages-claim-send-ids',
-      text: `
+  const rows = writes.flatMap((write, index) => (isRetry.has(index) ? [] : write.messages.map((message) => ({ message, claim: write.sentRequest }))));
+  const { rows: inserted } = await client.query<{ sender_device_row_id: string; request_id: string }>({
+    name: 'messages-store-sends',
+    // A message row is written only if its send has no id, or its id's row was written by this statement.
+    text: `
+      WITH claims AS (
         INSERT INTO sent_requests (sender_device_row_id, request_id, server_timestamp)
         SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::timestamptz[])
         ON CONFLICT DO NOTHING
-        RETURNING sender_device_row_id, request_id`,
-      values: [claims.map((claim) => claim.senderDeviceRowId), claims.map((claim) => claim.requestId), claims.map((claim) => claim.serverTimestamp)],
+        RETURNING sender_device_row_id, request_id
+      ), stored AS (
+        INSERT INTO messages (id, recipient_device_row_id, sender_account_id, sender_username, sender_device_id, type, ciphertext, server_timestamp)
+        SELECT m.id, m.recipient_device_row_id, m.sender_account_id, m.sender_username, m.sender_device_id, m.type, m.ciphertext, m.server_timestamp
+          FROM unnest($4::uuid[], $5::uuid[], $6::uuid[], $7::varchar[], $8::int[], $9::varchar[], $10::bytea[], $11::timestamptz[], $12::uuid[], $13::uuid[])
+               WITH ORDINALITY AS m(id, recipient_device_row_id, sender_account_id, sender_username, sender_device_id, type, ciphertext,
+                                    server_timestamp, claim_device_row_id, claim_request_id, ord)
+         WHERE m.claim_request_id IS NULL
+            OR EXISTS (SELECT 1 FROM claims c WHERE c.sender_device_row_id = m.claim_device_row_id AND c.request_id = m.claim_request_id)
+         ORDER BY m.ord
+        RETURNING 1
+      )
+      SELECT sender_device_row_id, request_id FROM claims`,
+    values: [
+      claims.map((claim) => claim.senderDeviceRowId),
+      claims.map((claim) => claim.requestId),
+      claims.map((claim) => claim.serverTimestamp),
+      rows.map(({ message }) => message.id),
+      rows.map(({ message }) => message.recipientDeviceRowId),
+      rows.map(({ message }) => message.senderAccountId),
+      rows.map(({ message }) => message.senderUsername),
+      rows.map(({ message }) => message.senderDeviceId),
+      rows.map(({ message }) => message.type),
+      rows.map(({ message }) => Buffer.from(message.ciphertext.buffer, message.ciphertext.byteOffset, message.ciphertext.byteLength)),
+      rows.map(({ message }) => message.serverTimestamp),
+      rows.map(({ claim }) => claim?.senderDeviceRowId ?? null),
+      rows.map(({ claim }) => claim?.requestId ?? null),
+    ],
+  });
+  const claimed = new Set(inserted.map((row) => `${row.sender_device_row_id}/${row.request_id}`));
+  const taken = claims.filter((claim) => !claimed.has(key(claim)));
+  if (taken.length > 0) {
+    // Ids accepted before (the row is committed): their sends stored nothing and are answered as the first was.
+    const { rows: earlier } = await client.query<{ sender_device_row_id: string; request_id: string; server_timestamp: Date }>({
+      name: 'messages-earlier-send-ids',
+      text: `
+        SELECT s.sender_device_row_id, s.request_id, s.server_timestamp
+          FROM sent_requests s JOIN unnest($1::uuid[], $2::uuid[]) AS t(sender_device_row_id, request_id)
+            ON s.sender_device_row_id = t.sender_device_row_id AND s.request_id = t.request_id`,
+      values: [taken.map((claim) => claim.senderDeviceRowId), taken.map((claim) => claim.requestId)],
     });
-    const claimed = new Set(inserted.map((row) => `${row.sender_device_row_id}/${row.request_id}`));
-    const taken = claims.filter((claim) => !claimed.has(key(claim)));
-    const earlier = new Map<string, Date>();
-    if (taken.length > 0) {
-      const { rows } = await client.query<{ sender_device_row_id: string; request_id: string; server_timestamp: Date }>({
-        name: 'messages-earlier-send-ids',
-        text: `
-          SELECT s.sender_device_row_id, s.request_id, s.server_timestamp
-            FROM sent_requests s JOIN unnest($1::uuid[], $2::uuid[]) AS t(sender_device_row_id, request_id)
-              ON s.sender_device_row_id = t.sender_device_row_id AND s.request_id = t.request_id`,
-        values: [taken.map((claim) => claim.senderDeviceRowId), taken.map((claim) => claim.requestId)],
-      });
-      for (const row of rows) earlier.set(`${row.sender_device_row_id}/${row.request_id}`, row.server_timestamp);
-    }
-    writes.forEach(({ sentRequest }, index) => {
-      if (!sentRequest) return;
-      const id = key(sentRequest);
-      if (claimedBy.get(id) === index && claimed.has(id)) return;
-      if (claimed.has(id)) {
-        // A retry within this batch: answered as the send that claimed the id, which is stored below.
-        outcomes[index] = { kind: 'duplicate', serverTimestamp: writes[claimedBy.get(id) as number].sentRequest?.serverTimestamp as Date };
-        return;
-      }
-      const timestamp = earlier.get(id);
+    const timestamps = new Map(earlier.map((row) => [`${row.sender_device_row_id}/${row.request_id}`, row.server_timestamp]));
+    for (const claim of taken) {
+      const index = claimedBy.get(key(claim)) as number;
+      const timestamp = timestamps.get(key(claim));
       // Only a deletion of the sender's device between the two statements leaves no row.
       outcomes[index] = timestamp ? { kind: 'duplicate', serverTimestamp: timestamp } : { kind: 'recipient-gone' };
-    });
+    }
   }
-  const messages = writes.flatMap((write, index) => (outcomes[index] === undefined ? write.messages : []));
-  if (messages.length > 0) {
-    await client.query({
-      name: 'messages-store',
-      text: `
-        INSERT INTO messages (id, recipient_device_row_id, sender_account_id, sender_username, sender_device_id, type, ciphertext, server_timestamp)
-        SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::varchar[], $5::int[], $6::varchar[], $7::bytea[], $8::timestamptz[])`,
-      values: [
-        messages.map((message) => message.id),
-        messages.map((message) => message.recipientDeviceRowId),
-        messages.map((message) => message.senderAccountId),
-        messages.map((message) => message.senderUsername),
-        messages.map((message) => message.senderDeviceId),
-        messages.map((message) => message.type),
-        messages.map((message) => Buffer.from(message.ciphertext.buffer, message.ciphertext.byteOffset, message.ciphertext.byteLength)),
-        messages.map((message) => message.serverTimestamp),
-      ],
-    });
+  for (const [retry, first] of retries) {
+    const firstOutcome = outcomes[first];
+    outcomes[retry] =
+      firstOutcome === undefined
+        ? { kind: 'duplicate', serverTimestamp: (writes[first].sentRequest as SentRequestRecord).serverTimestamp }
+        : firstOutcome.kind === 'duplicate'
+          ? firstOutcome
+          : { kind: 'recipient-gone' };
   }
   return outcomes.map((outcome) => outcome ?? { kind: 'stored' });
 }
