@@ -1,7 +1,7 @@
 // CPU time of the processes a throughput run involves, read from /proc
 // (Linux), so a report can say which of them was busy: the relay, the bare
 // forwarder, the load generator, or the machine as a whole.
-import { readFileSync } from 'node:fs';
+import { readdirSync, readFileSync } from 'node:fs';
 import { cpus } from 'node:os';
 
 const TICKS_PER_SECOND = 100;
@@ -15,6 +15,35 @@ export function processCpuSeconds(pid: number | undefined): number {
     return (Number(fields[11]) + Number(fields[12])) / TICKS_PER_SECOND;
   } catch {
     return Number.NaN;
+  }
+}
+
+/**
+ * The Postgres server processes serving the relay's database (a local
+ * server titles each backend `postgres: … <user> <database> …`), found by
+ * the database name in the relay's DATABASE_URL; none for the embedded
+ * database, which runs inside the relay. Read once the relay's pool is open.
+ */
+export function postgresBackendsOf(relayPid: number | undefined): number[] {
+  if (relayPid === undefined) return [];
+  try {
+    const environment = readFileSync(`/proc/${relayPid}/environ`, 'utf8').split('\0');
+    const url = environment.find((entry) => entry.startsWith('DATABASE_URL='))?.slice('DATABASE_URL='.length);
+    if (!url) return [];
+    const database = new URL(url).pathname.slice(1);
+    return readdirSync('/proc')
+      .filter((entry) => /^\d+$/.test(entry))
+      .filter((pid) => {
+        try {
+          const title = readFileSync(`/proc/${pid}/cmdline`, 'utf8').replace(/\0/g, ' ');
+          return title.startsWith('postgres:') && title.split(' ').includes(database);
+        } catch {
+          return false;
+        }
+      })
+      .map(Number);
+  } catch {
+    return [];
   }
 }
 
@@ -39,16 +68,23 @@ export interface CpuShares {
   cores: number;
 }
 
-/** Starts watching; the returned function gives each process's share of one core since, and the machine's. */
-export function watchCpu(pids: Record<string, number | undefined>): () => CpuShares {
+/** CPU seconds of a process, or the sum over a group of them. */
+const cpuSecondsOf = (pids: number | readonly number[] | undefined): number =>
+  Array.isArray(pids) ? pids.reduce((sum: number, pid: number) => sum + processCpuSeconds(pid), 0) : processCpuSeconds(pids as number | undefined);
+
+/**
+ * Starts watching; the returned function gives each process's (or group's)
+ * share of one core since, and the machine's.
+ */
+export function watchCpu(pids: Record<string, number | readonly number[] | undefined>): () => CpuShares {
   const began = performance.now();
-  const before = Object.fromEntries(Object.entries(pids).map(([name, pid]) => [name, processCpuSeconds(pid)]));
+  const before = Object.fromEntries(Object.entries(pids).map(([name, pid]) => [name, cpuSecondsOf(pid)]));
   const machineBefore = machineCpuSeconds();
   return () => {
     const seconds = (performance.now() - began) / 1000;
     const machine = machineCpuSeconds();
     return {
-      processes: Object.fromEntries(Object.entries(pids).map(([name, pid]) => [name, (processCpuSeconds(pid) - before[name]) / seconds])),
+      processes: Object.fromEntries(Object.entries(pids).map(([name, pid]) => [name, (cpuSecondsOf(pid) - before[name]) / seconds])),
       machineBusy: (machine.busy - machineBefore.busy) / (machine.total - machineBefore.total),
       cores: cpus().length,
     };

@@ -38,7 +38,7 @@ export interface LoadRun {
   /** How long to wait, after sending stops, for the messages still in flight. */
   drainTimeoutMs?: number;
   /** Processes whose CPU share over the measured interval is reported beside this one's ('load generator'). */
-  watch?: Record<string, number | undefined>;
+  watch?: Record<string, number | readonly number[] | (() => readonly number[]) | undefined>;
 }
 
 export interface LoadResult {
@@ -171,7 +171,9 @@ export async function runLoad(target: LoadTarget, run: LoadRun): Promise<LoadRes
   }
 
   await sleep(counters.measureFrom - nowMs());
-  const cpuSince = watchCpu({ 'load generator': process.pid, ...run.watch });
+  // A function names its processes when the measured interval begins (a pool opens connections as load grows).
+  const watched = Object.fromEntries(Object.entries(run.watch ?? {}).map(([name, pids]) => [name, typeof pids === 'function' ? pids() : pids]));
+  const cpuSince = watchCpu({ 'load generator': process.pid, ...watched });
   await sleep(counters.measureTo - nowMs());
   const cpu = cpuSince();
   const measuredMs = nowMs() - counters.measureFrom;

@@ -18,7 +18,7 @@ import { ratioOf } from '../report.js';
 import { formatNumber } from '../report.js';
 import { registerAccounts } from '../support/accounts.js';
 import { receivingKeys, uploadKeys } from '../support/receiving-keys.js';
-import type { CpuShares } from '../relay-load/cpu.js';
+import { type CpuShares, postgresBackendsOf } from '../relay-load/cpu.js';
 import { type LoadResult, type LoadRun, type PairEndpoints, runLoad } from '../relay-load/load-generator.js';
 
 const BARE_FORWARDER = join(dirname(fileURLToPath(import.meta.url)), '../relay-load/bare-forwarder.js');
@@ -70,7 +70,8 @@ export const relayThroughput: Scenario = {
         to: `pair${i}`,
         registrationId: 1,
       }));
-      const watch = { relay: relay.pid, 'bare forwarder': bare.pid };
+      // The relay's Postgres backends (none when embedded), looked up as each measured interval begins.
+      const watch = { relay: relay.pid, postgres: () => postgresBackendsOf(relay.pid), 'bare forwarder': bare.pid };
       const run = (shape: LoadRun['shape']): LoadRun => ({ shape, payloadBytes: sizes.payloadBytes, warmupMs: sizes.warmupMs, measureMs: sizes.measureMs, watch });
 
       const closed = run({ kind: 'closed', window: sizes.window });
