@@ -63,12 +63,17 @@ async function acquainted(options: Partial<SecureChatClientOptions> = {}) {
   await bob.client.register('bob', PASSWORD);
   const aliceInbox = new MessageCollector(alice.client);
   const bobInbox = new MessageCollector(bob.client);
+  // Each side's delivery receipt too: one still on its way when a test changes an identity
+  // would meet the change first (a 410, a bundle fetch) and race the message the test sends.
+  const receipted = (party: ReturnType<typeof client>) => new Promise<void>((resolve) => party.client.once(ChatEvent.Receipt, () => resolve()));
+  const receipts = Promise.all([receipted(alice), receipted(bob)]);
   await alice.client.connect();
   await bob.client.connect();
   await alice.client.send('bob', 'hello bob');
   await bobInbox.next();
   await bob.client.send('alice', 'hello alice');
   await aliceInbox.next();
+  await receipts;
   return { relay, alice, bob, aliceInbox, bobInbox };
 }
 
