@@ -646,7 +646,8 @@ export class SecureChatClient extends TypedEventEmitter<ChatEvent, ChatEventHand
 
     const waiting = this.outboxWaiters.get(id);
     if (waiting) return waiting.promise;
-    const queued = (await this.stores.metadata.getOutgoing()).some((message) => message.id === id);
+    // Only an id the caller chose can be queued already (a retry of an earlier send).
+    const queued = options.id !== undefined && (await this.stores.metadata.getOutgoing()).some((message) => message.id === id);
     if (!queued) {
       const timestamp = this.nextContentTimestamp();
       const content = encodeContent({ kind: isText ? ContentKind.Text : ContentKind.Bytes, timestamp, body: bytes });
@@ -1870,9 +1871,26 @@ export class SecureChatClient extends TypedEventEmitter<ChatEvent, ChatEventHand
     }
     this.outboxBackOff.reset();
     const sent: SentMessage = { id: message.id, timestamp: message.timestamp, ...result };
+    const own = this.localAccount().username;
+    const syncDevices = syncContent ? result.syncDevices : [];
+    // Usually one transaction keeps the message for a resend and takes it out of the outbox; if
+    // that fails, each step on its own, so that each failure is handled as it always was.
+    const done = await this.transaction(async (stores) => {
+      await logSent(stores, message.recipient, result.devices, message.timestamp, result.serverTimestamp, content);
+      if (syncContent) await logSent(stores, own, syncDevices, message.timestamp, result.serverTimestamp, syncContent);
+      await stores.metadata.removeOutgoing(message.id);
+    }).then(
+      () => true,
+      () => false,
+    );
+    if (done) {
+      await this.pruneMessageLogsIfDue();
+      this.settleOutgoing(message, { sent });
+      return 'next';
+    }
     await this.keepForResend(message.recipient, result.devices, message.timestamp, result.serverTimestamp, content);
-    if (syncContent && result.syncDevices.length > 0) {
-      await this.keepForResend(this.localAccount().username, result.syncDevices, message.timestamp, result.serverTimestamp, syncContent);
+    if (syncContent && syncDevices.length > 0) {
+      await this.keepForResend(own, syncDevices, message.timestamp, result.serverTimestamp, syncContent);
     }
     try {
       await this.stores.metadata.removeOutgoing(message.id);
@@ -2034,10 +2052,8 @@ export class SecureChatClient extends TypedEventEmitter<ChatEvent, ChatEventHand
   private async encryptFor(username: string, devices: DeviceId[], plaintext: Uint8Array<ArrayBuffer>, stores: SecureChatStores) {
     const perDevice: SendMessageRequest['messages'] = [];
     for (const deviceId of devices) {
-      const { type, ciphertext } = await this.sessions.encrypt(username, deviceId, plaintext, stores);
-      const session = await stores.session.getSession(ProtocolAddress.new(username, deviceId));
-      if (!session) throw new SecureChatError(SecureChatErrorCode.EncryptionFailed, `no session with ${username} device ${deviceId}`);
-      perDevice.push({ deviceId, registrationId: session.remoteRegistrationId(), type, ciphertext: base64(ciphertext) });
+      const { type, ciphertext, registrationId } = await this.sessions.encrypt(username, deviceId, plaintext, stores);
+      perDevice.push({ deviceId, registrationId, type, ciphertext: base64(ciphertext) });
     }
     return perDevice;
   }
@@ -2205,11 +2221,7 @@ export class SecureChatClient extends TypedEventEmitter<ChatEvent, ChatEventHand
     content: Uint8Array,
   ): Promise<void> {
     try {
-      await this.transaction(async (stores) => {
-        for (const recipientDevice of devices) {
-          await stores.metadata.saveSentMessage({ recipient, recipientDevice, timestamp, serverTimestamp, content });
-        }
-      });
+      await this.transaction((stores) => logSent(stores, recipient, devices, timestamp, serverTimestamp, content));
     } catch (cause) {
       this.emit(
         ChatEvent.Error,
@@ -2596,8 +2608,8 @@ export class SecureChatClient extends TypedEventEmitter<ChatEvent, ChatEventHand
         }
       }
       await rememberPeerDevice(stores, context.sender, senderDevice);
-      const identityChange = await this.trust.noticeDecrypted(stores, context.sender, senderDevice, before);
-      const identity = identityChange ? IdentityStatus.Changed : await identityNow();
+      // The message that brings a changed key is marked changed, whatever the policy made of the key.
+      const { change: identityChange, status: identity } = await this.trust.noticeDecrypted(stores, context.sender, senderDevice, before);
       if (!ephemeral) await stores.metadata.saveProcessedEnvelope(context.messageId, this.now());
       let opened = openContent(plaintext);
       if ('content' in opened && opened.content.kind === ContentKind.SyncCopy && context.sender !== this.localAccount().username) {
@@ -2852,6 +2864,20 @@ function openContent(plaintext: Uint8Array): { content: MessageContent } | { mal
   } catch (cause) {
     if (!(cause instanceof ContentFormatError)) throw cause;
     return { malformed: cause };
+  }
+}
+
+/** Keeps a sent message in the sent-message log, once per device it went to (session repair resends it from there). */
+async function logSent(
+  stores: SecureChatStores,
+  recipient: string,
+  devices: DeviceId[],
+  timestamp: number,
+  serverTimestamp: number,
+  content: Uint8Array,
+): Promise<void> {
+  for (const recipientDevice of devices) {
+    await stores.metadata.saveSentMessage({ recipient, recipientDevice, timestamp, serverTimestamp, content });
   }
 }
 

@@ -80,21 +80,23 @@ export class IdentityTrust {
   /**
    * After a decryption (which libsignal follows with `saveIdentity`): if the
    * key changed, archives the sessions with the peer's other devices and
-   * applies the policy. Returns the change, if any.
+   * applies the policy. Returns the change, if any, and how the peer's key
+   * stands now (`trusted` for a peer with no record).
    */
   async noticeDecrypted(
     stores: SecureChatStores,
     username: string,
     senderDevice: DeviceId,
     before: PeerIdentityRecord | null,
-  ): Promise<IdentityChanged | null> {
+  ): Promise<{ change: IdentityChanged | null; status: IdentityStatus }> {
     const after = await stores.identity.getPeerIdentity(username);
-    if (!before || !after || before.identityKey.equals(after.identityKey)) return null;
+    if (!after) return { change: null, status: IdentityStatus.Trusted };
+    if (!before || before.identityKey.equals(after.identityKey)) return { change: null, status: identityStatusOf(after) };
     const record = this.applyPolicy(after);
     if (record !== after) await stores.identity.savePeerIdentity(record);
     const otherDevices = (await stores.metadata.getPeerDevices(username)).filter((device) => device !== senderDevice);
     await archiveSessions(stores, username, otherDevices);
-    return changeOf(before, record);
+    return { change: changeOf(before, record), status: IdentityStatus.Changed };
   }
 
   /**

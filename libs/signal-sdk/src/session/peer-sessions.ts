@@ -6,6 +6,8 @@ import {
   PreKeySignalMessage,
   ProtocolAddress,
   PublicKey,
+  SessionRecord,
+  SessionStore,
   SignalMessage,
   processPreKeyBundle,
   signalDecrypt,
@@ -61,6 +63,34 @@ export interface DeviceCiphertext {
   deviceId: DeviceId;
   type: EnvelopeType;
   ciphertext: Uint8Array<ArrayBuffer>;
+  /** The registration id the session names for the device (the relay checks it: 410 when stale). */
+  registrationId: number;
+}
+
+/**
+ * The session store as libsignal's encrypt sees it, keeping the record it
+ * saves: the registration id is read from it instead of reading back and
+ * deserializing the session just written (issue #9, SDK overhead).
+ */
+class SavedSessionRecorder extends SessionStore {
+  saved: SessionRecord | null = null;
+
+  constructor(private readonly inner: SessionStore) {
+    super();
+  }
+
+  saveSession(address: ProtocolAddress, record: SessionRecord): Promise<void> {
+    this.saved = record;
+    return this.inner.saveSession(address, record);
+  }
+
+  getSession(address: ProtocolAddress): Promise<SessionRecord | null> {
+    return this.inner.getSession(address);
+  }
+
+  getExistingSessions(addresses: ProtocolAddress[]): Promise<SessionRecord[]> {
+    return this.inner.getExistingSessions(addresses);
+  }
 }
 
 /**
@@ -163,9 +193,13 @@ export class PeerSessions {
   ): Promise<DeviceCiphertext> {
     return withStoreFailures(stores, async ({ session, identity }) => {
       try {
-        const message = await signalEncrypt(plaintext, ProtocolAddress.new(username, deviceId), this.localAddress(), session, identity);
+        const address = ProtocolAddress.new(username, deviceId);
+        const recorder = new SavedSessionRecorder(session);
+        const message = await signalEncrypt(plaintext, address, this.localAddress(), recorder, identity);
         const type = message.type() === CiphertextMessageType.PreKey ? EnvelopeType.PreKey : EnvelopeType.Signal;
-        return { deviceId, type, ciphertext: message.serialize() };
+        const record = recorder.saved ?? (await session.getSession(address));
+        if (!record) throw new Error(`libsignal encrypted for ${username} device ${deviceId} without a session`);
+        return { deviceId, type, ciphertext: message.serialize(), registrationId: record.remoteRegistrationId() };
       } catch (cause) {
         if (isLibSignalError(cause) && cause.is(LibSignalErrorCode.UntrustedIdentity)) {
           throw new SecureChatError(SecureChatErrorCode.IdentityChanged, `identity key of ${username} changed`, { cause });
