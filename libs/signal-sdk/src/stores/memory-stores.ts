@@ -488,10 +488,23 @@ export class MemoryMetadataStore extends SecureChatMetadataStore implements Snap
   }
 
   async saveSentMessage(message: SentMessageRecord): Promise<void> {
+    // A new map (the snapshot remembers the old one), then at most one entry over the bound to drop:
+    // the oldest, so no sort per message (every sent message is saved here; issue #9, SDK overhead).
     const kept = new Map(this.sentMessages.get(message.recipient));
     kept.set(sentMessageKey(message.recipientDevice, message.timestamp), copySent(message));
-    const newestFirst = [...kept].sort(([, a], [, b]) => b.timestamp - a.timestamp);
-    this.sentMessages.set(message.recipient, new Map(newestFirst.slice(0, MAX_SENT_MESSAGES_PER_PEER)));
+    while (kept.size > MAX_SENT_MESSAGES_PER_PEER) {
+      let oldest: string | undefined;
+      let oldestTimestamp = Number.POSITIVE_INFINITY;
+      for (const [key, { timestamp }] of kept) {
+        if (timestamp <= oldestTimestamp) {
+          oldest = key;
+          oldestTimestamp = timestamp;
+        }
+      }
+      if (oldest === undefined) break;
+      kept.delete(oldest);
+    }
+    this.sentMessages.set(message.recipient, kept);
   }
 
   async getSentMessages(recipient: string, recipientDevice: DeviceId, sinceServerTimestamp: number): Promise<SentMessageRecord[]> {
