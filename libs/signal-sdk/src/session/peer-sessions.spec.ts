@@ -64,10 +64,13 @@ describe('PeerSessions over memory stores (PQXDH + Double Ratchet)', () => {
 
     const first = await send(alice, bob, 'hello bob');
     expect(first.type).toBe(EnvelopeType.PreKey);
+    // The registration id the relay checks: the one the session names (from the bundle).
+    expect(first.registrationId).toBe(bob.upload.registrationId);
     expect(await receive(bob, alice, first)).toBe('hello bob');
 
     const reply = await send(bob, alice, 'hi alice');
     expect(reply.type).toBe(EnvelopeType.Signal);
+    expect(reply.registrationId).toBe(alice.upload.registrationId);
     expect(await receive(alice, bob, reply)).toBe('hi alice');
 
     const third = await send(alice, bob, 'how are you');
@@ -179,7 +182,7 @@ describe('PeerSessions over memory stores (PQXDH + Double Ratchet)', () => {
 
     it('bytes libsignal cannot parse: Malformed, not repairable', async () => {
       const { alice, bob } = await talking();
-      const garbage = { deviceId: DEVICE, type: EnvelopeType.Signal, ciphertext: new Uint8Array([3, 1, 2]) };
+      const garbage = { deviceId: DEVICE, type: EnvelopeType.Signal, ciphertext: new Uint8Array([3, 1, 2]), registrationId: 1 };
       const failure = await failureOf(receive(bob, alice, garbage));
       expect([failure.kind, failure.repairable]).toEqual([DecryptFailureKind.Malformed, false]);
     });
