@@ -3,7 +3,7 @@ import { SecureChatErrorCode } from '../errors.js';
 import type { DeviceId } from '../ids.js';
 import { describeStoreConformance } from '../testing/store-conformance.js';
 import { MemorySessionStore, amendStores, createMemoryStores } from './memory-stores.js';
-import { MAX_PENDING_MESSAGES } from './stores.js';
+import { MAX_PENDING_MESSAGES, MAX_SENT_MESSAGES_PER_PEER } from './stores.js';
 
 describeStoreConformance('memory stores', async () => ({ stores: createMemoryStores(), close: async () => undefined }));
 
@@ -69,5 +69,33 @@ describe('memory store transactions', () => {
     expect((await stores.metadata.getPendingMessage('a'))?.content).toEqual(new Uint8Array([1]));
     expect(await stores.metadata.getPendingMessage('b')).not.toBeNull();
     expect(await stores.metadata.getPendingMessage('d')).toBeNull();
+  });
+
+  it('roll back a peer sent log changed in place: the saved entry goes, the entry it pushed out over the bound comes back', async () => {
+    const stores = createMemoryStores();
+    const sent = (timestamp: number) => ({
+      recipient: 'bob',
+      recipientDevice: 1 as DeviceId,
+      timestamp,
+      serverTimestamp: timestamp,
+      content: new Uint8Array([timestamp % 256]),
+    });
+    for (let t = 1; t <= MAX_SENT_MESSAGES_PER_PEER; t++) await stores.metadata.saveSentMessage(sent(t));
+    await expect(
+      stores.transaction!(async (tx) => {
+        await tx.metadata.saveSentMessage(sent(1000));
+        await tx.metadata.saveSentMessage({ ...sent(50), serverTimestamp: 5000 });
+        throw new Error('abort');
+      }),
+    ).rejects.toThrow('abort');
+    const kept = await stores.metadata.getSentMessages('bob', 1 as DeviceId, 0);
+    expect(kept.map((m) => m.timestamp)).toEqual(Array.from({ length: MAX_SENT_MESSAGES_PER_PEER }, (_, i) => i + 1));
+    expect(kept[49]?.serverTimestamp).toBe(50);
+
+    // Committed: the oldest goes for the new one.
+    await stores.transaction!((tx) => tx.metadata.saveSentMessage(sent(1001)));
+    const after = await stores.metadata.getSentMessages('bob', 1 as DeviceId, 0);
+    expect(after[0]?.timestamp).toBe(2);
+    expect(after.at(-1)?.timestamp).toBe(1001);
   });
 });

@@ -388,8 +388,15 @@ export class MemoryMetadataStore extends SecureChatMetadataStore implements Snap
   private readonly peerDevices = new SnapshotMap<string, DeviceId[]>();
   /** In insertion order, so the first entry is the oldest. */
   private readonly pendingMessages = new SnapshotMap<string, PendingMessage>();
-  /** Per recipient username, keyed by `sentMessageKey`. */
-  private readonly sentMessages = new SnapshotMap<string, Map<string, SentMessageRecord>>();
+  /**
+   * Per recipient username, keyed by `sentMessageKey`. Each peer's log is
+   * changed in place (every sent message is saved here: copying the log per
+   * message cost more than the save), so a transaction snapshots a log the
+   * first time it changes one (`sentLogsInTransaction`).
+   */
+  private readonly sentMessages = new SnapshotMap<string, SnapshotMap<string, SentMessageRecord>>();
+  /** While a transaction is open: the snapshot of each peer's log it changed. */
+  private sentLogsInTransaction: Map<SnapshotMap<string, SentMessageRecord>, Snapshot> | null = null;
   /** Keyed by `receivedMessageKey`, in insertion order; the value is `receivedAt`. */
   private readonly receivedMessages = new SnapshotMap<string, number>();
   /** Envelope id to `processedAt`, in insertion order (the first entry is the oldest). */
@@ -407,8 +414,14 @@ export class MemoryMetadataStore extends SecureChatMetadataStore implements Snap
 
   snapshot(): Snapshot {
     const { account, refreshToken, signedKeysState, ownProfileKey } = this;
-    // The per-recipient maps are replaced, never changed in place, so remembering them is enough.
+    const sentLogs = new Map<SnapshotMap<string, SentMessageRecord>, Snapshot>();
+    this.sentLogsInTransaction = sentLogs;
+    const endSentLogs = (end: (snapshot: Snapshot) => void): Snapshot['restore'] => () => {
+      if (this.sentLogsInTransaction === sentLogs) this.sentLogsInTransaction = null;
+      for (const snapshot of sentLogs.values()) end(snapshot);
+    };
     const parts = [
+      { restore: endSentLogs((log) => log.restore()), release: endSentLogs((log) => log.release()) },
       this.nextKeyIds.snapshot(),
       this.peerDevices.snapshot(),
       this.pendingMessages.snapshot(),
@@ -488,15 +501,21 @@ export class MemoryMetadataStore extends SecureChatMetadataStore implements Snap
   }
 
   async saveSentMessage(message: SentMessageRecord): Promise<void> {
-    // A new map (the snapshot remembers the old one), then at most one entry over the bound to drop:
-    // the oldest, so no sort per message (every sent message is saved here; issue #9, SDK overhead).
-    const kept = new Map(this.sentMessages.get(message.recipient));
+    // At most one entry over the bound to drop: the oldest (the first saved among equal timestamps,
+    // as SqliteStores drops), found in one pass, no sort per message.
+    let kept = this.sentMessages.get(message.recipient);
+    if (kept) {
+      if (this.sentLogsInTransaction && !this.sentLogsInTransaction.has(kept)) this.sentLogsInTransaction.set(kept, kept.snapshot());
+    } else {
+      kept = new SnapshotMap();
+      this.sentMessages.set(message.recipient, kept);
+    }
     kept.set(sentMessageKey(message.recipientDevice, message.timestamp), copySent(message));
     while (kept.size > MAX_SENT_MESSAGES_PER_PEER) {
       let oldest: string | undefined;
       let oldestTimestamp = Number.POSITIVE_INFINITY;
       for (const [key, { timestamp }] of kept) {
-        if (timestamp <= oldestTimestamp) {
+        if (timestamp < oldestTimestamp) {
           oldest = key;
           oldestTimestamp = timestamp;
         }
@@ -504,7 +523,6 @@ export class MemoryMetadataStore extends SecureChatMetadataStore implements Snap
       if (oldest === undefined) break;
       kept.delete(oldest);
     }
-    this.sentMessages.set(message.recipient, kept);
   }
 
   async getSentMessages(recipient: string, recipientDevice: DeviceId, sinceServerTimestamp: number): Promise<SentMessageRecord[]> {
@@ -531,7 +549,11 @@ export class MemoryMetadataStore extends SecureChatMetadataStore implements Snap
     for (const [recipient, kept] of this.sentMessages) {
       const recent = [...kept].filter(([, m]) => m.timestamp >= before);
       if (recent.length === 0) this.sentMessages.delete(recipient);
-      else if (recent.length < kept.size) this.sentMessages.set(recipient, new Map(recent));
+      else if (recent.length < kept.size) {
+        const log = new SnapshotMap<string, SentMessageRecord>();
+        for (const [key, message] of recent) log.set(key, message);
+        this.sentMessages.set(recipient, log);
+      }
     }
     for (const [key, receivedAt] of this.receivedMessages) {
       if (receivedAt < before) this.receivedMessages.delete(key);
