@@ -34,11 +34,10 @@ function setUp(accounts: AddressedAccount[] = [bob(), aliceAccount()]) {
   const byName = new Map(accounts.map((account) => [account.username, account]));
   const byId = new Map(accounts.map((account) => [account.accountId, account]));
   const repository = {
-    findSenderDevice: async (_accountId: string, deviceId: number, requestId?: string) => ({
-      deviceRowId: `row-sender-${deviceId}`,
-      previousServerTimestamp: requestId ? (sentRequests.get(requestId) ?? null) : null,
+    findSendContext: async (_accountId: string, deviceId: number, requestId: string | undefined, to: string) => ({
+      sender: { deviceRowId: `row-sender-${deviceId}`, previousServerTimestamp: requestId ? (sentRequests.get(requestId) ?? null) : null },
+      recipient: byName.get(to) ?? null,
     }),
-    findAccountByUsername: async (username: string) => byName.get(username) ?? null,
     findAccountById: async (accountId: string) => byId.get(accountId) ?? null,
     storeSend: async (messages: NewMessage[], sentRequest?: SentRequestRecord): Promise<StoreOutcome> => {
       if (sentRequest) {

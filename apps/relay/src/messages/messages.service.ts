@@ -139,10 +139,13 @@ export class MessagesService {
     if (request.sync) assertNotSealed('sync', request.sync);
 
     const durable = !request.ephemeral;
-    // Both look-ups at once (each is batched with other sends'); the sender's answer is still checked first.
-    const recipientLookup = this.messages.findAccountByUsername(request.to);
-    recipientLookup.catch(() => undefined);
-    const senderDevice = await this.messages.findSenderDevice(sender.accountId, sender.deviceId, durable ? request.id : undefined);
+    // One look-up for both (batched with other sends'); the sender's answer is still checked first.
+    const { sender: senderDevice, recipient } = await this.messages.findSendContext(
+      sender.accountId,
+      sender.deviceId,
+      durable ? request.id : undefined,
+      request.to,
+    );
     if (!senderDevice) throw new RelayException(ErrorCode.InvalidToken, 'The token names a device that does not exist');
     // A retry of an accepted send is answered before anything else is checked: the devices may have changed since.
     if (senderDevice.previousServerTimestamp) return { serverTimestamp: senderDevice.previousServerTimestamp.getTime() };
@@ -150,7 +153,6 @@ export class MessagesService {
     if (request.partial && request.sync) {
       throw new RelayException(ErrorCode.ValidationFailed, 'The request is invalid', ['sync: must be absent from a partial send']);
     }
-    const recipient = await recipientLookup;
     if (recipient && recipient.accountId === sender.accountId && request.sync) {
       throw new RelayException(ErrorCode.ValidationFailed, 'The request is invalid', [
         'sync: must be absent when sending to your own account (messages addresses your other devices)',
