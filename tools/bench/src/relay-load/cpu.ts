@@ -68,23 +68,34 @@ export interface CpuShares {
   cores: number;
 }
 
-/** CPU seconds of a process, or the sum over a group of them. */
-const cpuSecondsOf = (pids: number | readonly number[] | undefined): number =>
-  Array.isArray(pids) ? pids.reduce((sum: number, pid: number) => sum + processCpuSeconds(pid), 0) : processCpuSeconds(pids as number | undefined);
-
 /**
  * Starts watching; the returned function gives each process's (or group's)
- * share of one core since, and the machine's.
+ * share of one core since, and the machine's. A process of a group that
+ * exits meanwhile (a pool closing an idle connection) is left out of the
+ * group's figure rather than making it unreadable.
  */
 export function watchCpu(pids: Record<string, number | readonly number[] | undefined>): () => CpuShares {
   const began = performance.now();
-  const before = Object.fromEntries(Object.entries(pids).map(([name, pid]) => [name, cpuSecondsOf(pid)]));
+  const groups = Object.entries(pids).map(([name, pid]) => ({
+    name,
+    single: !Array.isArray(pid),
+    before: new Map((Array.isArray(pid) ? pid : [pid]).map((one: number | undefined) => [one, processCpuSeconds(one)] as const)),
+  }));
   const machineBefore = machineCpuSeconds();
   return () => {
     const seconds = (performance.now() - began) / 1000;
     const machine = machineCpuSeconds();
+    const shareOf = (group: (typeof groups)[number]) => {
+      let used = group.single ? Number.NaN : 0;
+      for (const [pid, before] of group.before) {
+        const delta = processCpuSeconds(pid) - before;
+        if (group.single) used = delta;
+        else if (Number.isFinite(delta)) used += delta;
+      }
+      return used / seconds;
+    };
     return {
-      processes: Object.fromEntries(Object.entries(pids).map(([name, pid]) => [name, (cpuSecondsOf(pid) - before[name]) / seconds])),
+      processes: Object.fromEntries(groups.map((group) => [group.name, shareOf(group)])),
       machineBusy: (machine.busy - machineBefore.busy) / (machine.total - machineBefore.total),
       cores: cpus().length,
     };

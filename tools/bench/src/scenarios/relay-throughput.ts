@@ -107,7 +107,11 @@ export const relayThroughput: Scenario = {
             text: `≥ ${GOAL_RATIO}× bare and ≥ ${formatNumber(GOAL_THROUGHPUT)} msg/s`,
             met: ratio !== undefined && ratio >= GOAL_RATIO && relayMax.throughput >= GOAL_THROUGHPUT,
           },
-          note: `${sizesNote}, ${sizes.window} in flight per pair; ${ctx.database} database; CPU (of one core) relay ${cpuNote(relayMax.cpu)}; bare run ${cpuNote(bareMax.cpu)}`,
+          note:
+            `${sizesNote}, ${sizes.window} in flight per pair; ${ctx.database} database; ${formatNumber(relayMax.received)} delivered, ` +
+            `${relayMax.lost} lost, ${relayMax.duplicates} twice, ${formatNumber(relayMax.outOfOrder)} before an earlier send of their pair ` +
+            `(sends in flight together are not ordered; a client sends one at a time for order); CPU of one core, relay run: ${cpuNote(relayMax.cpu)}; ` +
+            `bare run: ${cpuNote(bareMax.cpu)}`,
         },
         {
           scenario: 'relay-throughput',
