@@ -1,5 +1,5 @@
 import { Type } from 'class-transformer';
-import { Equals, IsString, IsUUID, Length, ValidateNested } from 'class-validator';
+import { Equals, IsObject, IsString, IsUUID, Length, ValidateNested } from 'class-validator';
 import type { DeviceMismatch, ErrorCode, StaleDeviceList } from './errors.js';
 import { REQUEST_ID_MAX_LENGTH } from './limits.js';
 import { SendMessageRequest, type Envelope } from './messages.dto.js';
@@ -28,7 +28,8 @@ export class SendFrame {
   @IsString() @Length(1, REQUEST_ID_MAX_LENGTH)
   requestId!: string;
 
-  @ValidateNested() @Type(() => SendMessageRequest)
+  // IsObject: ValidateNested alone lets an array through (it validates each element of none).
+  @IsObject() @ValidateNested() @Type(() => SendMessageRequest)
   message!: SendMessageRequest;
 }
 

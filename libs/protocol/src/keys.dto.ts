@@ -1,5 +1,5 @@
 import { Type } from 'class-transformer';
-import { ArrayMaxSize, IsArray, IsBoolean, IsInt, IsOptional, Max, Min, ValidateNested } from 'class-validator';
+import { ArrayMaxSize, IsArray, IsBoolean, IsInt, IsObject, IsOptional, Max, Min, ValidateNested } from 'class-validator';
 import {
   EC_PUBLIC_KEY_BYTES,
   KEY_ID_MAX,
@@ -51,10 +51,10 @@ export class UploadKeysRequest {
   @IsInt() @Min(REGISTRATION_ID_MIN) @Max(REGISTRATION_ID_MAX)
   registrationId!: number;
 
-  @IsOptional() @ValidateNested() @Type(() => SignedPreKeyDto)
+  @IsOptional() @IsObject() @ValidateNested() @Type(() => SignedPreKeyDto)
   signedPreKey?: SignedPreKeyDto;
 
-  @IsOptional() @ValidateNested() @Type(() => KyberPreKeyDto)
+  @IsOptional() @IsObject() @ValidateNested() @Type(() => KyberPreKeyDto)
   kyberLastResortPreKey?: KyberPreKeyDto;
 
   @IsOptional() @IsArray() @ArrayMaxSize(MAX_PREKEYS_PER_UPLOAD)

@@ -5,6 +5,7 @@ import { decodedBase64Length } from './validators.js';
 import { RegisterRequest } from './auth.dto.js';
 import { UploadBackupRequest } from './backup.dto.js';
 import { UploadKeysRequest } from './keys.dto.js';
+import { ClientFrameType, SendFrame } from './frames.js';
 import { EC_PUBLIC_KEY_BYTES, MAX_BACKUP_BYTES, MAX_HTTP_BODY_BYTES, MAX_PREKEYS_PER_UPLOAD } from './limits.js';
 
 const b64 = (bytes: number) => Buffer.alloc(bytes, 7).toString('base64');
@@ -57,6 +58,15 @@ describe('UploadKeysRequest', () => {
     const [error] = validateSync(dto);
     expect(error?.property).toBe('signedPreKey');
     expect(error?.children?.[0]?.property).toBe('publicKey');
+  });
+});
+
+describe('nested objects', () => {
+  it.each([[[]], [[{}]], ['text'], [7]])('refuse %j where an object is expected, in a send frame and in a key upload', (value) => {
+    const frame = plainToInstance(SendFrame, { type: ClientFrameType.Send, requestId: 'r1', message: value });
+    expect(validateSync(frame).map((e) => e.property)).toEqual(['message']);
+    const keys = plainToInstance(UploadKeysRequest, { identityKey: b64(EC_PUBLIC_KEY_BYTES), registrationId: 42, signedPreKey: value });
+    expect(validateSync(keys).map((e) => e.property)).toEqual(['signedPreKey']);
   });
 });
 
