@@ -1,4 +1,5 @@
 import { createHash, randomUUID } from 'node:crypto';
+import PQueue from 'p-queue';
 import { CiphertextMessageType, PrivateKey, ProtocolAddress, PublicKey, type SenderCertificate } from '@signalapp/libsignal-client';
 import type {
   AuthResponse,
@@ -81,7 +82,6 @@ import {
 } from './session/content.js';
 import { DecryptFailure, DecryptFailureKind, PeerSessions } from './session/peer-sessions.js';
 import { DEFAULT_SESSION_RESET_INTERVAL_MS, ResetDecision, SessionRepairLimiter } from './session/session-repair.js';
-import { SerialLane } from './session/serial-queue.js';
 import {
   DEFAULT_KEY_GRACE_PERIOD_MS,
   DEFAULT_KEY_MAINTENANCE_INTERVAL_MS,
@@ -407,8 +407,7 @@ export class SecureChatClient extends TypedEventEmitter<ChatEvent, ChatEventHand
   /** Spaces retries of a send the relay failed while the socket stayed open (timeout, 5xx). */
   private readonly outboxBackOff: BackOff;
   /** Incoming frames are handled one at a time, in the order the relay sent them. */
-  // Once no incoming frame is waiting: a backlog is acknowledged in few receipts.
-  private readonly incoming = new SerialLane(() => this.flushDeliveryReceipts());
+  private readonly incoming = new PQueue({ concurrency: 1 });
   /**
    * Messages whose listeners are running or whose `ack()` the app has not
    * called yet: a redelivery of one of them is ignored. Their decrypted
@@ -448,6 +447,8 @@ export class SecureChatClient extends TypedEventEmitter<ChatEvent, ChatEventHand
     }
     this.repair = new SessionRepairLimiter(this.sessionResetIntervalMs, this.now);
     this.deliveryReceipts = options.deliveryReceipts ?? true;
+    // Once no incoming frame is waiting: a backlog is acknowledged in few receipts.
+    this.incoming.on('idle', () => this.flushDeliveryReceipts());
     const oneTimePreKeyBatch = options.oneTimePreKeyBatch ?? MAX_PREKEYS_PER_UPLOAD;
     if (!Number.isInteger(oneTimePreKeyBatch) || oneTimePreKeyBatch < 1 || oneTimePreKeyBatch > MAX_PREKEYS_PER_UPLOAD) {
       throw new SecureChatError(SecureChatErrorCode.InvalidOptions, `oneTimePreKeyBatch must be 1..${MAX_PREKEYS_PER_UPLOAD}`);
@@ -1739,10 +1740,10 @@ export class SecureChatClient extends TypedEventEmitter<ChatEvent, ChatEventHand
   private onFrame(frame: ServerFrame): void {
     switch (frame.type) {
       case ServerFrameType.Message:
-        void this.incoming.run(() => this.receive(frame.envelope));
+        void this.incoming.add(() => this.receive(frame.envelope));
         return;
       case ServerFrameType.QueueEmpty:
-        void this.incoming.run(async () => {
+        void this.incoming.add(async () => {
           this.emit(ChatEvent.QueueEmpty);
         });
         return;

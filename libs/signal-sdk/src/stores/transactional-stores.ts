@@ -1,5 +1,5 @@
+import PQueue from 'p-queue';
 import { SecureChatError, SecureChatErrorCode } from '../errors.js';
-import { SerialLane } from '../session/serial-queue.js';
 import type { SecureChatStores } from './stores.js';
 
 /** How a storage engine starts, commits and undoes a transaction. */
@@ -21,10 +21,10 @@ export const STORE_NAMES = ['session', 'identity', 'preKey', 'signedPreKey', 'ky
  * order it was asked for.
  */
 export class StoreGate {
-  private readonly lane = new SerialLane();
+  private readonly lane = new PQueue({ concurrency: 1 });
 
   exclusive<T>(task: () => T | Promise<T>): Promise<T> {
-    return this.lane.run(task);
+    return this.lane.add(async () => task());
   }
 }
 
