@@ -54,6 +54,34 @@ export enum ChatEvent {
    * one (`removedSelf`). Not emitted for this install's own changes.
    */
   GroupUpdated = 'groupUpdated',
+  /**
+   * A message showed that messages before it from the same sender device
+   * never arrived (docs/architecture.md, "Gap detection"): the relay, or
+   * something between, dropped or is holding them. Emitted before that
+   * message, once per gap. A reported message that still arrives (it was
+   * delayed or reordered) is emitted as a `message` with `filledGap: true`;
+   * `missingMessages()` lists what is still missing.
+   */
+  MessagesMissing = 'messagesMissing',
+}
+
+/** What `messagesMissing` reports (and `SecureChatClient.missingMessages()` lists): never any content. */
+export interface MessagesMissing {
+  /** The sender (canonical username); this account's own for messages another of its devices sent (`outgoing`). */
+  readonly sender: string;
+  readonly senderDevice: DeviceId;
+  /** The other party of the conversation the missing messages belong to: `sender`, or for `outgoing` the account they went to. */
+  readonly conversation: string;
+  /** true: messages this account sent from its device `senderDevice` (their sync copies are missing here). */
+  readonly outgoing: boolean;
+  /**
+   * The missing `IncomingMessage.sequence` numbers, ascending ranges (both
+   * ends included). In the event: the gap this message revealed; from
+   * `missingMessages()`: every range still missing.
+   */
+  readonly ranges: readonly { readonly from: number; readonly to: number }[];
+  /** How many messages the ranges hold. */
+  readonly count: number;
 }
 
 /** What `receipt` reports. */
@@ -141,6 +169,18 @@ export interface IncomingMessage {
    */
   readonly identity: IdentityStatus;
   /**
+   * The message's number in its sender device's sequence to this
+   * conversation (docs/architecture.md, "Gap detection"): the numbers
+   * `messagesMissing` reports. Absent for group messages and for a sender
+   * that does not number its messages (content version 1).
+   */
+  readonly sequence?: number;
+  /**
+   * true when this message had been reported missing (`messagesMissing`)
+   * and arrived late: the app can take down the gap it showed for it.
+   */
+  readonly filledGap: boolean;
+  /**
    * Set for a message to a group (sent once to every member device, with
    * the sender's key for the group): its id (`SecureChatClient.groups()`)
    * and title as this install knows them. For a group message `outgoing`
@@ -192,6 +232,7 @@ export interface ChatEventHandlerMap {
   [ChatEvent.Receipt]: (receipt: Receipt) => void;
   [ChatEvent.Typing]: (typing: Typing) => void;
   [ChatEvent.GroupUpdated]: (update: GroupUpdated) => void;
+  [ChatEvent.MessagesMissing]: (missing: MessagesMissing) => void;
 }
 
 type Listener = (...args: never[]) => unknown;

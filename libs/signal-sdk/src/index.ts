@@ -23,6 +23,7 @@ export {
   TypedEventEmitter,
   type ChatEventHandlerMap,
   type IncomingMessage,
+  type MessagesMissing,
   type OutboxSendFailed,
   type OutboxSent,
   type Receipt,
@@ -63,6 +64,7 @@ export {
 export { amendStores } from './stores/memory-stores.js';
 export {
   CONTENT_VERSION,
+  UNSEQUENCED_CONTENT_VERSION,
   ContentKind,
   MAX_BODY_BYTES,
   MAX_RECEIPT_TIMESTAMPS,
@@ -70,6 +72,13 @@ export {
   SESSION_RESET_REQUEST_BODY_BYTES,
 } from './session/content.js';
 export { DEFAULT_SESSION_RESET_INTERVAL_MS } from './session/session-repair.js';
+export {
+  MAX_MISSING_RANGES,
+  MAX_SEQUENCE_NUMBER,
+  type MessageSequence,
+  type SequenceRange,
+  type SequenceTrack,
+} from './session/message-sequence.js';
 export { type GroupInfo, type GroupUpdated, type SentGroupMessage } from './groups/group-service.js';
 export { MAX_GROUP_MEMBERS, MAX_GROUP_TITLE_BYTES, type GroupMember, type GroupState } from './groups/group-wire.js';
 export type { GroupRecord } from './groups/group-rules.js';

@@ -40,6 +40,7 @@ import {
   TypedEventEmitter,
   type ChatEventHandlerMap,
   type IncomingMessage,
+  type MessagesMissing,
   type Receipt,
   type SessionReset,
   type Typing,
@@ -81,6 +82,7 @@ import {
   type MessageContent,
 } from './session/content.js';
 import { DecryptFailure, DecryptFailureKind, PeerSessions } from './session/peer-sessions.js';
+import { countMissing, nextSequence, observeSequence, type SequenceRange, type SequenceTrack } from './session/message-sequence.js';
 import { DEFAULT_SESSION_RESET_INTERVAL_MS, ResetDecision, SessionRepairLimiter } from './session/session-repair.js';
 import {
   DEFAULT_KEY_GRACE_PERIOD_MS,
@@ -285,8 +287,17 @@ interface PendingSend {
  * request that came with another identity key than the peer had. `fresh`:
  * decrypted now, not recalled from the pending messages.
  */
+/** What following a received message's sequence found (docs/architecture.md, "Gap detection"). */
+interface SequenceSeen {
+  track: Pick<SequenceTrack, 'sender' | 'senderDevice' | 'recipient'>;
+  /** The numbers this message showed missing, or null. */
+  missing: SequenceRange | null;
+  /** It had been reported missing. */
+  filledGap: boolean;
+}
+
 type OpenedMessage = (
-  | { content: MessageContent }
+  | { content: MessageContent; sequence?: SequenceSeen }
   | { malformed: ContentFormatError }
   | { resendOfDelivered: true }
   | { resetFromNewIdentity: true }
@@ -304,6 +315,7 @@ type ReceivedEnvelope =
   | {
       message: MessageContent;
       identity: IdentityStatus;
+      sequence?: SequenceSeen;
       /** A group message (kind 10): its group, and who sent it (the sealed certificate's sender). */
       group?: { id: string; title: string; from: IncomingMessageContext };
     }
@@ -650,9 +662,15 @@ export class SecureChatClient extends TypedEventEmitter<ChatEvent, ChatEventHand
     // Only an id the caller chose can be queued already (a retry of an earlier send).
     const queued = options.id !== undefined && (await this.stores.metadata.getOutgoing()).some((message) => message.id === id);
     if (!queued) {
-      const timestamp = this.nextContentTimestamp();
-      const content = encodeContent({ kind: isText ? ContentKind.Text : ContentKind.Bytes, timestamp, body: bytes });
-      await this.stores.metadata.saveOutgoing({ id, recipient: to, content, timestamp, queuedAt: this.now() });
+      // The message takes the next number of this install's sequence to `to` (docs/architecture.md,
+      // "Gap detection") in the transaction that queues it: a number is never used twice, nor skipped.
+      await this.transaction(async (stores) => {
+        const timestamp = this.nextContentTimestamp();
+        const sequence = nextSequence(await stores.metadata.getSendSequence(to));
+        const content = encodeContent({ kind: isText ? ContentKind.Text : ContentKind.Bytes, timestamp, body: bytes, sequence });
+        await stores.metadata.saveSendSequence(to, sequence);
+        await stores.metadata.saveOutgoing({ id, recipient: to, content, timestamp, queuedAt: this.now() });
+      });
     }
     const waiter = this.outboxWaiters.get(id) ?? newOutboxWaiter();
     this.outboxWaiters.set(id, waiter);
@@ -2447,8 +2465,46 @@ export class SecureChatClient extends TypedEventEmitter<ChatEvent, ChatEventHand
       await done();
       return;
     }
+    if (received.sequence?.missing) this.emitMessagesMissing(received.sequence.track, [received.sequence.missing]);
     this.inFlight.add(context.messageId);
-    await this.deliver(this.incomingMessage(envelope, context, received.message, received.identity));
+    await this.deliver(this.incomingMessage(envelope, context, received.message, received.identity, undefined, received.sequence?.filledGap));
+  }
+
+  /**
+   * What is missing now, per sender device and conversation, from every
+   * sequence this install follows (docs/architecture.md, "Gap detection"):
+   * numbers skipped by a message that arrived and not arrived since. A
+   * range drops out when its messages arrive; a track keeps at most
+   * `MAX_MISSING_RANGES` ranges (the oldest are forgotten first).
+   * @throws {SecureChatError} `InvalidState` before `register`/`login`, a store's failure.
+   */
+  async missingMessages(): Promise<MessagesMissing[]> {
+    this.localAccount();
+    const tracks = await this.stores.metadata.getSequenceTracks();
+    return tracks.filter((track) => track.missing.length > 0).map((track) => this.messagesMissingOf(track, track.missing));
+  }
+
+  private messagesMissingOf(track: SequenceSeen['track'], ranges: readonly SequenceRange[]): MessagesMissing {
+    const own = this.localAccount().username;
+    const outgoing = track.sender === own && track.recipient !== own;
+    return {
+      sender: track.sender,
+      senderDevice: track.senderDevice,
+      conversation: outgoing ? track.recipient : track.sender,
+      outgoing,
+      ranges: ranges.map(({ from, to }) => ({ from, to })),
+      count: countMissing(ranges),
+    };
+  }
+
+  private emitMessagesMissing(track: SequenceSeen['track'], ranges: SequenceRange[]): void {
+    const missing = this.messagesMissingOf(track, ranges);
+    this.logger.warn?.(`${missing.count} message(s) from ${missing.sender} device ${missing.senderDevice} never arrived`);
+    try {
+      this.emit(ChatEvent.MessagesMissing, missing);
+    } catch (cause) {
+      this.emit(ChatEvent.Error, new SecureChatError(SecureChatErrorCode.ListenerFailed, 'a messagesMissing listener threw', { cause }));
+    }
   }
 
   /**
@@ -2561,7 +2617,7 @@ export class SecureChatClient extends TypedEventEmitter<ChatEvent, ChatEventHand
         if (context.sender !== this.localAccount().username) await this.stores.metadata.savePeerProfileKey(context.sender, profileKeyOf(content));
         return { handled: true };
       default:
-        return { message: content, identity: opened.identity };
+        return { message: content, identity: opened.identity, ...(opened.sequence ? { sequence: opened.sequence } : {}) };
     }
   }
 
@@ -2620,14 +2676,32 @@ export class SecureChatClient extends TypedEventEmitter<ChatEvent, ChatEventHand
       if (opened.content.kind === ContentKind.SessionResetRequest && identity === IdentityStatus.Changed) {
         return { resetFromNewIdentity: true, fresh: true, identityChange, identity };
       }
+      let sequence: SequenceSeen | undefined;
       if (isUserContent(opened.content.kind) || opened.content.kind === ContentKind.SyncCopy) {
         const received = { sender: context.sender, senderDevice, timestamp: opened.content.timestamp, contentDigest: sha256(plaintext) };
         if (await stores.metadata.hasReceivedMessage(received)) return { resendOfDelivered: true, fresh: true, identityChange, identity };
         await stores.metadata.saveReceivedMessage({ ...received, receivedAt: this.now() });
+        // After every dedupe: a repeat never reaches the sequence, so it can neither open nor close a gap.
+        if (!ephemeral) sequence = await this.followSequence(stores, context.sender, senderDevice, opened.content);
       }
       if (!ephemeral) await stores.metadata.savePendingMessage(context.messageId, { sender: context.sender, senderDevice, content: plaintext });
-      return { ...opened, fresh: true, identityChange, identity };
+      return { ...opened, ...(sequence ? { sequence } : {}), fresh: true, identityChange, identity };
     });
+  }
+
+  /**
+   * Applies a received text, bytes or sync copy to the sequence it belongs
+   * to: its sender device's to this account, or for a sync copy this
+   * account's device's to the copy's destination. Nothing for a record with
+   * no sequence (content version 1). In the decryption's transaction.
+   */
+  private async followSequence(stores: SecureChatStores, sender: string, senderDevice: DeviceId, content: MessageContent): Promise<SequenceSeen | undefined> {
+    if (!content.sequence) return undefined;
+    const recipient = content.kind === ContentKind.SyncCopy ? syncCopyOf(content).destination : this.localAccount().username;
+    const track = { sender, senderDevice, recipient };
+    const seen = observeSequence(await stores.metadata.getSequenceTrack(sender, senderDevice, recipient), track, content.sequence);
+    if (seen.track) await stores.metadata.saveSequenceTrack(seen.track);
+    return { track, missing: seen.missing, filledGap: seen.filledGap };
   }
 
   /**
@@ -2784,6 +2858,7 @@ export class SecureChatClient extends TypedEventEmitter<ChatEvent, ChatEventHand
     content: MessageContent,
     identity: IdentityStatus,
     group?: { id: string; title: string },
+    filledGap = false,
   ): IncomingMessage {
     let acked: Promise<void> | undefined;
     // A sync copy is this account's own message to its destination: shown as sent, in that conversation.
@@ -2801,6 +2876,8 @@ export class SecureChatClient extends TypedEventEmitter<ChatEvent, ChatEventHand
       body: message.body.slice(),
       ...(message.kind === ContentKind.Text ? { text: decodeText(message.body) } : {}),
       identity,
+      ...(message.sequence ? { sequence: message.sequence.number } : {}),
+      filledGap,
       ack: () => {
         acked ??= this.ack(context.messageId).catch((error: unknown) => {
           acked = undefined;

@@ -1,5 +1,6 @@
 import {
   CONTENT_VERSION,
+  UNSEQUENCED_CONTENT_VERSION,
   ContentFormatError,
   ContentKind,
   MAX_BODY_BYTES,
@@ -35,7 +36,7 @@ describe('content encoding', () => {
 
   it('writes the documented layout', () => {
     const bytes = encodeContent({ kind: ContentKind.Bytes, timestamp: 0x0102030405, body: new Uint8Array([9, 8, 7]) });
-    expect([...bytes.subarray(0, 18)]).toEqual([CONTENT_VERSION, 2, 0, 0, 0, 1, 2, 3, 4, 5, 0, 0, 0, 3, 9, 8, 7, 0x80]);
+    expect([...bytes.subarray(0, 18)]).toEqual([UNSEQUENCED_CONTENT_VERSION, 2, 0, 0, 0, 1, 2, 3, 4, 5, 0, 0, 0, 3, 9, 8, 7, 0x80]);
     expect(bytes.subarray(18).every((b) => b === 0)).toBe(true);
   });
 
@@ -75,7 +76,8 @@ describe('content encoding', () => {
       ['empty', new Uint8Array(0)],
       ['not a multiple of the block', mutate((b) => b.subarray(0, 159))],
       ['an extra block of zeros', mutate((b) => Uint8Array.from([...b, ...new Uint8Array(160)]))],
-      ['unknown version', mutate((b) => ((b[0] = 2), b))],
+      ['unknown version', mutate((b) => ((b[0] = 3), b))],
+      ['version 2 with a version 1 header', mutate((b) => ((b[0] = CONTENT_VERSION), b))],
       ['version zero', mutate((b) => ((b[0] = 0), b))],
       ['unknown kind', mutate((b) => ((b[1] = 7), b))],
       ['kind zero', mutate((b) => ((b[1] = 0), b))],
@@ -94,13 +96,87 @@ describe('content encoding', () => {
     });
   });
 
+  describe('sequence (version 2)', () => {
+    const sequence = { stream: 0x0a0b0c0d, number: 0x01020304 };
+
+    it('writes the documented layout: version 2, then stream and number before the body length', () => {
+      const bytes = encodeContent({ kind: ContentKind.Text, timestamp: 0x0102030405, body: text('hi'), sequence });
+      expect([...bytes.subarray(0, 25)]).toEqual([
+        CONTENT_VERSION, 1, 0, 0, 0, 1, 2, 3, 4, 5, 0x0a, 0x0b, 0x0c, 0x0d, 1, 2, 3, 4, 0, 0, 0, 2, ...text('hi'), 0x80,
+      ]);
+      expect(bytes.subarray(25).every((b) => b === 0)).toBe(true);
+      expect(bytes.length).toBe(160);
+    });
+
+    it('round-trips the sequence of text and bytes; a record without one is written as version 1 and decodes without it', () => {
+      const decoded = decodeContent(encodeContent({ kind: ContentKind.Bytes, timestamp: 9, body: new Uint8Array([1, 2]), sequence }));
+      expect(decoded).toEqual({ kind: ContentKind.Bytes, timestamp: 9, body: new Uint8Array([1, 2]), sequence });
+      const plain = encodeContent({ kind: ContentKind.Text, timestamp: 9, body: text('x') });
+      expect(plain[0]).toBe(UNSEQUENCED_CONTENT_VERSION);
+      expect(decodeContent(plain)).not.toHaveProperty('sequence');
+    });
+
+    it('takes the extra header bytes out of the padding: a largest message and its sync copy still pad to 61,600 bytes', () => {
+      const largest = { kind: ContentKind.Bytes, timestamp: 1, body: new Uint8Array(MAX_BODY_BYTES).fill(1), sequence };
+      expect(encodeContent(largest).length).toBe(61_600);
+      expect(paddedContentLength(MAX_BODY_BYTES, true)).toBe(61_600);
+      const copy = encodeSyncCopy('a'.repeat(32), largest);
+      expect(copy.length).toBe(61_600);
+      expect(decodeContent(copy).sequence).toEqual(sequence);
+    });
+
+    it('gives a sync copy the stream and number of the message it copies', () => {
+      const copy = syncCopyOf(decodeContent(encodeSyncCopy('bob', { kind: ContentKind.Text, timestamp: 5, body: text('hey'), sequence })));
+      expect(copy.message.sequence).toEqual(sequence);
+      expect(copy.message.timestamp).toBe(5);
+    });
+
+    it('refuses to encode a sequence on a kind that has none, or a stream or number out of range', () => {
+      expect(() => encodeTyping(1, true)).not.toThrow();
+      expect(() => encodeContent({ kind: ContentKind.Typing, timestamp: 1, body: Uint8Array.of(1), sequence })).toThrow(ContentFormatError);
+      expect(() => encodeContent({ kind: ContentKind.Receipt, timestamp: 1, body: new Uint8Array(11), sequence })).toThrow(ContentFormatError);
+      for (const bad of [{ stream: 0, number: 1 }, { stream: 1, number: 0 }, { stream: 2 ** 32, number: 1 }, { stream: 1, number: 1.5 }]) {
+        expect(() => encodeContent({ kind: ContentKind.Text, timestamp: 1, body: text('x'), sequence: bad })).toThrow(ContentFormatError);
+      }
+    });
+
+    const handBuiltV2 = (kind: number, body: Uint8Array, stream: number, number: number) => {
+      const bytes = new Uint8Array(paddedContentLength(body.length, true));
+      const view = new DataView(bytes.buffer);
+      view.setUint8(0, CONTENT_VERSION);
+      view.setUint8(1, kind);
+      view.setBigUint64(2, 1n);
+      view.setUint32(10, stream);
+      view.setUint32(14, number);
+      view.setUint32(18, body.length);
+      bytes.set(body, 22);
+      bytes[22 + body.length] = 0x80;
+      return bytes;
+    };
+
+    it('accepts the hand-built form of a sequenced text', () => {
+      expect(decodeContent(handBuiltV2(ContentKind.Text, text('ok'), 7, 8)).sequence).toEqual({ stream: 7, number: 8 });
+    });
+
+    it.each<[string, Uint8Array]>([
+      ['stream 0', handBuiltV2(ContentKind.Text, text('ok'), 0, 8)],
+      ['number 0', handBuiltV2(ContentKind.Text, text('ok'), 7, 0)],
+      ['a session reset request', handBuiltV2(ContentKind.SessionResetRequest, new Uint8Array(8), 7, 8)],
+      ['a receipt', handBuiltV2(ContentKind.Receipt, Uint8Array.from([1, 0, 1, ...new Uint8Array(8)]), 7, 8)],
+      ['a typing record', handBuiltV2(ContentKind.Typing, Uint8Array.of(1), 7, 8)],
+      ['a profile key', handBuiltV2(ContentKind.ProfileKey, new Uint8Array(32), 7, 8)],
+    ])('rejects a version 2 record with %s', (_name, bytes) => {
+      expect(() => decodeContent(bytes)).toThrow(ContentFormatError);
+    });
+  });
+
   describe('session reset request (kind 3)', () => {
     const since = 1_764_000_000_456;
 
     it('writes the documented layout: an 8-byte body holding since', () => {
       const bytes = encodeSessionResetRequest(0x0a0b0c0d0e, since);
       const sinceBytes = [...Buffer.from(since.toString(16).padStart(16, '0'), 'hex')];
-      expect([...bytes.subarray(0, 23)]).toEqual([CONTENT_VERSION, 3, 0, 0, 0, 0x0a, 0x0b, 0x0c, 0x0d, 0x0e, 0, 0, 0, 8, ...sinceBytes, 0x80]);
+      expect([...bytes.subarray(0, 23)]).toEqual([UNSEQUENCED_CONTENT_VERSION, 3, 0, 0, 0, 0x0a, 0x0b, 0x0c, 0x0d, 0x0e, 0, 0, 0, 8, ...sinceBytes, 0x80]);
       expect(bytes.length).toBe(PADDING_BLOCK);
       expect(bytes.subarray(23).every((b) => b === 0)).toBe(true);
     });
@@ -118,7 +194,7 @@ describe('content encoding', () => {
       // Hand-built, as a peer with another encoder could send it: encodeContent refuses these.
       const bytes = new Uint8Array(paddedContentLength(body.length));
       const view = new DataView(bytes.buffer);
-      view.setUint8(0, CONTENT_VERSION);
+      view.setUint8(0, UNSEQUENCED_CONTENT_VERSION);
       view.setUint8(1, ContentKind.SessionResetRequest);
       view.setBigUint64(2, 1n);
       view.setUint32(10, body.length);
@@ -150,7 +226,7 @@ describe('content encoding', () => {
   const handBuilt = (kind: number, body: Uint8Array, timestamp = 1n) => {
     const bytes = new Uint8Array(paddedContentLength(body.length));
     const view = new DataView(bytes.buffer);
-    view.setUint8(0, CONTENT_VERSION);
+    view.setUint8(0, UNSEQUENCED_CONTENT_VERSION);
     view.setUint8(1, kind);
     view.setBigUint64(2, timestamp);
     view.setUint32(10, body.length);
@@ -171,7 +247,7 @@ describe('content encoding', () => {
       const bytes = encodeSyncCopy('bob', original);
       const inner = [...text('see you at 8')];
       const body = [3, ...text('bob'), ContentKind.Text, ...inner];
-      expect([...bytes.subarray(0, 14)]).toEqual([CONTENT_VERSION, 4, ...u64(BigInt(original.timestamp)), 0, 0, 0, body.length]);
+      expect([...bytes.subarray(0, 14)]).toEqual([UNSEQUENCED_CONTENT_VERSION, 4, ...u64(BigInt(original.timestamp)), 0, 0, 0, body.length]);
       expect([...bytes.subarray(14, 14 + body.length + 1)]).toEqual([...body, 0x80]);
       expect(bytes.length).toBe(PADDING_BLOCK);
     });
@@ -232,7 +308,7 @@ describe('content encoding', () => {
     it('writes the documented layout: type, u16 count, u64 timestamps', () => {
       const bytes = encodeReceipt(9, { type: ReceiptType.Read, timestamps: [1, 0x0102030405] });
       const body = [2, 0, 2, ...u64(1n), ...u64(0x0102030405n)];
-      expect([...bytes.subarray(0, 14 + body.length + 1)]).toEqual([CONTENT_VERSION, 5, ...u64(9n), 0, 0, 0, body.length, ...body, 0x80]);
+      expect([...bytes.subarray(0, 14 + body.length + 1)]).toEqual([UNSEQUENCED_CONTENT_VERSION, 5, ...u64(9n), 0, 0, 0, body.length, ...body, 0x80]);
     });
 
     it('round-trips the type and the timestamps in order, 1 to 100 of them', () => {
@@ -270,7 +346,7 @@ describe('content encoding', () => {
   describe('typing (kind 6)', () => {
     it('writes the documented layout and round-trips started and stopped', () => {
       const bytes = encodeTyping(0x0a, true);
-      expect([...bytes.subarray(0, 16)]).toEqual([CONTENT_VERSION, 6, ...u64(0x0an), 0, 0, 0, 1, 1, 0x80]);
+      expect([...bytes.subarray(0, 16)]).toEqual([UNSEQUENCED_CONTENT_VERSION, 6, ...u64(0x0an), 0, 0, 0, 1, 1, 0x80]);
       expect(bytes.length).toBe(PADDING_BLOCK);
       expect(typingOf(decodeContent(bytes))).toBe(TypingAction.Started);
       expect(typingOf(decodeContent(encodeTyping(1, false)))).toBe(TypingAction.Stopped);

@@ -2,14 +2,25 @@
  * The plaintext that goes into libsignal's encryption (our equivalent of
  * Signal's `Content` protobuf). Byte layout, all integers big-endian:
  *
- *   offset 0   u8   version        CONTENT_VERSION (1)
+ *   offset 0   u8   version        1, or CONTENT_VERSION (2) for a sequenced record
  *   offset 1   u8   kind           1 = UTF-8 text, 2 = opaque bytes,
  *                                  3 = session reset request (a control record, never shown to the app)
  *   offset 2   u64  timestamp      sender's clock, ms since the epoch (<= 2^53 - 1)
- *   offset 10  u32  bodyLength     n
- *   offset 14  n    body
- *   offset 14+n u8  0x80           padding start marker
+ *   version 2 only:
+ *   offset 10  u32  stream         the sender's sequence to this recipient account (1..2^32 - 1)
+ *   offset 14  u32  sequence       this message's number in it (1..2^32 - 1)
+ *   then (offset h = 10 in version 1, 18 in version 2):
+ *   offset h   u32  bodyLength     n
+ *   offset h+4 n    body
+ *   then        u8  0x80           padding start marker
  *   ...        0x00 until the total length is a multiple of PADDING_BLOCK (160)
+ *
+ * Version 2 (gap detection, `session/message-sequence.ts`) is written for
+ * the kinds a user sends and reads, text and bytes, and for their sync
+ * copies (kind 4, which carry the original message's stream and number);
+ * every other kind is written as version 1, and version 2 of another kind
+ * is rejected. A version 1 text, bytes or sync copy (an older sender, or a
+ * record stored before this version) is accepted and has no sequence.
  *
  * Padding hides the length of short messages from anyone who sees the
  * ciphertext (the relay), as Signal pads message bodies to 160-byte blocks.
@@ -47,10 +58,16 @@
 
 import { PROFILE_KEY_BYTES, USERNAME_MAX_LENGTH, USERNAME_PATTERN } from '@chat/protocol';
 import { GroupWireError, parseGroupMessageBody, parseGroupUpdateBody, parseSenderKeyDistributionBody } from '../groups/group-wire.js';
+import { isSequenceNumber, type MessageSequence } from './message-sequence.js';
 
-export const CONTENT_VERSION = 1;
+/** The version written for a sequenced record; other records are written as `UNSEQUENCED_CONTENT_VERSION`. */
+export const CONTENT_VERSION = 2;
+/** The version of a record with no sequence (every kind but text, bytes and sync copies). */
+export const UNSEQUENCED_CONTENT_VERSION = 1;
 export const PADDING_BLOCK = 160;
 const HEADER_BYTES = 14;
+const SEQUENCED_HEADER_BYTES = 22;
+const headerBytesOf = (sequenced: boolean) => (sequenced ? SEQUENCED_HEADER_BYTES : HEADER_BYTES);
 const PADDING_MARKER = 0x80;
 
 /**
@@ -109,40 +126,61 @@ const MAX_RECORD_BODY_BYTES = MAX_BODY_BYTES + SYNC_COPY_MAX_PREFIX_BYTES;
 
 const isContentKind = (kind: number): kind is ContentKind => Number.isInteger(kind) && kind >= ContentKind.Text && kind <= ContentKind.GroupMessage;
 export const isUserContentKind = (kind: number): kind is UserContentKind => kind === ContentKind.Text || kind === ContentKind.Bytes;
+/** The kinds that carry a sequence (content version 2): what a user sends, and its sync copies. */
+export const isSequencedKind = (kind: ContentKind): boolean => isUserContentKind(kind) || kind === ContentKind.SyncCopy;
 
 export interface MessageContent {
   kind: ContentKind;
   /** The sender's clock when it sent, ms since the epoch. */
   timestamp: number;
   body: Uint8Array;
+  /**
+   * The message's place in its sender's sequence to the recipient account
+   * (only text, bytes and sync copies; absent in a version 1 record).
+   */
+  sequence?: MessageSequence;
 }
 
 export class ContentFormatError extends Error {
   override readonly name = 'ContentFormatError';
 }
 
-/** The padded length of a content whose body has `bodyLength` bytes. */
-export function paddedContentLength(bodyLength: number): number {
-  const unpadded = HEADER_BYTES + bodyLength + 1;
+/** The padded length of a content whose body has `bodyLength` bytes (`sequenced`: a version 2 record). */
+export function paddedContentLength(bodyLength: number, sequenced = false): number {
+  const unpadded = headerBytesOf(sequenced) + bodyLength + 1;
   return Math.ceil(unpadded / PADDING_BLOCK) * PADDING_BLOCK;
 }
 
+/**
+ * Version 2 when `content.sequence` is given, else version 1.
+ * @throws {ContentFormatError} for an unknown kind, a bad timestamp, a body too large or malformed for
+ *   its kind, or a sequence on a kind that has none or out of range.
+ */
 export function encodeContent(content: MessageContent): Uint8Array<ArrayBuffer> {
-  const { kind, timestamp, body } = content;
+  const { kind, timestamp, body, sequence } = content;
   if (!isContentKind(kind)) throw new ContentFormatError('unknown content kind');
   if (!Number.isSafeInteger(timestamp) || timestamp < 0) throw new ContentFormatError('timestamp out of range');
   if (body.length > maxBodyBytes(kind)) throw new ContentFormatError(`body larger than ${maxBodyBytes(kind)} bytes`);
+  if (sequence !== undefined) {
+    if (!isSequencedKind(kind)) throw new ContentFormatError(`a record of kind ${kind} carries no sequence`);
+    if (!isSequenceNumber(sequence.stream) || !isSequenceNumber(sequence.number)) throw new ContentFormatError('sequence out of range');
+  }
   checkBody(kind, body);
 
   // Zero-filled, so the padding after the marker is already in place.
-  const bytes = new Uint8Array(paddedContentLength(body.length));
+  const header = headerBytesOf(sequence !== undefined);
+  const bytes = new Uint8Array(paddedContentLength(body.length, sequence !== undefined));
   const view = new DataView(bytes.buffer);
-  view.setUint8(0, CONTENT_VERSION);
+  view.setUint8(0, sequence ? CONTENT_VERSION : UNSEQUENCED_CONTENT_VERSION);
   view.setUint8(1, kind);
   view.setBigUint64(2, BigInt(timestamp));
-  view.setUint32(10, body.length);
-  bytes.set(body, HEADER_BYTES);
-  bytes[HEADER_BYTES + body.length] = PADDING_MARKER;
+  if (sequence) {
+    view.setUint32(10, sequence.stream);
+    view.setUint32(14, sequence.number);
+  }
+  view.setUint32(header - 4, body.length);
+  bytes.set(body, header);
+  bytes[header + body.length] = PADDING_MARKER;
   return bytes;
 }
 
@@ -153,23 +191,31 @@ export function decodeContent(bytes: Uint8Array): MessageContent {
   }
   const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   const version = view.getUint8(0);
-  if (version !== CONTENT_VERSION) throw new ContentFormatError(`unsupported content version ${version}`);
+  if (version !== CONTENT_VERSION && version !== UNSEQUENCED_CONTENT_VERSION) throw new ContentFormatError(`unsupported content version ${version}`);
+  const sequenced = version === CONTENT_VERSION;
   const kind = view.getUint8(1);
   if (!isContentKind(kind)) throw new ContentFormatError(`unknown content kind ${kind}`);
+  if (sequenced && !isSequencedKind(kind)) throw new ContentFormatError(`a record of kind ${kind} carries no sequence`);
   const timestamp = view.getBigUint64(2);
   if (timestamp > BigInt(Number.MAX_SAFE_INTEGER)) throw new ContentFormatError('timestamp out of range');
-  const bodyLength = view.getUint32(10);
-  if (bodyLength > maxBodyBytes(kind) || paddedContentLength(bodyLength) !== bytes.length) {
+  let sequence: MessageSequence | undefined;
+  if (sequenced) {
+    sequence = { stream: view.getUint32(10), number: view.getUint32(14) };
+    if (sequence.stream === 0 || sequence.number === 0) throw new ContentFormatError('sequence out of range');
+  }
+  const header = headerBytesOf(sequenced);
+  const bodyLength = view.getUint32(header - 4);
+  if (bodyLength > maxBodyBytes(kind) || paddedContentLength(bodyLength, sequenced) !== bytes.length) {
     throw new ContentFormatError('body length does not match the padded length');
   }
-  const markerAt = HEADER_BYTES + bodyLength;
+  const markerAt = header + bodyLength;
   if (bytes[markerAt] !== PADDING_MARKER) throw new ContentFormatError('padding marker missing');
   for (let i = markerAt + 1; i < bytes.length; i++) {
     if (bytes[i] !== 0) throw new ContentFormatError('padding is not zero');
   }
-  const body = bytes.slice(HEADER_BYTES, markerAt);
+  const body = bytes.slice(header, markerAt);
   checkBody(kind, body);
-  return { kind, timestamp: Number(timestamp), body };
+  return sequence ? { kind, timestamp: Number(timestamp), body, sequence } : { kind, timestamp: Number(timestamp), body };
 }
 
 const maxBodyBytes = (kind: ContentKind) => (kind === ContentKind.SyncCopy || kind === ContentKind.GroupMessage ? MAX_RECORD_BODY_BYTES : MAX_BODY_BYTES);
@@ -216,13 +262,13 @@ const viewOf = (bytes: Uint8Array) => new DataView(bytes.buffer, bytes.byteOffse
 export interface SyncCopy {
   /** Canonical username the original message went to. */
   destination: string;
-  /** The original message: its kind, timestamp and body. */
+  /** The original message: its kind, timestamp, body and sequence (in its sender's sequence to `destination`). */
   message: MessageContent & { kind: UserContentKind };
 }
 
 /**
  * The sync copy of `message` (a text or bytes content this device sends to
- * `destination`), for the sender's other devices. Same timestamp.
+ * `destination`), for the sender's other devices. Same timestamp, same sequence.
  * @throws {ContentFormatError} for another kind, a destination that is not a canonical username, or a body too large.
  */
 export function encodeSyncCopy(destination: string, message: MessageContent): Uint8Array<ArrayBuffer> {
@@ -237,14 +283,15 @@ export function encodeSyncCopy(destination: string, message: MessageContent): Ui
   body.set(name, 1);
   body[1 + name.length] = message.kind;
   body.set(message.body, 2 + name.length);
-  return encodeContent({ kind: ContentKind.SyncCopy, timestamp: message.timestamp, body });
+  return encodeContent({ kind: ContentKind.SyncCopy, timestamp: message.timestamp, body, ...(message.sequence ? { sequence: message.sequence } : {}) });
 }
 
 /** @throws {ContentFormatError} when `content` is not a well-formed sync copy (a text inner body must be UTF-8). */
 export function syncCopyOf(content: MessageContent): SyncCopy {
   if (content.kind !== ContentKind.SyncCopy) throw new ContentFormatError('not a sync copy');
   const { destination, kind, body } = parseSyncCopyBody(content.body);
-  return { destination, message: { kind, timestamp: content.timestamp, body } };
+  const message = { kind, timestamp: content.timestamp, body };
+  return { destination, message: content.sequence ? { ...message, sequence: content.sequence } : message };
 }
 
 function parseSyncCopyBody(body: Uint8Array): { destination: string; kind: UserContentKind; body: Uint8Array } {

@@ -40,6 +40,7 @@ import { receivedMessageKey, sentMessageKey } from '../stores/message-log-keys.j
 import { StoreGate, transactionalStores, type StoreSet } from '../stores/transactional-stores.js';
 import { RecordKind, RecordTable, fromSqliteError, sqlite, type AppRecordKind } from './record-table.js';
 import type { GroupRecord } from '../groups/group-rules.js';
+import type { MessageSequence, SequenceTrack } from '../session/message-sequence.js';
 import { groupIdFromString, groupIdToString, type GroupMember } from '../groups/group-wire.js';
 import {
   DEFAULT_STORE_KDF,
@@ -647,6 +648,15 @@ const accountIdOf = (username: string) => `account-id:${username}`;
 const usernameOfAccount = (accountId: string) => `account-username:${accountId}`;
 const GROUP_PREFIX = 'group:';
 const groupOf = (groupId: string) => `${GROUP_PREFIX}${groupId}`;
+const sendSequenceOf = (recipient: string) => `send-sequence:${recipient}`;
+const SEQUENCE_TRACK_PREFIX = 'sequence-track:';
+const sequenceTrackOf = (sender: string, senderDevice: DeviceId, recipient: string) => `${SEQUENCE_TRACK_PREFIX}${sender}:${senderDevice}:${recipient}`;
+
+/** A track is kept as JSON with its missing ranges as `[from, to]` pairs. */
+function parseSequenceTrack(payload: Buffer): SequenceTrack {
+  const stored = parseJson<Omit<SequenceTrack, 'missing' | 'senderDevice'> & { senderDevice: number; missing: Array<[number, number]> }>(payload);
+  return { ...stored, senderDevice: asDeviceId(stored.senderDevice), missing: stored.missing.map(([from, to]) => ({ from, to })) };
+}
 
 /** A group record as JSON: the state with its id in base64url, this device's epoch and who has its key. */
 interface StoredGroupRecord {
@@ -951,6 +961,33 @@ class SqliteMetadataStore extends SecureChatMetadataStore {
       .list(RecordKind.Metadata)
       .filter(({ id }) => id.startsWith(GROUP_PREFIX))
       .map(({ payload }) => decodeGroupRecord(payload));
+  }
+
+  async getSendSequence(recipient: string): Promise<MessageSequence | null> {
+    const payload = this.records.get(RecordKind.Metadata, sendSequenceOf(recipient));
+    return payload ? parseJson<MessageSequence>(payload) : null;
+  }
+
+  async saveSendSequence(recipient: string, sequence: MessageSequence): Promise<void> {
+    this.records.put(RecordKind.Metadata, sendSequenceOf(recipient), json({ stream: sequence.stream, number: sequence.number }));
+  }
+
+  async getSequenceTrack(sender: string, senderDevice: DeviceId, recipient: string): Promise<SequenceTrack | null> {
+    const payload = this.records.get(RecordKind.Metadata, sequenceTrackOf(sender, senderDevice, recipient));
+    return payload ? parseSequenceTrack(payload) : null;
+  }
+
+  async saveSequenceTrack(track: SequenceTrack): Promise<void> {
+    const { sender, senderDevice, recipient, stream, highest, missing } = track;
+    const stored = { sender, senderDevice, recipient, stream, highest, missing: missing.map(({ from, to }) => [from, to]) };
+    this.records.put(RecordKind.Metadata, sequenceTrackOf(sender, senderDevice, recipient), json(stored));
+  }
+
+  async getSequenceTracks(): Promise<SequenceTrack[]> {
+    return this.records
+      .list(RecordKind.Metadata)
+      .filter(({ id }) => id.startsWith(SEQUENCE_TRACK_PREFIX))
+      .map(({ payload }) => parseSequenceTrack(payload));
   }
 
   private sentIndex(recipient: string): SentIndexEntry[] {

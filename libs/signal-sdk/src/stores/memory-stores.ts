@@ -38,6 +38,7 @@ import {
 } from './stores.js';
 import { receivedMessageKey, sentMessageKey } from './message-log-keys.js';
 import type { GroupRecord } from '../groups/group-rules.js';
+import type { MessageSequence, SequenceTrack } from '../session/message-sequence.js';
 import { groupIdToString } from '../groups/group-wire.js';
 import { STORE_NAMES, assertTransactionCoversStores, transactionalStores, type TransactionHooks } from './transactional-stores.js';
 
@@ -405,6 +406,9 @@ export class MemoryMetadataStore extends SecureChatMetadataStore implements Snap
   private readonly outgoing = new SnapshotMap<string, OutgoingMessageRecord>();
   /** Group records by base64url group id; replaced whole on save. */
   private readonly groups = new SnapshotMap<string, GroupRecord>();
+  // Gap detection: the last sequence position used per recipient, and the tracks by `sequenceTrackKey`.
+  private readonly sendSequences = new SnapshotMap<string, MessageSequence>();
+  private readonly sequenceTracks = new SnapshotMap<string, SequenceTrack>();
   // Sealed sender: profile keys and account ids.
   private ownProfileKey: Uint8Array | null = null;
   private readonly peerProfileKeys = new SnapshotMap<string, Uint8Array>();
@@ -430,6 +434,8 @@ export class MemoryMetadataStore extends SecureChatMetadataStore implements Snap
       this.processedEnvelopes.snapshot(),
       this.outgoing.snapshot(),
       this.groups.snapshot(),
+      this.sendSequences.snapshot(),
+      this.sequenceTracks.snapshot(),
       this.peerProfileKeys.snapshot(),
       snapshotSet(this.sharedProfileKeys),
       this.accountIds.snapshot(),
@@ -641,7 +647,32 @@ export class MemoryMetadataStore extends SecureChatMetadataStore implements Snap
   async getGroups(): Promise<GroupRecord[]> {
     return [...this.groups.values()].map((record) => structuredClone(record));
   }
+
+  async getSendSequence(recipient: string): Promise<MessageSequence | null> {
+    const sequence = this.sendSequences.get(recipient);
+    return sequence ? { ...sequence } : null;
+  }
+
+  async saveSendSequence(recipient: string, sequence: MessageSequence): Promise<void> {
+    this.sendSequences.set(recipient, { stream: sequence.stream, number: sequence.number });
+  }
+
+  async getSequenceTrack(sender: string, senderDevice: DeviceId, recipient: string): Promise<SequenceTrack | null> {
+    const track = this.sequenceTracks.get(sequenceTrackKey(sender, senderDevice, recipient));
+    return track ? structuredClone(track) : null;
+  }
+
+  async saveSequenceTrack(track: SequenceTrack): Promise<void> {
+    this.sequenceTracks.set(sequenceTrackKey(track.sender, track.senderDevice, track.recipient), structuredClone(track));
+  }
+
+  async getSequenceTracks(): Promise<SequenceTrack[]> {
+    return [...this.sequenceTracks.values()].map((track) => structuredClone(track));
+  }
 }
+
+/** Usernames cannot hold a space, so the key names one track. */
+const sequenceTrackKey = (sender: string, senderDevice: DeviceId, recipient: string) => `${sender} ${senderDevice} ${recipient}`;
 
 const copyOutgoing = (message: OutgoingMessageRecord): OutgoingMessageRecord => ({ ...message, content: message.content.slice() });
 

@@ -17,6 +17,7 @@ import {
 import { SecureChatError, SecureChatErrorCode } from '../errors.js';
 import type { DeviceId, RegistrationId } from '../ids.js';
 import type { GroupRecord } from '../groups/group-rules.js';
+import type { MessageSequence, SequenceTrack } from '../session/message-sequence.js';
 
 /** This install's own long-term identity: created once, never changed. */
 export interface LocalIdentity {
@@ -312,6 +313,22 @@ export abstract class SecureChatMetadataStore {
   abstract saveGroup(record: GroupRecord): Promise<void>;
   /** Every group record, in any order, as copies. */
   abstract getGroups(): Promise<GroupRecord[]>;
+
+  // Gap detection (docs/architecture.md, "Gap detection"): the position this
+  // install last used in its sequence to each recipient account, and per
+  // sender device and recipient account the sequence it receives. Not
+  // bounded by count: one entry per peer (per peer device), like sessions;
+  // each track's missing ranges are bounded (`MAX_MISSING_RANGES`).
+  /** The stream and number of the last message this install numbered for `recipient`, or null before the first. */
+  abstract getSendSequence(recipient: string): Promise<MessageSequence | null>;
+  /** Replaces the last position used for `recipient`; the client saves it with the outbox entry that uses it. */
+  abstract saveSendSequence(recipient: string, sequence: MessageSequence): Promise<void>;
+  /** The track of `sender`'s device `senderDevice` to the account `recipient`, as a copy, or null. */
+  abstract getSequenceTrack(sender: string, senderDevice: DeviceId, recipient: string): Promise<SequenceTrack | null>;
+  /** Replaces the track of `track.sender`, `track.senderDevice` and `track.recipient`. */
+  abstract saveSequenceTrack(track: SequenceTrack): Promise<void>;
+  /** Every track, in any order, as copies. */
+  abstract getSequenceTracks(): Promise<SequenceTrack[]>;
 }
 
 /** A send waiting in the outbox. */

@@ -35,6 +35,7 @@ import {
 import { SecureChatError, SecureChatErrorCode } from '../errors.js';
 import { asDeviceId, asRegistrationId } from '../ids.js';
 import type { GroupRecord } from '../groups/group-rules.js';
+import type { SequenceRange, SequenceTrack } from '../session/message-sequence.js';
 import { createMemoryStores } from '../stores/memory-stores.js';
 import {
   KeyIdKind,
@@ -856,6 +857,66 @@ export function describeStoreConformance(
       expect((await stores.session.getSession(bob2))?.hasCurrentState()).toBe(true);
     });
 
+    describe('gap detection', () => {
+      const track = (sender: string, device: number, recipient: string, highest: number, missing: SequenceRange[] = []): SequenceTrack => ({
+        sender,
+        senderDevice: asDeviceId(device),
+        recipient,
+        stream: 77,
+        highest,
+        missing,
+      });
+
+      it('keeps the last send sequence position per recipient, replaced on save, as copies', async () => {
+        await expect(stores.metadata.getSendSequence('bob')).resolves.toBeNull();
+        await expect(stores.metadata.saveSendSequence('bob', { stream: 5, number: 1 })).resolves.toBeUndefined();
+        await stores.metadata.saveSendSequence('carol', { stream: 6, number: 9 });
+        await stores.metadata.saveSendSequence('bob', { stream: 5, number: 2 });
+        await expect(stores.metadata.getSendSequence('bob')).resolves.toEqual({ stream: 5, number: 2 });
+        const copy = (await stores.metadata.getSendSequence('carol'))!;
+        copy.number = 100;
+        await expect(stores.metadata.getSendSequence('carol')).resolves.toEqual({ stream: 6, number: 9 });
+      });
+
+      it('keeps a sequence track per sender, device and recipient, replaced whole, and lists them, as copies', async () => {
+        await expect(stores.metadata.getSequenceTrack('bob', asDeviceId(1), 'alice')).resolves.toBeNull();
+        await expect(stores.metadata.getSequenceTracks()).resolves.toEqual([]);
+        // Usernames may hold dots: these three must not collide.
+        const tracks = [track('bob', 1, 'alice', 3, [{ from: 2, to: 2 }]), track('bob', 2, 'alice', 9), track('bob.1', 1, 'alice', 4), track('bob', 1, 'carol', 5)];
+        for (const t of tracks) await expect(stores.metadata.saveSequenceTrack(t)).resolves.toBeUndefined();
+        await expect(stores.metadata.getSequenceTrack('bob', asDeviceId(1), 'alice')).resolves.toEqual(tracks[0]);
+        await expect(stores.metadata.getSequenceTrack('bob.1', asDeviceId(1), 'alice')).resolves.toEqual(tracks[2]);
+        const replaced = track('bob', 1, 'alice', 8, [{ from: 4, to: 5 }, { from: 7, to: 7 }]);
+        await stores.metadata.saveSequenceTrack(replaced);
+        await expect(stores.metadata.getSequenceTrack('bob', asDeviceId(1), 'alice')).resolves.toEqual(replaced);
+        const key = (t: SequenceTrack) => `${t.sender} ${t.senderDevice} ${t.recipient}`;
+        const all = (await stores.metadata.getSequenceTracks()).sort((a, b) => key(a).localeCompare(key(b)));
+        expect(all).toEqual([replaced, tracks[3], tracks[1], tracks[2]].sort((a, b) => key(a).localeCompare(key(b))));
+
+        const copy = (await stores.metadata.getSequenceTrack('bob', asDeviceId(1), 'alice'))!;
+        copy.missing.push({ from: 100, to: 200 });
+        copy.highest = 1_000;
+        await expect(stores.metadata.getSequenceTrack('bob', asDeviceId(1), 'alice')).resolves.toEqual(replaced);
+      });
+
+      it('rolls sequence positions and tracks back with a failed transaction', async () => {
+        await stores.metadata.saveSendSequence('bob', { stream: 5, number: 1 });
+        await stores.metadata.saveSequenceTrack(track('bob', 1, 'alice', 3));
+        const failure = new Error('fails after numbering a message');
+        await expect(
+          stores.transaction!(async (tx) => {
+            await tx.metadata.saveSendSequence('bob', { stream: 5, number: 2 });
+            await tx.metadata.saveSequenceTrack(track('bob', 1, 'alice', 6, [{ from: 4, to: 5 }]));
+            await tx.metadata.saveSequenceTrack(track('carol', 1, 'alice', 1));
+            throw failure;
+          }),
+        ).rejects.toBe(failure);
+        await expect(stores.metadata.getSendSequence('bob')).resolves.toEqual({ stream: 5, number: 1 });
+        await expect(stores.metadata.getSequenceTrack('bob', asDeviceId(1), 'alice')).resolves.toEqual(track('bob', 1, 'alice', 3));
+        await expect(stores.metadata.getSequenceTrack('carol', asDeviceId(1), 'alice')).resolves.toBeNull();
+      });
+    });
+
     describe('transaction', () => {
       const transaction = <T>(fn: (s: SecureChatStores) => Promise<T>) => {
         if (!stores.transaction) throw new Error('these stores have no transaction()');
@@ -977,6 +1038,16 @@ export function describeStoreConformance(
         await expect(stores.metadata.hasSharedProfileKey('bob')).resolves.toBe(true);
         await expect(stores.metadata.getAccountId('bob')).resolves.toBe(id);
         await expect(stores.metadata.getUsernameOfAccount(id)).resolves.toBe('bob');
+      });
+
+      it('keeps send sequence positions and sequence tracks across reopen', async () => {
+        const kept: SequenceTrack = { sender: 'bob', senderDevice: asDeviceId(2), recipient: 'alice', stream: 9, highest: 12, missing: [{ from: 3, to: 4 }] };
+        await stores.metadata.saveSendSequence('bob', { stream: 8, number: 41 });
+        await stores.metadata.saveSequenceTrack(kept);
+        await reopen();
+        await expect(stores.metadata.getSendSequence('bob')).resolves.toEqual({ stream: 8, number: 41 });
+        await expect(stores.metadata.getSequenceTrack('bob', asDeviceId(2), 'alice')).resolves.toEqual(kept);
+        await expect(stores.metadata.getSequenceTracks()).resolves.toEqual([kept]);
       });
 
       it('keeps group records across reopen', async () => {
