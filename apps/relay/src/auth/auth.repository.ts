@@ -150,33 +150,39 @@ export class AuthRepository {
    * Deletes the refresh token and returns whose it was, or null when it is
    * unknown or another request consumed it first: the delete is the claim,
    * so a token is redeemed at most once.
+   *
+   * The claim is the row count of a DELETE of the token's row. Prisma's
+   * `delete` reads the row and then deletes it, and answers with what it read
+   * even when a concurrent request deleted the row in between (the second
+   * DELETE removes nothing and is not an error), so on Postgres concurrent
+   * redemptions of one token each got a new pair.
    */
   async consumeRefreshToken(tokenHash: Uint8Array<ArrayBuffer>): Promise<ConsumedRefreshToken | null> {
-    try {
-      const token = await this.prisma.refreshToken.delete({
-        where: { tokenHash },
-        select: {
-          accountId: true,
-          deviceId: true,
-          deviceRowId: true,
-          credentialVersion: true,
-          expiresAt: true,
-          account: { select: { username: true, credentialVersion: true } },
-        },
-      });
-      return {
-        accountId: token.accountId,
-        username: token.account.username,
-        deviceId: token.deviceId,
-        deviceRowId: token.deviceRowId,
-        credentialVersion: token.credentialVersion,
-        expiresAt: token.expiresAt,
-        currentCredentialVersion: token.account.credentialVersion,
-      };
-    } catch (error) {
-      if (error instanceof Prisma.PrismaClientKnownRequestError && error.code === 'P2025') return null;
-      throw error;
-    }
+    const token = await this.prisma.refreshToken.findUnique({
+      where: { tokenHash },
+      select: {
+        id: true,
+        accountId: true,
+        deviceId: true,
+        deviceRowId: true,
+        credentialVersion: true,
+        expiresAt: true,
+        account: { select: { username: true, credentialVersion: true } },
+      },
+    });
+    if (!token) return null;
+    // Concurrent deletes of one row: the first takes its lock and removes it, the others then find nothing (count 0).
+    const { count } = await this.prisma.refreshToken.deleteMany({ where: { id: token.id } });
+    if (count !== 1) return null;
+    return {
+      accountId: token.accountId,
+      username: token.account.username,
+      deviceId: token.deviceId,
+      deviceRowId: token.deviceRowId,
+      credentialVersion: token.credentialVersion,
+      expiresAt: token.expiresAt,
+      currentCredentialVersion: token.account.credentialVersion,
+    };
   }
 
   /**
