@@ -681,4 +681,14 @@ describe('adversarial: unauthenticated bits of a PreKey message', () => {
     expect([...alice.seen.errors, ...bob.seen.errors, ...alice.seen.identityChanges, ...bob.seen.identityChanges]).toEqual([]);
   });
 
+  it('the relay flips a bit of the registration-id field tag in the first PreKey message, so the field reads as absent (0): the message is shown once, as sent, and the receiver can still reply', async () => {
+    const { alice, bob } = await firstWithRegistrationIdAltered((ciphertext, tagAt) => {
+      ciphertext[tagAt]! ^= 0x10; // field 5 becomes field 7, which a PreKeySignalMessage does not have
+    });
+    await say(bob, alice, 'reply');
+    await say(alice, bob, 'after');
+    expect(texts(bob)).toEqual(['first', 'after']);
+    expect(texts(alice)).toEqual(['reply']);
+    expect([...alice.seen.errors, ...alice.seen.identityChanges, ...bob.seen.identityChanges]).toEqual([]);
+  });
 });
