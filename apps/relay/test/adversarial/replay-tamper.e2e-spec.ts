@@ -43,6 +43,9 @@ import {
 // answers with (the rewriting proxy). The defences under test are the SDK's:
 // libsignal's ratchet counters and MACs, the SDK's processed-envelope ids,
 // the sealed-sender layer, the backup and provisioning AEADs.
+//
+// The tamper properties run with a fixed seed (`tamperRuns`); with
+// TAMPER_TALLY=1 each prints how often each reaction came (never content).
 
 const fixture = useSdkRelay('adversarial-replay-tamper');
 
@@ -327,7 +330,7 @@ async function expectEveryMutationRejected({ bob, genuine, deliver, allowed, num
       expect(seen.identityChanges).toEqual([]);
       expect(seen.resets.every((r) => r.initiator === 'local')).toBe(true);
       for (const message of seen.messages) {
-        expect(sentAs && [message.text, message.sender]).toEqual(sentAs && [sentAs.text, sentAs.sender.username]);
+        expect([message.text, message.sender]).toEqual([sentAs?.text, sentAs?.sender.username]);
         count('shown as sent');
       }
       expect(tally.get('shown as sent') ?? 0).toBeLessThanOrEqual(1);
@@ -412,7 +415,7 @@ describe('adversarial: tampering', () => {
     expect([...alice.seen.errors, ...alice.seen.identityChanges, ...bob.seen.identityChanges]).toEqual([]);
   });
 
-  it('the relay flips a bit in, truncates or extends a sealed-sender envelope: the outer layer does not open (DecryptionFailed) and the session is untouched, unless the change missed what sealed sender v1 authenticates (low version bits, trailing bytes): then the message is shown once, as sent; the conversation goes on', async () => {
+  it('the relay flips a bit in, truncates or extends a sealed-sender envelope: the outer layer does not open (DecryptionFailed) and the session is untouched, unless the change missed what sealed sender v1 authenticates (its version byte, trailing bytes): then the message is shown once, as sent; the conversation goes on', async () => {
     const { alice, bob } = await talking({ sealed: true });
     await bob.client.close();
     await alice.client.send(bob.username, 'genuine sealed');
@@ -425,7 +428,7 @@ describe('adversarial: tampering', () => {
       bob,
       genuine: genuine.ciphertext,
       deliver: (ciphertext) => postSealed(alice, bob, ciphertext),
-      // Sealed sender v1 authenticates neither its version byte's low bits nor trailing bytes: such a copy
+      // Sealed sender v1 authenticates neither its version byte (0 reads as 1) nor trailing bytes: such a copy
       // opens, and its inner message is shown as sent, or dropped silently as a duplicate once shown.
       allowed: [DECRYPTION_FAILED, 'shown as sent', 'acked silently'],
       numRuns: 16,
