@@ -1,5 +1,5 @@
 import { Transform } from 'class-transformer';
-import { IsInt, IsOptional, IsString, Length, Matches, Max, Min } from 'class-validator';
+import { IsInt, IsOptional, IsString, Length, Matches, Max, Min, NotContains } from 'class-validator';
 import {
   DEVICE_ID_MAX,
   DEVICE_ID_MIN,
@@ -34,6 +34,8 @@ export class LoginRequest {
   @Transform(toCanonicalUsername)
   @IsString()
   @Length(1, USERNAME_MAX_LENGTH)
+  // No username has NUL, and Postgres cannot even compare a `text` with one (an error, not a miss).
+  @NotContains('\u0000', { message: 'username must not contain NUL' })
   username!: string;
 
   @IsString()

@@ -73,6 +73,14 @@ export const MAX_HTTP_BODY_BYTES = 512 * 1024;
 /** Largest WebSocket frame the relay reads; larger ones close the socket with 1009. */
 export const MAX_WS_FRAME_BYTES = 512 * 1024;
 
+/**
+ * Deepest nesting of arrays and objects in a JSON body or frame (the body or
+ * frame itself is level 1; the deepest real one, a send frame's device
+ * message, is level 4). Deeper is VALIDATION_FAILED: walking it recursively
+ * would exhaust the relay's stack long before the size limits bite.
+ */
+export const MAX_JSON_DEPTH = 32;
+
 /** Envelopes in one page of `GET /v1/messages`. */
 export const MAX_MESSAGES_PER_PAGE = 100;
 export const DEFAULT_MESSAGES_PER_PAGE = 100;

@@ -1,12 +1,12 @@
 import 'reflect-metadata';
 import { plainToInstance } from 'class-transformer';
 import { validateSync } from 'class-validator';
-import { decodedBase64Length } from './validators.js';
-import { RegisterRequest } from './auth.dto.js';
+import { decodedBase64Length, jsonDepthExceeds } from './validators.js';
+import { LoginRequest, RegisterRequest } from './auth.dto.js';
 import { UploadBackupRequest } from './backup.dto.js';
 import { UploadKeysRequest } from './keys.dto.js';
 import { ClientFrameType, SendFrame } from './frames.js';
-import { EC_PUBLIC_KEY_BYTES, MAX_BACKUP_BYTES, MAX_HTTP_BODY_BYTES, MAX_PREKEYS_PER_UPLOAD } from './limits.js';
+import { EC_PUBLIC_KEY_BYTES, MAX_BACKUP_BYTES, MAX_HTTP_BODY_BYTES, MAX_JSON_DEPTH, MAX_PREKEYS_PER_UPLOAD } from './limits.js';
 
 const b64 = (bytes: number) => Buffer.alloc(bytes, 7).toString('base64');
 
@@ -17,6 +17,38 @@ describe('decodedBase64Length', () => {
 
   it.each(['abc', 'ab=c', 'YQ', '!!!!', 'YWJj\n', 'YW=='.replace('=', '*')])('rejects %j', (s) => {
     expect(decodedBase64Length(s)).toBe(-1);
+  });
+});
+
+describe('jsonDepthExceeds', () => {
+  const nested = (depth: number, open: string, close: string) => JSON.parse(`${open.repeat(depth)}1${close.repeat(depth)}`) as unknown;
+
+  it.each([
+    ['a scalar', 1, 0],
+    ['{}', {}, 1],
+    ['[[]]', [[]], 2],
+    ['a send frame', { type: 'send', message: { messages: [{ deviceId: 1 }] } }, 4],
+  ])('gives %s its depth', (_what, value, depth) => {
+    expect(jsonDepthExceeds(value, depth)).toBe(false);
+    if (depth > 0) expect(jsonDepthExceeds(value, depth - 1)).toBe(true);
+  });
+
+  it('accepts MAX_JSON_DEPTH levels and refuses one more, of arrays and of objects', () => {
+    for (const [open, close] of [['[', ']'], ['{"a":', '}']]) {
+      expect(jsonDepthExceeds(nested(MAX_JSON_DEPTH, open!, close!), MAX_JSON_DEPTH)).toBe(false);
+      expect(jsonDepthExceeds(nested(MAX_JSON_DEPTH + 1, open!, close!), MAX_JSON_DEPTH)).toBe(true);
+    }
+  });
+
+  it('measures 100,000 levels without exhausting the stack', () => {
+    expect(jsonDepthExceeds(nested(100_000, '[', ']'), MAX_JSON_DEPTH)).toBe(true);
+  });
+});
+
+describe('LoginRequest', () => {
+  it('refuses a username with NUL, which Postgres cannot compare (an error, not an unknown user)', () => {
+    expect(validateSync(plainToInstance(LoginRequest, { username: 'bob\u0000', password: 'x' }))).toHaveLength(1);
+    expect(validateSync(plainToInstance(LoginRequest, { username: 'Bob', password: 'x' }))).toHaveLength(0);
   });
 });
 

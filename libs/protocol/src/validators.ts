@@ -36,3 +36,21 @@ export function IsBase64Bytes(min: number, max: number = min, options?: Validati
     options,
   );
 }
+
+/**
+ * Whether `value` nests arrays and objects deeper than `maxDepth` levels (a
+ * scalar is level 0, `{}` and `[]` level 1). Iterative, and it stops at the
+ * first level past the limit, so a hostile value costs it no stack.
+ */
+export function jsonDepthExceeds(value: unknown, maxDepth: number): boolean {
+  const pending: Array<[unknown, number]> = [[value, 1]];
+  for (let next = pending.pop(); next !== undefined; next = pending.pop()) {
+    const [node, depth] = next;
+    if (typeof node !== 'object' || node === null) continue;
+    if (depth > maxDepth) return true;
+    for (const child of Array.isArray(node) ? node : Object.values(node)) {
+      if (typeof child === 'object' && child !== null) pending.push([child, depth + 1]);
+    }
+  }
+  return false;
+}

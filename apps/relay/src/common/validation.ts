@@ -1,5 +1,5 @@
-import { ValidationPipe, type ValidationError } from '@nestjs/common';
-import { ErrorCode } from '@chat/protocol';
+import { ValidationPipe, type ArgumentMetadata, type ValidationError } from '@nestjs/common';
+import { ErrorCode, jsonDepthExceeds, MAX_JSON_DEPTH } from '@chat/protocol';
 import { RelayException } from './relay.exception.js';
 
 /** One line per failed constraint, each naming its field path (`devices[0].keyId: ...`). */
@@ -20,12 +20,29 @@ export function validationException(errors: ValidationError[]): RelayException {
   return new RelayException(ErrorCode.ValidationFailed, 'The request is invalid', describeValidationErrors(errors));
 }
 
+/** VALIDATION_FAILED for JSON nested past `MAX_JSON_DEPTH`, naming where (`body`, `frame`). */
+export function tooDeepException(where: string): RelayException {
+  return new RelayException(ErrorCode.ValidationFailed, 'The request is invalid', [`${where}: must not nest deeper than ${MAX_JSON_DEPTH} levels`]);
+}
+
+/**
+ * class-transformer and class-validator walk a value recursively: a body
+ * nested a few thousand levels deep (a few KB of `[`) overflows the stack,
+ * which would answer 500. Such input is refused before they see it.
+ */
+class RelayValidationPipe extends ValidationPipe {
+  override async transform(value: unknown, metadata: ArgumentMetadata): Promise<unknown> {
+    if (metadata.type !== 'custom' && jsonDepthExceeds(value, MAX_JSON_DEPTH)) throw tooDeepException(metadata.type);
+    return super.transform(value, metadata);
+  }
+}
+
 /**
  * The relay's one validation pipe: unknown fields are refused, not dropped, so
  * that a client bug shows up; values are transformed into the DTO classes.
  */
 export function createValidationPipe(): ValidationPipe {
-  return new ValidationPipe({
+  return new RelayValidationPipe({
     whitelist: true,
     forbidNonWhitelisted: true,
     forbidUnknownValues: true,

@@ -1,8 +1,16 @@
 import { plainToInstance, type ClassConstructor } from 'class-transformer';
-import { validateSync } from 'class-validator';
-import { ClientFrameType, ErrorCode, REQUEST_ID_MAX_LENGTH, ServerFrameType, type ErrorFrame } from '@chat/protocol';
+import { length, validateSync } from 'class-validator';
+import {
+  ClientFrameType,
+  ErrorCode,
+  jsonDepthExceeds,
+  MAX_JSON_DEPTH,
+  REQUEST_ID_MAX_LENGTH,
+  ServerFrameType,
+  type ErrorFrame,
+} from '@chat/protocol';
 import { RelayException } from '../common/relay.exception.js';
-import { validationException } from '../common/validation.js';
+import { tooDeepException, validationException } from '../common/validation.js';
 
 const CLIENT_FRAME_TYPES = new Set<string>(Object.values(ClientFrameType));
 
@@ -37,6 +45,8 @@ export function parseClientFrame(data: string | Buffer | ArrayBuffer | Buffer[])
  * @throws RelayException VALIDATION_FAILED
  */
 export function validateFrame<T extends object>(type: ClassConstructor<T>, frame: unknown): T {
+  // class-transformer recurses into every nested value; see RelayValidationPipe.
+  if (jsonDepthExceeds(frame, MAX_JSON_DEPTH)) throw tooDeepException('frame');
   const instance = plainToInstance(type, frame);
   const errors = validateSync(instance, {
     whitelist: true,
@@ -48,12 +58,15 @@ export function validateFrame<T extends object>(type: ClassConstructor<T>, frame
   return instance;
 }
 
-/** The client's `requestId`, echoed in an answer only when it is one the client could have meant. */
+/**
+ * The client's `requestId`, echoed in an answer only when it is one the client
+ * could have meant: exactly the ones `SendFrame` accepts (`@Length` counts
+ * characters, not UTF-16 units, so 64 emoji are a valid requestId, and a
+ * refusal of their frame must carry them as its `sent` would).
+ */
 export function requestIdOf(frame: unknown): string | undefined {
   const requestId = (frame as { requestId?: unknown } | null)?.requestId;
-  return typeof requestId === 'string' && requestId.length > 0 && requestId.length <= REQUEST_ID_MAX_LENGTH
-    ? requestId
-    : undefined;
+  return typeof requestId === 'string' && length(requestId, 1, REQUEST_ID_MAX_LENGTH) ? requestId : undefined;
 }
 
 export function errorFrame(exception: RelayException, requestId?: string): ErrorFrame {
