@@ -65,8 +65,21 @@ export function hmacToken(secret: string, claims: Claims, algorithm: HmacAlgorit
 
 export type AsymmetricAlgorithm = 'RS256' | 'PS256' | 'ES256' | 'EdDSA';
 
-/** A key pair of the attacker's, made for one token. */
-export function attackerKeyPair(algorithm: AsymmetricAlgorithm): { privateKey: KeyObject; publicKey: KeyObject } {
+export interface KeyPair {
+  privateKey: KeyObject;
+  publicKey: KeyObject;
+}
+
+const attackerKeys = new Map<AsymmetricAlgorithm, KeyPair>();
+
+/** The attacker's key pair for `algorithm`: generated on first use in the run (RSA generation is slow), never the relay's. */
+export function attackerKeyPair(algorithm: AsymmetricAlgorithm): KeyPair {
+  let keys = attackerKeys.get(algorithm);
+  if (!keys) attackerKeys.set(algorithm, (keys = generateKeyPair(algorithm)));
+  return keys;
+}
+
+function generateKeyPair(algorithm: AsymmetricAlgorithm): KeyPair {
   switch (algorithm) {
     case 'RS256':
     case 'PS256':
@@ -78,7 +91,7 @@ export function attackerKeyPair(algorithm: AsymmetricAlgorithm): { privateKey: K
   }
 }
 
-/** A token signed with the private half of `keys` (a fresh pair by default), the JWS way for each algorithm. */
+/** A token signed with the private half of `keys` (the attacker's pair by default), the JWS way for each algorithm. */
 export function asymmetricToken(
   algorithm: AsymmetricAlgorithm,
   claims: Claims,
