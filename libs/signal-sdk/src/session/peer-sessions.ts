@@ -15,7 +15,7 @@ import {
   signalEncrypt,
 } from '@signalapp/libsignal-client';
 import type { PreKeyBundleResponse } from '@chat/protocol';
-import { EnvelopeType } from '@chat/protocol';
+import { EnvelopeType, REGISTRATION_ID_MAX, REGISTRATION_ID_MIN } from '@chat/protocol';
 import { SecureChatError, SecureChatErrorCode } from '../errors.js';
 import { asDeviceId, type DeviceId } from '../ids.js';
 import type { SecureChatStores } from '../stores/stores.js';
@@ -229,6 +229,15 @@ export class PeerSessions {
     } catch (cause) {
       if (isLibSignalError(cause)) throw new DecryptFailure(DecryptFailureKind.Malformed, { cause });
       throw cause;
+    }
+    // libsignal does not authenticate a PreKey message's registration id, and the session keeps it
+    // for every later send: one outside the protocol's range (a tag bit flipped in transit reads as 0)
+    // would make every reply a VALIDATION_FAILED.
+    if (message instanceof PreKeySignalMessage) {
+      const registrationId = message.registrationId();
+      if (registrationId < REGISTRATION_ID_MIN || registrationId > REGISTRATION_ID_MAX) {
+        throw new DecryptFailure(DecryptFailureKind.Malformed, { cause: new Error(`registration id ${registrationId} is out of range`) });
+      }
     }
     const refusals: SecureChatError[] = [];
     return withStoreFailures(
