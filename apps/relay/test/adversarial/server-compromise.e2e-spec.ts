@@ -4,7 +4,9 @@
 // sealed 1:1 and sealed group sends, receipts and typing, a backup restored
 // with its recovery secret, a password change), with messages still waiting
 // for an offline member. The attacker holds a dump of every table and
-// everything the relay wrote at its most verbose log level. Each test below
+// everything the relay wrote at its most verbose log level, and the files of
+// its data directory (with the embedded database, the database's own files:
+// its pages, dead rows and write-ahead log). Each test below
 // is one search of the attacker; the last shows each search can find what is
 // there.
 import { createDecipheriv, hkdfSync, randomBytes, scrypt } from 'node:crypto';
@@ -66,6 +68,7 @@ describe('adversarial: server compromise', () => {
   const installs: Install[] = [];
   let tables: DumpTable[] = [];
   let logs = '';
+  let files: Array<{ path: string; bytes: Buffer }> = [];
   /** Per account: what names it (account id, username, device row ids, identity public key). */
   const identifiersOf = new Map<Person, Secret[]>();
   const accountIdOf = new Map<Person, string>();
@@ -212,6 +215,7 @@ describe('adversarial: server compromise', () => {
     await relay.stop();
     tables = await relay.databaseTables();
     logs = relay.logs();
+    files = await relay.dataFiles();
 
     for (const account of rowsOf(tables, 'accounts')) {
       const who = (Object.keys(usernames) as Person[]).find((key) => usernames[key] === account['username']);
@@ -235,13 +239,13 @@ describe('adversarial: server compromise', () => {
     await relay?.close();
   });
 
-  /** The attacker's search for `secrets` in every cell of the dump and every log line. */
+  /** The attacker's search for `secrets` in every cell of the dump, every log line and every file of the data directory. */
   const search = (secrets: readonly Secret[]) => {
     const scanner = new SecretScanner(secrets);
-    return describeFindings([...scanner.scanTables(tables), ...scanner.scanLog(logs)]);
+    return describeFindings([...scanner.scanTables(tables), ...scanner.scanLog(logs), ...scanner.scanFiles(files)]);
   };
 
-  it('an attacker with the database dump and every verbose log line searches for each message text, group title and group id (as text, hex, base64, base64url, UTF-8 and UTF-16): none is there', () => {
+  it('an attacker with a dump of every table, every verbose log line and the files of the relay\'s data directory searches them for each message text, group title and group id (raw, hex, base64, base64url, as UTF-8 and UTF-16): none is there', () => {
     const messages = ledger.secrets('message');
     expect(messages.length).toBeGreaterThanOrEqual(16);
     expect(search(messages)).toEqual([]);
@@ -343,7 +347,7 @@ describe('adversarial: server compromise', () => {
     }
   });
 
-  it('the attacker searches find what the relay does keep (accounts, public identity and Kyber keys, queued ciphertext, an authenticated sender, debug log lines): so each search above can fail', () => {
+  it('the attacker\'s searches find what the relay does keep (accounts, public identity and Kyber keys, queued ciphertext, an authenticated sender, debug log lines, Redis counters, the trust root in its data directory): so each search above can fail', () => {
     // Every account, and each one's public identity key, found by the same scanner.
     for (const who of ['alice', 'bob', 'carol', 'dave', 'erin'] as const) {
       const found = new SecretScanner(identifiersOf.get(who)!).scanTables(tables).map((f) => f.secret);
@@ -363,12 +367,21 @@ describe('adversarial: server compromise', () => {
     expect(toErin.filter((m) => m['type'] !== 'prekey' || m['sender_username'] !== usernames.bob)).toEqual([]);
     const bobNames = new SecretScanner(identifiersOf.get('bob')!);
     expect(Object.values(toErin[0]!).flatMap((cell) => bobNames.find(cell).map((f) => f.secret.label))).toEqual(
-      expect.arrayContaining(["bob's account id", "bob's username"]),
+      // A PreKey message carries its sender's identity key in the clear: had a "sealed" row been one, the check above would name bob.
+      expect.arrayContaining(["bob's account id", "bob's username", "bob's identity public key"]),
     );
+    // With Redis, its rate-limit counters are in the dump too: keyed by account and device ids, usernames, the client's address.
+    const redisKeys = tables.find((t) => t.name === 'redis')?.rows ?? [];
+    expect(redisKeys.length > 0).toBe(relay.redis);
     // The logs are the most verbose the relay writes: debug request lines, sealed sends among them.
     expect(logs).toMatch(/"level":20\b/);
     expect(logs).toMatch(/POST \/v1\/messages\/sealed 20\d/);
     expect(logs).toMatch(/POST \/v1\/messages\/multi-recipient 20\d/);
+    // The data directory: the trust root (public) in the development sealed-sender key file; the embedded database's own files hold the Kyber key's bytes.
+    const trustRootFound = new SecretScanner([bytesSecret('trust root', Buffer.from(trustRoot, 'base64'))]).scanFiles(files);
+    expect(trustRootFound.map((f) => f.where)).toContain('file sealed-sender-keys.json');
+    const kyberInFiles = new SecretScanner([bytesSecret('a Kyber public key', kyberPublic)]).scanFiles(files).map((f) => f.encoding);
+    expect(kyberInFiles.includes('raw')).toBe(relay.database === 'embedded');
     // A message text, as it would be found had the relay stored it: the scanner reads bytea hex and base64 alike.
     const probe = ledger.secrets('message')[0]!;
     const probeText = probe.forms.find((f) => f.encoding === 'text')!.text;

@@ -5,9 +5,10 @@
  * the relay's machine would hold.
  *
  * The database is the run's: a scratch database on DATABASE_URL's server
- * (with the run's REDIS_URL, as deployed), else the relay's own embedded
- * PGlite in a temporary DATA_DIR, read once the relay has stopped (PGlite
- * is single-user).
+ * (with the run's REDIS_URL, as deployed: the dump then has a table of its
+ * Redis keys and values too), else the relay's own embedded PGlite in a
+ * temporary DATA_DIR, read once the relay has stopped (PGlite is
+ * single-user).
  *
  * The shape is that of @chat/relay-harness's `startRelay`; the relay's
  * tests cannot import that library while it declares an implicit
@@ -15,12 +16,13 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
 import { createServer, type AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { PGlite } from '@electric-sql/pglite';
+import { Redis } from 'ioredis';
 import pg from 'pg';
 import { GENEROUS_TEST_LIMITS } from '../../support/test-relay.js';
 import type { DumpTable } from './compromise-scan.js';
@@ -31,11 +33,23 @@ export interface CompromisedRelay {
   /** `http://127.0.0.1:<port>` */
   readonly url: string;
   readonly database: 'postgres' | 'embedded';
+  /** Whether the relay runs with Redis (the run's REDIS_URL, on Postgres only). */
+  readonly redis: boolean;
   /** Stops the relay (SIGTERM) and waits for it to exit. */
   stop(): Promise<void>;
   /** Everything the relay wrote to stdout and stderr. */
   logs(): string;
-  /** Every row of every table in the public schema, every value as text (bytea as `\x` hex and as escaped text). */
+  /**
+   * Every file under the relay's DATA_DIR, once it has stopped: the embedded
+   * database's own files (its pages, dead rows and write-ahead log included),
+   * and the development sealed-sender keys.
+   */
+  dataFiles(): Promise<Array<{ path: string; bytes: Buffer }>>;
+  /**
+   * Every row of every table in the public schema, every value as text
+   * (bytea as `\x` hex and as escaped text); with Redis, a table `redis` of
+   * every key under this relay's prefix, its type and its value.
+   */
   databaseTables(): Promise<DumpTable[]>;
   /** Stops the relay if it runs, drops its database, removes its data directory. */
   close(): Promise<void>;
@@ -87,6 +101,43 @@ async function readTables(query: (sql: string) => Promise<Array<Record<string, u
   return tables;
 }
 
+async function redisValue(redis: Redis, key: string, type: string): Promise<string> {
+  switch (type) {
+    case 'string':
+      return (await redis.get(key)) ?? 'NULL';
+    case 'hash':
+      return JSON.stringify(await redis.hgetall(key));
+    case 'list':
+      return JSON.stringify(await redis.lrange(key, 0, -1));
+    case 'set':
+      return JSON.stringify(await redis.smembers(key));
+    case 'zset':
+      return JSON.stringify(await redis.zrange(key, 0, -1, 'WITHSCORES'));
+    default:
+      return `(${type})`;
+  }
+}
+
+/** Every key under `prefix` (the relay's rate-limit counters), with its type and its value as text. */
+async function readRedis(url: string, prefix: string): Promise<DumpTable> {
+  const redis = new Redis(url);
+  try {
+    const rows: string[][] = [];
+    for (let cursor = '0'; ; ) {
+      const [next, keys] = await redis.scan(cursor, 'MATCH', `${prefix}*`, 'COUNT', 1000);
+      for (const key of keys) {
+        const type = await redis.type(key);
+        rows.push([key, type, await redisValue(redis, key, type)]);
+      }
+      if (next === '0') break;
+      cursor = next;
+    }
+    return { name: 'redis', columns: ['key', 'type', 'value'], rows };
+  } finally {
+    redis.disconnect();
+  }
+}
+
 export async function startCompromisedRelay(): Promise<CompromisedRelay> {
   const dataDir = await mkdtemp(join(tmpdir(), 'compromised-relay-'));
   const serverUrl = process.env.DATABASE_URL;
@@ -100,6 +151,8 @@ export async function startCompromisedRelay(): Promise<CompromisedRelay> {
     url.pathname = `/${name}`;
     databaseUrl = url.toString();
   }
+  const redisUrl = databaseUrl ? process.env.REDIS_URL : undefined;
+  const redisPrefix = `compromise-${randomBytes(6).toString('hex')}`;
   const port = await freePort();
   const url = `http://127.0.0.1:${port}`;
   const env: NodeJS.ProcessEnv = {
@@ -115,9 +168,9 @@ export async function startCompromisedRelay(): Promise<CompromisedRelay> {
     // The most the relay logs: "all relay logs" is everything it can write.
     LOG_LEVEL: 'verbose',
     ...GENEROUS_TEST_LIMITS,
-    RATE_LIMIT_KEY_PREFIX: `compromise-${randomBytes(6).toString('hex')}`,
+    RATE_LIMIT_KEY_PREFIX: redisPrefix,
     ...(databaseUrl && { DATABASE_URL: databaseUrl }),
-    ...(databaseUrl && process.env.REDIS_URL && { REDIS_URL: process.env.REDIS_URL }),
+    ...(redisUrl && { REDIS_URL: redisUrl }),
   };
 
   const output: string[] = [];
@@ -162,14 +215,22 @@ export async function startCompromisedRelay(): Promise<CompromisedRelay> {
   return {
     url,
     database: databaseUrl ? 'postgres' : 'embedded',
+    redis: redisUrl !== undefined,
     stop,
     logs: () => output.join(''),
+    async dataFiles() {
+      if (running) throw new Error('stop the relay before reading its data directory');
+      const entries = await readdir(dataDir, { recursive: true, withFileTypes: true });
+      const files = entries.filter((entry) => entry.isFile()).map((entry) => join(entry.parentPath, entry.name));
+      return Promise.all(files.map(async (path) => ({ path: path.slice(dataDir.length + 1), bytes: await readFile(path) })));
+    },
     async databaseTables() {
       if (databaseUrl) {
         const client = new pg.Client({ connectionString: databaseUrl });
         await client.connect();
         try {
-          return await readTables(async (sql) => (await client.query<Record<string, unknown>>(sql)).rows);
+          const tables = await readTables(async (sql) => (await client.query<Record<string, unknown>>(sql)).rows);
+          return redisUrl ? [...tables, await readRedis(redisUrl, redisPrefix)] : tables;
         } finally {
           await client.end();
         }

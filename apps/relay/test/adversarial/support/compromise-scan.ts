@@ -3,7 +3,8 @@
  * in every form an accident could have stored or logged it, looked for in
  * every cell of a database dump and every line of the relay's output.
  *
- * Forms of a secret's bytes: lower- and upper-case hex (Postgres prints bytea
+ * Forms of a secret's bytes: the bytes themselves (as latin1 text, for a
+ * database's own files), lower- and upper-case hex (Postgres prints bytea
  * as `\x` + hex), and base64 and base64url at each of the three byte offsets
  * the secret could start at inside a longer encoded buffer (only the groups
  * of 4 characters made of the secret's bytes alone: what would show whatever
@@ -36,11 +37,12 @@ export interface Finding {
   where: string;
 }
 
-/** The forms of bytes: hex in both cases, base64 and base64url at byte offsets 0, 1 and 2. */
+/** The forms of bytes: raw, hex in both cases, base64 and base64url at byte offsets 0, 1 and 2. */
 export function byteForms(bytes: Uint8Array, prefix = ''): SecretForm[] {
   const buffer = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   const hex = buffer.toString('hex');
   const forms: SecretForm[] = [
+    { encoding: `${prefix}raw`, text: buffer.toString('latin1') },
     { encoding: `${prefix}hex`, text: hex },
     { encoding: `${prefix}HEX`, text: hex.toUpperCase() },
   ];
@@ -143,6 +145,15 @@ export class SecretScanner {
           }
         }),
       );
+    }
+    return findings;
+  }
+
+  /** Findings in files, each read byte for byte (latin1). */
+  scanFiles(files: ReadonlyArray<{ path: string; bytes: Buffer }>): Finding[] {
+    const findings: Finding[] = [];
+    for (const file of files) {
+      for (const { secret, form } of this.find(file.bytes.toString('latin1'))) findings.push({ secret: secret.label, encoding: form.encoding, where: `file ${file.path}` });
     }
     return findings;
   }
