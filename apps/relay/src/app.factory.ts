@@ -1,3 +1,4 @@
+import type { Server } from 'node:http';
 import { Logger, type INestApplication, type LogLevel } from '@nestjs/common';
 import { NestFactory } from '@nestjs/core';
 import type { NestExpressApplication } from '@nestjs/platform-express';
@@ -40,6 +41,13 @@ export async function createRelayApp(config: RelayConfig): Promise<INestApplicat
   app.useLogger(app.get(PinoLogger));
   // The client's address behind a reverse proxy (per-IP limits); off unless TRUST_PROXY says which proxies to believe.
   if (config.trustProxy !== undefined) app.set('trust proxy', config.trustProxy);
+  // Slowloris: a connection that has not sent its request headers (or whole request) in time gets 408 and is closed.
+  // Node reads these when the server starts listening (the check interval) and at each check (the timeouts).
+  // (`connectionsCheckingInterval` is a createServer option that @types/node does not list as a property.)
+  const httpServer = app.getHttpServer() as Server & { connectionsCheckingInterval: number };
+  httpServer.headersTimeout = config.http.headersTimeoutMs;
+  httpServer.requestTimeout = config.http.requestTimeoutMs;
+  httpServer.connectionsCheckingInterval = config.http.connectionsCheckIntervalMs;
   // Only JSON bodies: anything larger than a full key upload is refused with 413 before parsing.
   app.useBodyParser('json', { limit: MAX_HTTP_BODY_BYTES });
   app.useGlobalPipes(createValidationPipe());

@@ -75,6 +75,11 @@ export enum ErrorCode {
   UnknownFrameType = 'UNKNOWN_FRAME_TYPE',
   /** Too many requests; retry after the time the relay names. */
   RateLimited = 'RATE_LIMITED',
+  /**
+   * A WebSocket upgrade from a client address that already holds as many
+   * open sockets as the relay allows; one of them has to close first.
+   */
+  TooManyConnections = 'TOO_MANY_CONNECTIONS',
   /** The relay failed; nothing about the request is implied. */
   Internal = 'INTERNAL',
 }

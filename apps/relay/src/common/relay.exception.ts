@@ -69,5 +69,6 @@ export const HTTP_STATUS_OF: Record<ErrorCode, number> = {
   [ErrorCode.BackupNotFound]: 404,
   [ErrorCode.UnknownFrameType]: 400,
   [ErrorCode.RateLimited]: 429,
+  [ErrorCode.TooManyConnections]: 429,
   [ErrorCode.Internal]: 500,
 };

@@ -99,10 +99,35 @@ describe('loadConfig', () => {
     ['BUNDLE_FETCHES_PER_REQUESTER', '2.5'],
     ['BUNDLE_FETCH_REQUESTER_WINDOW_SECONDS', '0'],
     ['USERNAME_COOLING_OFF_DAYS', '1.5'],
+    ['WS_MAX_CONNECTIONS_PER_IP', '0'],
+    ['HTTP_HEADERS_TIMEOUT_MS', '0'],
+    ['HTTP_REQUEST_TIMEOUT_MS', 'soon'],
+    ['HTTP_CONNECTIONS_CHECK_INTERVAL_MS', '0'],
   ])('refuses %s=%s with a message naming the variable', (name, value) => {
     const load = () => loadConfig({ JWT_SECRET: SECRET, [name]: value }, { developmentSecret: noSecretFile });
     expect(load).toThrow(ConfigError);
     expect(load).toThrow(new RegExp(`^${name}: `, 'm'));
+  });
+
+  it('has slowloris timeouts and a per-address WebSocket cap by default, and takes configured ones', () => {
+    expect(loadConfig({ JWT_SECRET: SECRET })).toMatchObject({
+      http: { headersTimeoutMs: 15000, requestTimeoutMs: 60000, connectionsCheckIntervalMs: 1000 },
+      maxWebSocketsPerIp: 256,
+    });
+    const config = loadConfig({
+      JWT_SECRET: SECRET,
+      HTTP_HEADERS_TIMEOUT_MS: '500',
+      HTTP_REQUEST_TIMEOUT_MS: '800',
+      HTTP_CONNECTIONS_CHECK_INTERVAL_MS: '50',
+      WS_MAX_CONNECTIONS_PER_IP: '20000',
+    });
+    expect(config).toMatchObject({ http: { headersTimeoutMs: 500, requestTimeoutMs: 800, connectionsCheckIntervalMs: 50 }, maxWebSocketsPerIp: 20000 });
+  });
+
+  it('refuses a headers timeout longer than the request timeout, naming both', () => {
+    const load = () => loadConfig({ JWT_SECRET: SECRET, HTTP_HEADERS_TIMEOUT_MS: '30000', HTTP_REQUEST_TIMEOUT_MS: '20000' });
+    expect(load).toThrow(ConfigError);
+    expect(load).toThrow(/HTTP_HEADERS_TIMEOUT_MS must not be greater than HTTP_REQUEST_TIMEOUT_MS/);
   });
 
   it('refuses to start in production without JWT_SECRET, naming it', () => {

@@ -29,6 +29,14 @@ export interface RelayConfig {
   readonly refreshTokenTtlDays: number;
   readonly argon2: { readonly memoryKib: number; readonly timeCost: number; readonly parallelism: number };
   readonly heartbeatIntervalMs: number;
+  /** Node's HTTP server timeouts against connections that never finish a request (slowloris). */
+  readonly http: {
+    readonly headersTimeoutMs: number;
+    readonly requestTimeoutMs: number;
+    readonly connectionsCheckIntervalMs: number;
+  };
+  /** Open WebSockets one client address may hold on this instance. */
+  readonly maxWebSocketsPerIp: number;
   readonly usernameCoolingOffDays: number;
   readonly bundleFetchLimits: { readonly perPair: RateLimit; readonly perRequester: RateLimit };
   /** Devices one account may have, the primary included. */
@@ -118,6 +126,10 @@ export function loadConfig(env: Env, options: LoadConfigOptions = {}): RelayConf
   const parsed = plainToInstance(RelayEnv, raw, { exposeDefaultValues: true });
   const errors = validateSync(parsed, { whitelist: true, forbidUnknownValues: true });
   if (errors.length > 0) throw new ConfigError(`Invalid relay configuration:\n${describe(errors)}`);
+  // One past the request timeout would never apply (Node's createServer refuses it).
+  if (parsed.HTTP_HEADERS_TIMEOUT_MS > parsed.HTTP_REQUEST_TIMEOUT_MS) {
+    throw new ConfigError('Invalid relay configuration:\nHTTP_HEADERS_TIMEOUT_MS must not be greater than HTTP_REQUEST_TIMEOUT_MS');
+  }
 
   const dataDir = resolve(parsed.DATA_DIR);
   let secret = parsed.JWT_SECRET;
@@ -157,6 +169,12 @@ export function loadConfig(env: Env, options: LoadConfigOptions = {}): RelayConf
       parallelism: parsed.ARGON2_PARALLELISM,
     },
     heartbeatIntervalMs: parsed.HEARTBEAT_INTERVAL_MS,
+    http: {
+      headersTimeoutMs: parsed.HTTP_HEADERS_TIMEOUT_MS,
+      requestTimeoutMs: parsed.HTTP_REQUEST_TIMEOUT_MS,
+      connectionsCheckIntervalMs: parsed.HTTP_CONNECTIONS_CHECK_INTERVAL_MS,
+    },
+    maxWebSocketsPerIp: parsed.WS_MAX_CONNECTIONS_PER_IP,
     usernameCoolingOffDays: parsed.USERNAME_COOLING_OFF_DAYS,
     bundleFetchLimits: {
       perPair: { points: parsed.BUNDLE_FETCHES_PER_PAIR, windowSeconds: parsed.BUNDLE_FETCH_PAIR_WINDOW_SECONDS },

@@ -122,6 +122,54 @@ export class RelayEnv {
   @IsIn(LOG_LEVELS)
   LOG_LEVEL: RelayLogLevel = 'log';
 
+  // Connections that never finish a request (slowloris): Node's HTTP server
+  // answers 408 and closes a connection whose request headers (or whole
+  // request) took longer than these, checked every
+  // HTTP_CONNECTIONS_CHECK_INTERVAL_MS. An upgraded WebSocket is no longer an
+  // HTTP request and is not affected (its liveness is the heartbeat's).
+
+  /**
+   * Request headers, counted from the connection's first byte (or from the
+   * connection itself, when nothing comes). Headers fit in one packet; 15 s
+   * outlasts four TCP retransmissions (1 + 2 + 4 + 8 s) on a lossy link.
+   */
+  @IsOptional()
+  @Type(() => Number)
+  @IsInt()
+  @Min(100)
+  @Max(600000)
+  HTTP_HEADERS_TIMEOUT_MS = 15000;
+
+  /**
+   * A whole request, body included (at least HTTP_HEADERS_TIMEOUT_MS): the
+   * largest body (512 KiB) takes about 42 s at 100 kbit/s.
+   */
+  @IsOptional()
+  @Type(() => Number)
+  @IsInt()
+  @Min(100)
+  @Max(3600000)
+  HTTP_REQUEST_TIMEOUT_MS = 60000;
+
+  /** How often the HTTP server looks for connections past those timeouts (Node's `connectionsCheckingInterval`). */
+  @IsOptional()
+  @Type(() => Number)
+  @IsInt()
+  @Min(10)
+  @Max(60000)
+  HTTP_CONNECTIONS_CHECK_INTERVAL_MS = 1000;
+
+  /**
+   * Open WebSockets per client address (the address the per-IP rate limits
+   * see, so TRUST_PROXY applies), counted from the upgrade request, before
+   * its token is checked, until the connection closes; per instance.
+   */
+  @IsOptional()
+  @Type(() => Number)
+  @IsInt()
+  @Min(1)
+  WS_MAX_CONNECTIONS_PER_IP = 256;
+
   // Bundle fetches (GET /v1/keys/:username) allowed per window: per pair of
   // requesting and target account, and per requesting account over all targets.
   @IsOptional()

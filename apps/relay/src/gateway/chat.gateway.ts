@@ -1,5 +1,8 @@
+import { randomBytes } from 'node:crypto';
 import type { IncomingMessage } from 'node:http';
 import { Inject, Logger, type OnModuleDestroy } from '@nestjs/common';
+import { HttpAdapterHost } from '@nestjs/core';
+import type { Express } from 'express';
 import { WebSocketGateway, type OnGatewayConnection, type OnGatewayDisconnect, type OnGatewayInit } from '@nestjs/websockets';
 import type { ServerOptions, WebSocket, WebSocketServer } from 'ws';
 import {
@@ -26,7 +29,7 @@ import { errorFrame, parseClientFrame, requestIdOf, validateFrame } from './clie
 import { DeliveryService } from './delivery.service.js';
 import { DeviceConnection } from './device-connection.js';
 import { plainAckFrame, plainSendFrame } from './frame-fast-path.js';
-import { HandshakeAuthenticator } from './handshake.js';
+import { clientAddressOfUpgrade, HandshakeAuthenticator } from './handshake.js';
 import { holdWritesUntilTickEnd } from './held-writes.js';
 
 /** What the gateway knows about one open socket. */
@@ -38,6 +41,8 @@ interface SocketSession {
   deviceRowId: Promise<string>;
   connection?: DeviceConnection;
   answeredPing: boolean;
+  /** The payload of the latest ping: only a pong echoing it answers (section 5.5.3), so a client must have read up to it. */
+  pingPayload?: Buffer;
   expiryTimer?: NodeJS.Timeout;
   closed: boolean;
   /** Frames read and not yet answered (sends waiting for their commit, acks for their delete). */
@@ -52,6 +57,9 @@ interface SocketSession {
  */
 export const MAX_FRAMES_IN_PROGRESS = 256;
 
+/** Random bytes in each heartbeat ping, which the pong must echo. */
+const PING_PAYLOAD_BYTES = 8;
+
 /** setTimeout's ceiling; a longer token lifetime is waited out in steps. */
 const MAX_TIMER_DELAY_MS = 2 ** 31 - 1;
 
@@ -61,9 +69,10 @@ const MAX_TIMER_DELAY_MS = 2 ** 31 - 1;
  * then `keys-low` if the device should top up its one-time prekeys, then
  * new messages and notices, and its `send`/`ack` frames.
  *
- * The handshake is authenticated by ws's `verifyClient`, installed on the
- * server in `afterInit`, so an unauthenticated upgrade never becomes a
- * socket; this works with Nest's plain `WsAdapter`. Frames are read here
+ * The handshake is admitted by ws's `verifyClient`, installed on the
+ * server in `afterInit`: the client address's connection cap, then the
+ * token, so an unauthenticated upgrade never becomes a socket; this works
+ * with Nest's plain `WsAdapter`. Frames are read here
  * rather than through `@SubscribeMessage`, because the wire frames carry
  * `type` (not Nest's `event`/`data`) and every frame, including malformed
  * ones, must be answered.
@@ -84,8 +93,13 @@ export class ChatGateway implements OnGatewayInit, OnGatewayConnection, OnGatewa
     private readonly rateLimits: RateLimits,
     private readonly shutdown: ShutdownState,
     private readonly metrics: RelayMetrics,
+    httpAdapterHost: HttpAdapterHost,
   ) {
-    this.handshake = new HandshakeAuthenticator(tokenVerifier);
+    this.handshake = new HandshakeAuthenticator(tokenVerifier, {
+      // Read at each upgrade: the HTTP adapter's app exists (with its `trust proxy`) by the time the port listens.
+      clientAddressOf: (request) => clientAddressOfUpgrade(httpAdapterHost.httpAdapter.getInstance<Express>(), request),
+      maxConnectionsPerAddress: config.maxWebSocketsPerIp,
+    });
   }
 
   afterInit(server: WebSocketServer): void {
@@ -118,8 +132,8 @@ export class ChatGateway implements OnGatewayInit, OnGatewayConnection, OnGatewa
     session.deviceRowId.catch(() => undefined);
     session.generation.catch(() => undefined);
     this.sessions.set(socket, session);
-    socket.on('pong', () => {
-      session.answeredPing = true;
+    socket.on('pong', (payload: Buffer) => {
+      if (session.pingPayload?.equals(payload)) session.answeredPing = true;
     });
     socket.on('message', (data: Buffer, isBinary: boolean) => {
       // Graceful shutdown: a frame that arrives while draining is not read (the socket gets 1001 next and the
@@ -241,7 +255,13 @@ export class ChatGateway implements OnGatewayInit, OnGatewayConnection, OnGatewa
     }
   }
 
-  /** RFC 6455 ping/pong: a socket that has not answered the previous ping is dead. */
+  /**
+   * RFC 6455 ping/pong: a socket that has not answered the previous ping is
+   * dead, or its client stopped reading. Each ping carries fresh random
+   * bytes and only a pong with the same bytes counts: section 5.5.3 allows
+   * unsolicited pongs, and a client that stopped reading (while the relay's
+   * writes pile up behind the ping) could otherwise send those to stay open.
+   */
   private checkHeartbeats(server: WebSocketServer): void {
     for (const socket of server.clients) {
       const session = this.sessions.get(socket);
@@ -251,7 +271,8 @@ export class ChatGateway implements OnGatewayInit, OnGatewayConnection, OnGatewa
         continue;
       }
       session.answeredPing = false;
-      socket.ping();
+      session.pingPayload = randomBytes(PING_PAYLOAD_BYTES);
+      socket.ping(session.pingPayload);
     }
   }
 

@@ -80,7 +80,12 @@ export const idleConnections: Scenario = {
 
 async function measureRelay(ctx: BenchContext, count: number): Promise<{ memory: SocketMemory; registerMs: number; deflate: boolean }> {
   const inspectorPort = await freeLoopbackPort();
-  const relay = await startRelay({ logLevel: 'warn', nodeFlags: [inspectFlag(inspectorPort)] });
+  // Every socket comes from 127.0.0.1: lift the per-address cap (WS_MAX_CONNECTIONS_PER_IP, 256 by default) above them.
+  const relay = await startRelay({
+    logLevel: 'warn',
+    nodeFlags: [inspectFlag(inspectorPort)],
+    env: { WS_MAX_CONNECTIONS_PER_IP: String(count + 1) },
+  });
   let inspector: InspectorClient | undefined;
   let sockets: WebSocket[] = [];
   try {
