@@ -80,6 +80,13 @@ export const MAX_WS_FRAME_BYTES = 512 * 1024;
  * would exhaust the relay's stack long before the size limits bite.
  */
 export const MAX_JSON_DEPTH = 32;
+/**
+ * Most values (objects, arrays, strings, numbers...) in one JSON body or
+ * frame; a full key upload holds about 800. More is VALIDATION_FAILED before
+ * validation starts: validation costs the relay time and answer bytes per
+ * value (a 450 KB body of 150,000 `{}` once took it 22 s and an 88 MB answer).
+ */
+export const MAX_JSON_VALUES = 2048;
 
 /** Envelopes in one page of `GET /v1/messages`. */
 export const MAX_MESSAGES_PER_PAGE = 100;

@@ -1,12 +1,12 @@
 import 'reflect-metadata';
 import { plainToInstance } from 'class-transformer';
 import { validateSync } from 'class-validator';
-import { decodedBase64Length, jsonDepthExceeds } from './validators.js';
+import { decodedBase64Length, jsonBoundExceeded } from './validators.js';
 import { LoginRequest, RegisterRequest } from './auth.dto.js';
 import { UploadBackupRequest } from './backup.dto.js';
 import { UploadKeysRequest } from './keys.dto.js';
 import { ClientFrameType, SendFrame } from './frames.js';
-import { EC_PUBLIC_KEY_BYTES, MAX_BACKUP_BYTES, MAX_HTTP_BODY_BYTES, MAX_JSON_DEPTH, MAX_PREKEYS_PER_UPLOAD } from './limits.js';
+import { EC_PUBLIC_KEY_BYTES, MAX_BACKUP_BYTES, MAX_HTTP_BODY_BYTES, MAX_JSON_DEPTH, MAX_JSON_VALUES, MAX_PREKEYS_PER_UPLOAD } from './limits.js';
 
 const b64 = (bytes: number) => Buffer.alloc(bytes, 7).toString('base64');
 
@@ -20,8 +20,9 @@ describe('decodedBase64Length', () => {
   });
 });
 
-describe('jsonDepthExceeds', () => {
+describe('jsonBoundExceeded', () => {
   const nested = (depth: number, open: string, close: string) => JSON.parse(`${open.repeat(depth)}1${close.repeat(depth)}`) as unknown;
+  const depthExceeds = (value: unknown, maxDepth: number) => jsonBoundExceeded(value, maxDepth, Infinity) === 'depth';
 
   it.each([
     ['a scalar', 1, 0],
@@ -29,19 +30,40 @@ describe('jsonDepthExceeds', () => {
     ['[[]]', [[]], 2],
     ['a send frame', { type: 'send', message: { messages: [{ deviceId: 1 }] } }, 4],
   ])('gives %s its depth', (_what, value, depth) => {
-    expect(jsonDepthExceeds(value, depth)).toBe(false);
-    if (depth > 0) expect(jsonDepthExceeds(value, depth - 1)).toBe(true);
+    expect(depthExceeds(value, depth)).toBe(false);
+    if (depth > 0) expect(depthExceeds(value, depth - 1)).toBe(true);
   });
 
   it('accepts MAX_JSON_DEPTH levels and refuses one more, of arrays and of objects', () => {
     for (const [open, close] of [['[', ']'], ['{"a":', '}']]) {
-      expect(jsonDepthExceeds(nested(MAX_JSON_DEPTH, open!, close!), MAX_JSON_DEPTH)).toBe(false);
-      expect(jsonDepthExceeds(nested(MAX_JSON_DEPTH + 1, open!, close!), MAX_JSON_DEPTH)).toBe(true);
+      expect(jsonBoundExceeded(nested(MAX_JSON_DEPTH, open!, close!), MAX_JSON_DEPTH, MAX_JSON_VALUES)).toBeUndefined();
+      expect(jsonBoundExceeded(nested(MAX_JSON_DEPTH + 1, open!, close!), MAX_JSON_DEPTH, MAX_JSON_VALUES)).toBe('depth');
     }
   });
 
   it('measures 100,000 levels without exhausting the stack', () => {
-    expect(jsonDepthExceeds(nested(100_000, '[', ']'), MAX_JSON_DEPTH)).toBe(true);
+    expect(jsonBoundExceeded(nested(100_000, '[', ']'), MAX_JSON_DEPTH, MAX_JSON_VALUES)).toBe('depth');
+  });
+
+  it('counts every object, array and scalar: MAX_JSON_VALUES pass, one more does not', () => {
+    const withValues = (count: number) => ({ messages: Array.from({ length: count - 2 }, () => 0) });
+    expect(jsonBoundExceeded(withValues(MAX_JSON_VALUES), MAX_JSON_DEPTH, MAX_JSON_VALUES)).toBeUndefined();
+    expect(jsonBoundExceeded(withValues(MAX_JSON_VALUES + 1), MAX_JSON_DEPTH, MAX_JSON_VALUES)).toBe('values');
+    expect(jsonBoundExceeded({ messages: Array.from({ length: 150_000 }, () => ({})) }, MAX_JSON_DEPTH, MAX_JSON_VALUES)).toBe('values');
+  });
+
+  it('lets the largest key upload through', () => {
+    const key = { keyId: 1, publicKey: b64(EC_PUBLIC_KEY_BYTES), signature: b64(64) };
+    const upload = {
+      identityKey: b64(EC_PUBLIC_KEY_BYTES),
+      registrationId: 1,
+      signedPreKey: key,
+      kyberLastResortPreKey: key,
+      preKeys: Array.from({ length: MAX_PREKEYS_PER_UPLOAD }, () => ({ keyId: 1, publicKey: key.publicKey })),
+      kyberPreKeys: Array.from({ length: MAX_PREKEYS_PER_UPLOAD }, () => key),
+      replaceOneTimePreKeys: false,
+    };
+    expect(jsonBoundExceeded(upload, MAX_JSON_DEPTH, MAX_JSON_VALUES)).toBeUndefined();
   });
 });
 

@@ -38,19 +38,20 @@ export function IsBase64Bytes(min: number, max: number = min, options?: Validati
 }
 
 /**
- * Whether `value` nests arrays and objects deeper than `maxDepth` levels (a
- * scalar is level 0, `{}` and `[]` level 1). Iterative, and it stops at the
- * first level past the limit, so a hostile value costs it no stack.
+ * Which bound `value` breaks, if any: nesting deeper than `maxDepth` levels (a
+ * scalar is level 0, `{}` and `[]` level 1) or more than `maxValues` values
+ * in all (every object, array and scalar counts one). Iterative, and it stops
+ * at the first bound broken, so a hostile value costs it no stack and little time.
  */
-export function jsonDepthExceeds(value: unknown, maxDepth: number): boolean {
+export function jsonBoundExceeded(value: unknown, maxDepth: number, maxValues: number): 'depth' | 'values' | undefined {
   const pending: Array<[unknown, number]> = [[value, 1]];
+  let values = 0;
   for (let next = pending.pop(); next !== undefined; next = pending.pop()) {
+    if (++values > maxValues) return 'values';
     const [node, depth] = next;
     if (typeof node !== 'object' || node === null) continue;
-    if (depth > maxDepth) return true;
-    for (const child of Array.isArray(node) ? node : Object.values(node)) {
-      if (typeof child === 'object' && child !== null) pending.push([child, depth + 1]);
-    }
+    if (depth > maxDepth) return 'depth';
+    for (const child of Array.isArray(node) ? node : Object.values(node)) pending.push([child, depth + 1]);
   }
-  return false;
+  return undefined;
 }

@@ -3,14 +3,12 @@ import { length, validateSync } from 'class-validator';
 import {
   ClientFrameType,
   ErrorCode,
-  jsonDepthExceeds,
-  MAX_JSON_DEPTH,
   REQUEST_ID_MAX_LENGTH,
   ServerFrameType,
   type ErrorFrame,
 } from '@chat/protocol';
 import { RelayException } from '../common/relay.exception.js';
-import { tooDeepException, validationException } from '../common/validation.js';
+import { oversizedJsonException, validationException } from '../common/validation.js';
 
 const CLIENT_FRAME_TYPES = new Set<string>(Object.values(ClientFrameType));
 
@@ -46,7 +44,8 @@ export function parseClientFrame(data: string | Buffer | ArrayBuffer | Buffer[])
  */
 export function validateFrame<T extends object>(type: ClassConstructor<T>, frame: unknown): T {
   // class-transformer recurses into every nested value; see RelayValidationPipe.
-  if (jsonDepthExceeds(frame, MAX_JSON_DEPTH)) throw tooDeepException('frame');
+  const oversized = oversizedJsonException(frame, 'frame');
+  if (oversized) throw oversized;
   const instance = plainToInstance(type, frame);
   const errors = validateSync(instance, {
     whitelist: true,
