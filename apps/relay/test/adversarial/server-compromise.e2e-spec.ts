@@ -74,11 +74,15 @@ describe('adversarial: server compromise', () => {
   const accountIdOf = new Map<Person, string>();
   let usernames: Record<Person, string>;
   let recoverySecret = '';
+  let trustRoot = '';
+  /** Each secret text's label: what a failure names instead of the text. */
+  const labelOf = new Map<string, string>();
 
   /** A distinctive text, noted as a secret of `kind`. */
   const secretText = (kind: 'message' | 'credential', label: string) => {
     const text = `${label} ${randomBytes(12).toString('hex')} ${randomBytes(12).toString('base64url')}`;
     ledger.text(kind, label, text);
+    labelOf.set(text, label);
     return text;
   };
 
@@ -100,11 +104,10 @@ describe('adversarial: server compromise', () => {
     installs.push(device);
     return device;
   }
-  let trustRoot = '';
 
   /** Waits until `device`'s app was handed a message with this text; returns it. */
   async function received(device: Install, text: string): Promise<IncomingMessage> {
-    await until(() => device.inbox.received.some((m) => m.text === text), `${device.name} receiving "${text.slice(0, 24)}…"`);
+    await until(() => device.inbox.received.some((m) => m.text === text), `${device.name} receiving "${labelOf.get(text)}"`);
     return device.inbox.received.find((m) => m.text === text)!;
   }
 
@@ -245,13 +248,13 @@ describe('adversarial: server compromise', () => {
     return describeFindings([...scanner.scanTables(tables), ...scanner.scanLog(logs), ...scanner.scanFiles(files)]);
   };
 
-  it('an attacker with a dump of every table, every verbose log line and the files of the relay\'s data directory searches them for each message text, group title and group id (raw, hex, base64, base64url, as UTF-8 and UTF-16): none is there', () => {
+  it('an attacker holding the relay (every table and Redis key, every log line at LOG_LEVEL=verbose, every file of its data directory) searches it for each message text, group title and group id, raw, hex, base64 or base64url, in UTF-8 or UTF-16: none is there', () => {
     const messages = ledger.secrets('message');
     expect(messages.length).toBeGreaterThanOrEqual(16);
     expect(search(messages)).toEqual([]);
   });
 
-  it('the attacker searches the dump and the logs for every private key the clients held (identity, signed, Kyber and one-time prekeys, sender keys, profile keys): none is there', () => {
+  it('the attacker searches the same for every private key the clients held (identity, signed, Kyber and one-time prekeys, sender keys, profile keys): none is there', () => {
     const keys = ledger.secrets('key');
     for (const kind of [/identity private key/, /one-time prekey/, /signed prekey/, /^(?!.*last-resort).*Kyber prekey/, /last-resort Kyber prekey/, /sender key/, /profile key/]) {
       expect({ kind: String(kind), recorded: keys.some((secret) => kind.test(secret.label)) }).toEqual({ kind: String(kind), recorded: true });
@@ -259,7 +262,7 @@ describe('adversarial: server compromise', () => {
     expect(search(keys)).toEqual([]);
   });
 
-  it('the attacker searches the dump and the logs for the backup recovery secret and the keys derived from it: none is there, though the backup blob is', async () => {
+  it('the attacker searches the same for the backup recovery secret and the scrypt and AES keys derived from it: none is there, though the backup blob is', async () => {
     const [backup] = rowsOf(tables, 'backups');
     expect(backup?.['account_id']).toBe(accountIdOf.get('dave'));
     // The blob's own header gives the scrypt parameters and salt (docs/protocol.md, "The backup blob").
@@ -284,7 +287,7 @@ describe('adversarial: server compromise', () => {
     expect(search(backupSecrets)).toEqual([]);
   });
 
-  it('the attacker searches the dump and the logs for passwords, access and refresh tokens and provisioning secrets in the clear: none is there (the relay keeps only hashes)', () => {
+  it('the attacker searches the same for passwords, access and refresh tokens and provisioning secrets in the clear: none is there (the relay keeps only hashes)', () => {
     const credentials = ledger.secrets('credential');
     for (const kind of [/password$/, /new password/, /access token/, /refresh token/, /provisioning slot secret/]) {
       expect({ kind: String(kind), recorded: credentials.some((secret) => kind.test(secret.label)) }).toEqual({ kind: String(kind), recorded: true });
