@@ -1,7 +1,6 @@
-import { Type } from 'class-transformer';
 import { IsInt, IsString, IsUUID, Matches, Max, Min } from 'class-validator';
 import { DEVICE_ID_MAX, DEVICE_ID_MIN, MAX_PROVISIONING_MESSAGE_BYTES } from './limits.js';
-import { IsBase64Bytes } from './validators.js';
+import { FromDecimalString, IsBase64Bytes } from './validators.js';
 
 /**
  * Linking a new device (docs/protocol.md, "Devices"). The new device opens a
@@ -69,6 +68,6 @@ export interface ListDevicesResponse {
 
 /** `DELETE /v1/devices/:deviceId` */
 export class DeviceIdParam {
-  @Type(() => Number) @IsInt() @Min(DEVICE_ID_MIN) @Max(DEVICE_ID_MAX)
+  @FromDecimalString() @IsInt() @Min(DEVICE_ID_MIN) @Max(DEVICE_ID_MAX)
   deviceId!: number;
 }

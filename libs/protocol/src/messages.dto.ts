@@ -26,7 +26,7 @@ import {
   REGISTRATION_ID_MIN,
   USERNAME_PATTERN,
 } from './limits.js';
-import { IsBase64Bytes } from './validators.js';
+import { FromDecimalString, IsBase64Bytes } from './validators.js';
 
 /** What kind of libsignal message the ciphertext is. */
 export enum EnvelopeType {
@@ -153,7 +153,7 @@ export interface Envelope {
 /** `GET /v1/messages?limit=` */
 export class ListMessagesQuery {
   @IsOptional()
-  @Type(() => Number)
+  @FromDecimalString()
   @IsInt() @Min(1) @Max(MAX_MESSAGES_PER_PAGE)
   limit?: number;
 }

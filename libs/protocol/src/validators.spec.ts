@@ -3,6 +3,8 @@ import { plainToInstance } from 'class-transformer';
 import { validateSync } from 'class-validator';
 import { decodedBase64Length, jsonBoundExceeded } from './validators.js';
 import { LoginRequest, RegisterRequest } from './auth.dto.js';
+import { DeviceIdParam } from './devices.dto.js';
+import { ListMessagesQuery } from './messages.dto.js';
 import { UploadBackupRequest } from './backup.dto.js';
 import { UploadKeysRequest } from './keys.dto.js';
 import { ClientFrameType, SendFrame } from './frames.js';
@@ -64,6 +66,26 @@ describe('jsonBoundExceeded', () => {
       replaceOneTimePreKeys: false,
     };
     expect(jsonBoundExceeded(upload, MAX_JSON_DEPTH, MAX_JSON_VALUES)).toBeUndefined();
+  });
+});
+
+describe('integers in paths and queries', () => {
+  const deviceIdErrors = (deviceId: unknown) => validateSync(plainToInstance(DeviceIdParam, { deviceId }));
+  const limitErrors = (limit: unknown) => validateSync(plainToInstance(ListMessagesQuery, { limit }));
+
+  it.each(['1', '7', '127', '007'])('reads %j as a decimal integer', (text) => {
+    expect(plainToInstance(DeviceIdParam, { deviceId: text }).deviceId).toBe(Number(text));
+    expect(deviceIdErrors(text)).toHaveLength(0);
+  });
+
+  it.each(['0x1', ' 1', '1 ', '1.0', '1e0', '+1', '-1', '', '0b1', '1_0', '９'])('refuses %j, which Number() would read as a number', (text) => {
+    expect(deviceIdErrors(text)).toHaveLength(1);
+    expect(limitErrors(text)).toHaveLength(1);
+  });
+
+  it('leaves an absent limit absent and refuses a repeated one', () => {
+    expect(limitErrors(undefined)).toHaveLength(0);
+    expect(limitErrors(['1', '2'])).toHaveLength(1);
   });
 });
 

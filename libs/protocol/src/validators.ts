@@ -1,3 +1,4 @@
+import { Transform } from 'class-transformer';
 import { ValidateBy, buildMessage, type ValidationOptions } from 'class-validator';
 
 const BASE64 = /^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$/;
@@ -54,4 +55,20 @@ export function jsonBoundExceeded(value: unknown, maxDepth: number, maxValues: n
     for (const child of Array.isArray(node) ? node : Object.values(node)) pending.push([child, depth + 1]);
   }
   return undefined;
+}
+
+/**
+ * A path or query parameter read as a number: decimal digits only. `Number()`
+ * (class-transformer's `@Type(() => Number)`) also reads `0x1`, ` 1`, `1.0`,
+ * `1e0` and `''` (as 0), so `DELETE /v1/devices/0x1` reached device 1; such
+ * spellings become NaN here, which `@IsInt` refuses. Numbers and absent values pass as they are.
+ */
+export function FromDecimalString(): PropertyDecorator {
+  return Transform(({ value }: { value: unknown }) =>
+    value === undefined || value === null || typeof value === 'number'
+      ? value
+      : typeof value === 'string' && /^[0-9]{1,15}$/.test(value)
+        ? Number(value)
+        : Number.NaN,
+  );
 }
