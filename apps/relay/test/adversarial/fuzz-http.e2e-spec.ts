@@ -500,6 +500,19 @@ describe('adversarial: fuzzing every HTTP route', () => {
     );
   });
 
+  it('a client spells a path or query integer as hex, with a space, a fraction, an exponent or a sign (DELETE /v1/devices/0x1, ?limit=0x10): VALIDATION_FAILED, never read as another number', async () => {
+    const spellings = ['0x1', '%201', '1%20', '1.0', '1e0', '%2B1', '0b1', '-0'];
+    for (const spelling of spellings) {
+      for (const [method, target] of [
+        ['DELETE', `/v1/devices/${spelling}`],
+        ['GET', `/v1/messages?limit=${spelling}`],
+      ] as const) {
+        const answer = await expectStable({ method, path: target }, { method, target, auth: 'valid', headers: {} });
+        expect({ target, status: answer.status, code: (JSON.parse(answer.text) as { code?: string }).code }).toEqual({ target, status: 400, code: ErrorCode.ValidationFailed });
+      }
+    }
+  });
+
   it('a client sends hostile query strings to every route (out-of-range, non-numeric, repeated, bracketed, unknown and malformed parameters): never a 5xx, always an ErrorBody', async () => {
     await fuzzEveryOperation(
       (operation) => (operation.queryParameters.length > 0 ? 30 : 4),
