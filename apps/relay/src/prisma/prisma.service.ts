@@ -30,13 +30,32 @@ export class PrismaService extends PrismaClient implements OnApplicationShutdown
     const database = await openDatabase(config.database);
     try {
       await applyMigrations(database.url, { log: (message) => PrismaService.logger.log(message) });
-      const prisma = new PrismaService(database, new pg.Pool({ connectionString: database.url, max: database.poolMax }));
+      const prisma = new PrismaService(database, PrismaService.createPool(database));
       await prisma.$connect();
       return prisma;
     } catch (error) {
       await database.close();
       throw error;
     }
+  }
+
+  /**
+   * The embedded database is one PGlite session behind a socket server: a
+   * connection the pool opens later (after an error, or pg's idle timeout)
+   * lands in the same session, where the statements the earlier connection
+   * prepared still exist, and pg would prepare its named statements again
+   * (`42P05 prepared statement ... already exists` on every one). So that
+   * connection is kept while idle, and a replacement starts by deallocating
+   * what the session holds; pg runs a client's queries in order, so that
+   * comes before anything the pool hands it out for.
+   */
+  private static createPool(database: DatabaseConnection): pg.Pool {
+    if (database.mode !== 'embedded') return new pg.Pool({ connectionString: database.url, max: database.poolMax });
+    const pool = new pg.Pool({ connectionString: database.url, max: database.poolMax, idleTimeoutMillis: 0 });
+    pool.on('connect', (client) => {
+      client.query('DEALLOCATE ALL').catch((error: unknown) => PrismaService.logger.error(`DEALLOCATE ALL failed: ${String(error)}`));
+    });
+    return pool;
   }
 
   async onApplicationShutdown(): Promise<void> {
