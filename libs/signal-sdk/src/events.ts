@@ -70,8 +70,13 @@ export interface MessagesMissing {
   /** The sender (canonical username); this account's own for messages another of its devices sent (`outgoing`). */
   readonly sender: string;
   readonly senderDevice: DeviceId;
-  /** The other party of the conversation the missing messages belong to: `sender`, or for `outgoing` the account they went to. */
+  /**
+   * The conversation the missing messages belong to: `sender`, or for
+   * `outgoing` the account they went to; for a group's messages the group id.
+   */
   readonly conversation: string;
+  /** Set when the missing messages were sent to a group: its id (`SecureChatClient.groups()`), as `conversation`. */
+  readonly group?: string;
   /** true: messages this account sent from its device `senderDevice` (their sync copies are missing here). */
   readonly outgoing: boolean;
   /**
@@ -170,9 +175,9 @@ export interface IncomingMessage {
   readonly identity: IdentityStatus;
   /**
    * The message's number in its sender device's sequence to this
-   * conversation (docs/architecture.md, "Gap detection"): the numbers
-   * `messagesMissing` reports. Absent for group messages and for a sender
-   * that does not number its messages (content version 1).
+   * conversation, for a group message to the group (docs/architecture.md,
+   * "Gap detection"): the numbers `messagesMissing` reports. Absent for a
+   * sender that does not number its messages (content version 1).
    */
   readonly sequence?: number;
   /**

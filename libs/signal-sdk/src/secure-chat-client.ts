@@ -82,7 +82,15 @@ import {
   type MessageContent,
 } from './session/content.js';
 import { DecryptFailure, DecryptFailureKind, PeerSessions } from './session/peer-sessions.js';
-import { countMissing, nextSequence, observeSequence, type SequenceRange, type SequenceTrack } from './session/message-sequence.js';
+import {
+  countMissing,
+  groupOfSequenceKey,
+  groupSequenceKey,
+  nextSequence,
+  observeSequence,
+  type SequenceRange,
+  type SequenceTrack,
+} from './session/message-sequence.js';
 import { DEFAULT_SESSION_RESET_INTERVAL_MS, ResetDecision, SessionRepairLimiter } from './session/session-repair.js';
 import {
   DEFAULT_KEY_GRACE_PERIOD_MS,
@@ -96,6 +104,7 @@ import { HttpRelayTransport, deviceListsOf, relayUrlsOf } from './transport/http
 import type { RelaySocket, RelayTransport } from './transport/relay-transport.js';
 import { RetryAfterMemory } from './transport/retry-after.js';
 import { parseGroupUpdateBody } from './groups/group-wire.js';
+import { DuplicateGroupMessage } from './groups/group-crypto.js';
 import { GroupService, newGroupSendId, type GroupHost, type GroupInfo, type GroupUpdated, type SentGroupMessage } from './groups/group-service.js';
 import {
   AccountIds,
@@ -1495,9 +1504,17 @@ export class SecureChatClient extends TypedEventEmitter<ChatEvent, ChatEventHand
           const { plaintext, opened } = await this.groupService.openGroupMessage(sender, unsealed.senderDevice, unsealed.contents, unsealed.groupId, stores);
           await stores.metadata.saveProcessedEnvelope(envelope.id, this.now());
           await stores.metadata.savePendingMessage(envelope.id, { sender, senderDevice: unsealed.senderDevice, content: plaintext });
-          return { message: opened.content, identity, group: { ...opened.group, from } };
+          // The group's sequence of the sender device (a repeat never gets here: libsignal refuses it as a duplicate).
+          const sequence = await this.followSequence(stores, sender, unsealed.senderDevice, opened.content, groupSequenceKey(opened.group.id));
+          return { message: opened.content, identity, ...(sequence ? { sequence } : {}), group: { ...opened.group, from } };
         });
       } catch (cause) {
+        if (cause instanceof DuplicateGroupMessage) {
+          // A copy of a group message decrypted before (a relay replaying it under a new id): acked, never shown.
+          this.logger.debug?.(`dropped a duplicate group message ${envelope.id}`);
+          await this.stores.metadata.saveProcessedEnvelope(envelope.id, this.now());
+          return { handled: true };
+        }
         const dropCodes = [SecureChatErrorCode.DecryptionFailed, SecureChatErrorCode.MalformedContent, SecureChatErrorCode.InvalidSenderCertificate];
         if (!SecureChatError.is(cause) || !dropCodes.includes(cause.code)) throw cause;
         await this.stores.metadata.saveProcessedEnvelope(envelope.id, this.now());
@@ -2413,9 +2430,10 @@ export class SecureChatClient extends TypedEventEmitter<ChatEvent, ChatEventHand
           return;
         }
         if ('message' in opened.done && opened.done.group) {
-          const { message, identity, group } = opened.done;
+          const { message, identity, group, sequence } = opened.done;
+          if (sequence?.missing) this.emitMessagesMissing(sequence.track, [sequence.missing]);
           this.inFlight.add(envelope.id);
-          await this.deliver(this.incomingMessage(envelope, group.from, message, identity, group));
+          await this.deliver(this.incomingMessage(envelope, group.from, message, identity, group, sequence?.filledGap));
         }
         return;
       }
@@ -2486,11 +2504,13 @@ export class SecureChatClient extends TypedEventEmitter<ChatEvent, ChatEventHand
 
   private messagesMissingOf(track: SequenceSeen['track'], ranges: readonly SequenceRange[]): MessagesMissing {
     const own = this.localAccount().username;
+    const group = groupOfSequenceKey(track.recipient);
     const outgoing = track.sender === own && track.recipient !== own;
     return {
       sender: track.sender,
       senderDevice: track.senderDevice,
-      conversation: outgoing ? track.recipient : track.sender,
+      conversation: group ?? (outgoing ? track.recipient : track.sender),
+      ...(group !== null ? { group } : {}),
       outgoing,
       ranges: ranges.map(({ from, to }) => ({ from, to })),
       count: countMissing(ranges),
@@ -2690,14 +2710,22 @@ export class SecureChatClient extends TypedEventEmitter<ChatEvent, ChatEventHand
   }
 
   /**
-   * Applies a received text, bytes or sync copy to the sequence it belongs
-   * to: its sender device's to this account, or for a sync copy this
-   * account's device's to the copy's destination. Nothing for a record with
+   * Applies a received text, bytes, sync copy or group message to the
+   * sequence it belongs to: its sender device's to this account, for a sync
+   * copy this account's device's to the copy's destination, for a group
+   * message (`group`: its `groupSequenceKey`) the sender device's to the
+   * group. Nothing for a record with
    * no sequence (content version 1). In the decryption's transaction.
    */
-  private async followSequence(stores: SecureChatStores, sender: string, senderDevice: DeviceId, content: MessageContent): Promise<SequenceSeen | undefined> {
+  private async followSequence(
+    stores: SecureChatStores,
+    sender: string,
+    senderDevice: DeviceId,
+    content: MessageContent,
+    group?: string,
+  ): Promise<SequenceSeen | undefined> {
     if (!content.sequence) return undefined;
-    const recipient = content.kind === ContentKind.SyncCopy ? syncCopyOf(content).destination : this.localAccount().username;
+    const recipient = group ?? (content.kind === ContentKind.SyncCopy ? syncCopyOf(content).destination : this.localAccount().username);
     const track = { sender, senderDevice, recipient };
     const seen = observeSequence(await stores.metadata.getSequenceTrack(sender, senderDevice, recipient), track, content.sequence);
     if (seen.track) await stores.metadata.saveSequenceTrack(seen.track);

@@ -257,6 +257,81 @@ describe('adversarial: malicious relay', () => {
     });
   });
 
+  describe('what it delivers to a group', () => {
+    /**
+     * alice (admin), bob behind the hostile relay, carol direct; the group and
+     * alice's sender key in place, every control record (group update, sender
+     * key, profile keys) delivered, and one group message `g1` shown to both:
+     * from then on the only envelopes bob gets are alice's group messages.
+     */
+    async function groupWithBobBehind(hostile: HostileRelay) {
+      const trustRoot = setup.relay.trustRoot;
+      const alice = await party('alice', { trustRoot });
+      const bob = await party('bob', { trustRoot, relayUrl: hostile.baseUrl, sqlite: true });
+      const carol = await party('carol', { trustRoot });
+      const group = (await alice.client.createGroup('watched', [bob.username, carol.username])).id;
+      const knowsEveryone = async (p: Party, others: Party[]) =>
+        (await p.client.groups()).length === 1 && (await Promise.all(others.map((o) => p.stores.metadata.getPeerProfileKey(o.username)))).every(Boolean);
+      await until(async () => (await knowsEveryone(bob, [alice, carol])) && (await knowsEveryone(carol, [alice, bob])), 'the group and every profile key');
+      await alice.client.sendGroupMessage(group, 'g1');
+      await until(() => bob.shown.length === 1 && carol.shown.length === 1, 'g1 on bob and carol');
+      await until(async () => (await storedFor(bob.username)) === 0, "bob's queue to drain");
+      return { alice, bob, carol, group };
+    }
+
+    it('a relay drops a group message for one member and acks it itself: that member shows the rest and reports it missing in that group (sender, device, range) once a later group message from that sender arrives; the others miss nothing', async () => {
+      const hostile = await hostileRelay();
+      const { alice, bob, carol, group } = await groupWithBobBehind(hostile);
+
+      hostile.onDeliver = () => 'drop';
+      await alice.client.sendGroupMessage(group, 'g2 (dropped for bob)');
+      await until(() => hostile.dropped.length === 1, 'the drop');
+      hostile.onDeliver = () => 'pass';
+      expect(bob.missing).toEqual([]);
+      await alice.client.sendGroupMessage(group, 'g3');
+      await until(() => bob.shown.length === 2 && carol.shown.length === 3, 'g3 on bob, all three on carol');
+
+      expect(bob.shown.map((m) => [m.text, m.group?.id, m.sequence, m.filledGap])).toEqual([
+        ['g1', group, 1, false],
+        ['g3', group, 3, false],
+      ]);
+      const report = { sender: alice.username, senderDevice: 1, conversation: group, group, outgoing: false, ranges: [{ from: 2, to: 2 }], count: 1 };
+      expect(bob.missing).toEqual([report]);
+      await expect(bob.client.missingMessages()).resolves.toEqual([report]);
+      // The real relay was told it was handled: gone for good.
+      await until(async () => (await storedFor(bob.username)) === 0, 'the relay to delete every message');
+      expect(texts(carol)).toEqual(['g1', 'g2 (dropped for bob)', 'g3']);
+      expect(carol.missing).toEqual([]);
+      expect([...bob.errors, ...carol.errors]).toEqual([]);
+    });
+
+    it('a relay reorders group messages (holds one until the next has passed): all are shown once, the held one flagged as filling the gap, and nothing is missing at the end', async () => {
+      const hostile = await hostileRelay();
+      const { alice, bob, group } = await groupWithBobBehind(hostile);
+
+      let next: DeliverAction = 'hold-until-next';
+      hostile.onDeliver = () => {
+        const action = next;
+        next = 'pass';
+        return action;
+      };
+      await alice.client.sendGroupMessage(group, 'g2');
+      await until(() => hostile.held().length === 1, 'g2 to be held');
+      await alice.client.sendGroupMessage(group, 'g3');
+      await until(() => bob.shown.length === 3, 'all three');
+
+      expect(bob.shown.map((m) => [m.text, m.sequence, m.filledGap])).toEqual([
+        ['g1', 1, false],
+        ['g3', 3, false],
+        ['g2', 2, true],
+      ]);
+      // While it was held the gap showed; it closed when the message came.
+      expect(bob.missing.map((m) => [m.group, m.ranges])).toEqual([[group, [{ from: 2, to: 2 }]]]);
+      await expect(bob.client.missingMessages()).resolves.toEqual([]);
+      expect(bob.errors).toEqual([]);
+    });
+  });
+
   describe('identity keys it hands out', () => {
     /**
      * A relay-driven substitution mid-conversation: the hostile relay answers

@@ -12,6 +12,7 @@
 import {
   CiphertextMessageType,
   ContentHint,
+  ErrorCode,
   SenderKeyDistributionMessage,
   UnidentifiedSenderMessageContent,
   groupDecrypt,
@@ -64,7 +65,17 @@ export async function encryptForGroup(self: ProtocolAddress, distributionId: str
 }
 
 /**
+ * A SenderKey message this install has decrypted before (libsignal's
+ * `DuplicatedMessage`: its iteration was used up): a copy, to be acked and
+ * dropped without a word, as a repeated 1:1 message is.
+ */
+export class DuplicateGroupMessage extends Error {
+  override readonly name = 'DuplicateGroupMessage';
+}
+
+/**
  * The plaintext of `sender`'s SenderKey message.
+ * @throws {DuplicateGroupMessage} for a message decrypted before.
  * @throws {SecureChatError} `DecryptionFailed` when this install has no sender key of that sender and
  *   distribution id (never sent one, or sent only one it was not given: a removed member), or the
  *   message does not verify or decrypt.
@@ -74,6 +85,9 @@ export async function decryptFromGroup(sender: ProtocolAddress, store: SenderKey
     return await groupDecrypt(sender, store, new Uint8Array(ciphertext));
   } catch (cause) {
     if (!isLibSignalError(cause)) throw cause;
+    if (cause.is(ErrorCode.DuplicatedMessage)) {
+      throw new DuplicateGroupMessage(`a group message of ${sender.name()} device ${sender.deviceId()} was decrypted before`, { cause });
+    }
     throw new SecureChatError(SecureChatErrorCode.DecryptionFailed, `a group message of ${sender.name()} device ${sender.deviceId()} did not decrypt`, {
       cause,
     });

@@ -127,7 +127,28 @@ describe('group update rules', () => {
   it('tells the removed member it was removed, and it does not rotate (it sends nothing more)', () => {
     const current = base();
     const removal = decideGroupUpdate(current, withMemberRemoved(current, 'carol'), 'alice', 'carol');
-    expect(removal).toMatchObject({ applied: true, selfRemoved: true, rotate: false });
+    expect(removal).toMatchObject({ applied: true, selfRemoved: true, selfAdded: false, rotate: false });
+  });
+
+  it('tells a removed member that is added again that it is back (selfAdded), and nobody else', () => {
+    const current = base();
+    const without = withMemberRemoved(current, 'carol');
+    const back = withMembersAdded(without, [carol]);
+    expect(decideGroupUpdate(without, back, 'alice', 'carol')).toMatchObject({ applied: true, selfAdded: true, selfRemoved: false });
+    expect(decideGroupUpdate(without, back, 'alice', 'bob')).toMatchObject({ applied: true, selfAdded: false });
+    expect(decideGroupUpdate(null, back, 'alice', 'carol')).toMatchObject({ applied: true, selfAdded: true });
+    expect(decideGroupUpdate(current, withMembersAdded(current, [dave]), 'alice', 'carol')).toMatchObject({ applied: true, selfAdded: false });
+  });
+
+  it('keeps the send position over a new sender key (the next group message starts a new stream from it)', () => {
+    const current = base();
+    const sendSequence = { distributionId: '33333333-3333-4333-8333-333333333333', stream: 5, number: 9, recent: [{ id: 'x', stream: 5, number: 9 }] };
+    const record: GroupRecord = { state: current, distributionId: sendSequence.distributionId, sharedWith: [], sendSequence };
+    const removal = decideGroupUpdate(current, withMemberRemoved(current, 'carol'), 'alice', 'bob');
+    if (!removal.applied) throw new Error('not applied');
+    const after = recordAfterUpdate(record, removal);
+    expect(after.distributionId).not.toBe(sendSequence.distributionId);
+    expect(after.sendSequence).toEqual(sendSequence);
   });
 
   it('keeps the sender key when members are only added: the newcomer gets it from now on, nobody rotates', () => {

@@ -14,6 +14,7 @@
  */
 
 import { randomUUID } from 'node:crypto';
+import type { GroupSendSequence } from '../session/message-sequence.js';
 import { checkGroupState, type GroupMember, type GroupState } from './group-wire.js';
 
 /** What this install keeps of a group (the metadata store's group record). */
@@ -26,6 +27,12 @@ export interface GroupRecord {
   distributionId: string;
   /** Member devices (`username.deviceId`) that were sent this device's distribution message for `distributionId`. */
   sharedWith: string[];
+  /**
+   * This device's position in its sequence to the group (gap detection,
+   * `numberGroupSend`); absent before its first group message. Kept across
+   * a new sender key, which starts a new stream when the next send is numbered.
+   */
+  sendSequence?: GroupSendSequence;
 }
 
 export enum UpdateRefusal {
@@ -45,6 +52,11 @@ export type UpdateDecision =
       removed: GroupMember[];
       /** This account is no longer a member. */
       selfRemoved: boolean;
+      /**
+       * This account is a member again after it was removed (or the group is
+       * new to it): what it follows of the group's sequences starts again.
+       */
+      selfAdded: boolean;
       /** Members were removed and this account stays: start a new sender key. */
       rotate: boolean;
     }
@@ -68,7 +80,15 @@ export function decideGroupUpdate(current: GroupState | null, update: GroupState
   if (!current) {
     if (!isAdmin(update, author)) return { applied: false, reason: UpdateRefusal.NotAdmin };
     if (!isMember(update, self)) return { applied: false, reason: UpdateRefusal.NotMember };
-    return { applied: true, state: update, added: update.members.filter((m) => m.username !== self), removed: [], selfRemoved: false, rotate: false };
+    return {
+      applied: true,
+      state: update,
+      added: update.members.filter((m) => m.username !== self),
+      removed: [],
+      selfRemoved: false,
+      selfAdded: true,
+      rotate: false,
+    };
   }
   if (update.revision <= current.revision) return { applied: false, reason: UpdateRefusal.Stale };
   if (!isAdmin(current, author)) return { applied: false, reason: UpdateRefusal.NotAdmin };
@@ -77,7 +97,8 @@ export function decideGroupUpdate(current: GroupState | null, update: GroupState
   const removed = current.members.filter((m) => !after.has(memberKey(m)));
   const added = update.members.filter((m) => !before.has(memberKey(m)));
   const selfRemoved = !isMember(update, self);
-  return { applied: true, state: update, added, removed, selfRemoved, rotate: removed.length > 0 && !selfRemoved };
+  const selfAdded = !isMember(current, self) && !selfRemoved;
+  return { applied: true, state: update, added, removed, selfRemoved, selfAdded, rotate: removed.length > 0 && !selfRemoved };
 }
 
 const byUsername = (a: GroupMember, b: GroupMember) => (a.username < b.username ? -1 : a.username > b.username ? 1 : 0);
@@ -118,9 +139,14 @@ function uniqueMembers(members: GroupMember[]): GroupMember[] {
 /** A fresh distribution id: a new sender key epoch for this device. */
 export const newDistributionId = (): string => randomUUID();
 
-/** The record after `decision` was applied over `record` (null: a group new to this install). */
+/**
+ * The record after `decision` was applied over `record` (null: a group new
+ * to this install). A new sender key keeps the send position (its next
+ * send starts a new stream).
+ */
 export function recordAfterUpdate(record: GroupRecord | null, decision: Extract<UpdateDecision, { applied: true }>): GroupRecord {
-  if (!record || decision.rotate) return { state: decision.state, distributionId: newDistributionId(), sharedWith: [] };
+  if (!record) return { state: decision.state, distributionId: newDistributionId(), sharedWith: [] };
+  if (decision.rotate) return { ...record, state: decision.state, distributionId: newDistributionId(), sharedWith: [] };
   return { ...record, state: decision.state };
 }
 

@@ -19,6 +19,7 @@ import { SecureChatError, SecureChatErrorCode } from '../errors.js';
 import { derivedRequestId, type DeviceId } from '../ids.js';
 import { accountAddressStores, combinedAccessKey } from '../sealed/index.js';
 import { ContentKind, MAX_BODY_BYTES, decodeContent, encodeContent, type MessageContent } from '../session/content.js';
+import { groupSequenceKey, numberGroupSend } from '../session/message-sequence.js';
 import type { SecureChatStores } from '../stores/stores.js';
 import { acceptDistribution, createDistribution, decryptFromGroup, encryptForGroup, sealForGroup } from './group-crypto.js';
 import {
@@ -211,10 +212,22 @@ export class GroupService {
   async sendGroupMessage(groupId: string, kind: ContentKind.Text | ContentKind.Bytes, body: Uint8Array, id: string): Promise<SentGroupMessage> {
     if (body.length > MAX_BODY_BYTES) throw invalid(`body larger than ${MAX_BODY_BYTES} bytes`);
     const self = this.host.localAccount();
-    const record = await this.requireRecord(groupId);
-    if (!isMember(record.state, self.username)) throw new SecureChatError(SecureChatErrorCode.InvalidState, 'this account is no longer a member of the group');
-    const timestamp = this.host.nextContentTimestamp();
-    const plaintext = encodeContent({ kind: ContentKind.GroupMessage, timestamp, body: encodeGroupMessageBody({ groupId: record.state.id, innerKind: kind, body }) });
+    await this.requireRecord(groupId);
+    // The message's number in this device's sequence to the group (docs/architecture.md, "Gap detection"),
+    // taken once per send id and kept in the group's record in one transaction: every encryption below
+    // (a device correction encrypts again) and a retry of this send id carry the same number.
+    const { timestamp, plaintext } = await this.locked(groupId, () =>
+      this.host.transaction(async (stores) => {
+        const record = await stores.metadata.getGroup(groupId);
+        if (!record) throw invalid(`no group ${groupId}`);
+        if (!isMember(record.state, self.username)) throw new SecureChatError(SecureChatErrorCode.InvalidState, 'this account is no longer a member of the group');
+        const { sequence, next } = numberGroupSend(record.sendSequence, record.distributionId, id);
+        if (next) await stores.metadata.saveGroup({ ...record, sendSequence: next });
+        const at = this.host.nextContentTimestamp();
+        const groupBody = encodeGroupMessageBody({ groupId: record.state.id, innerKind: kind, body });
+        return { timestamp: at, plaintext: encodeContent({ kind: ContentKind.GroupMessage, timestamp: at, body: groupBody, sequence }) };
+      }),
+    );
     const certificate = await this.host.senderCertificate();
     for (let round = 0; ; round++) {
       const current = await this.shareSenderKey(groupId);
@@ -270,14 +283,18 @@ export class GroupService {
     const self = this.host.localAccount().username;
     const update = parseGroupUpdateBody(content.body);
     const groupId = groupIdToString(update.id);
-    const outcome = await this.locked(groupId, async () => {
-      const record = await this.host.stores.metadata.getGroup(groupId);
-      const decision = decideGroupUpdate(record?.state ?? null, update, author, self);
-      if (!decision.applied) return { decision, next: null };
-      const next = recordAfterUpdate(record, decision);
-      await this.host.stores.metadata.saveGroup(next);
-      return { decision, next };
-    });
+    const outcome = await this.locked(groupId, () =>
+      this.host.transaction(async (stores) => {
+        const record = await stores.metadata.getGroup(groupId);
+        const decision = decideGroupUpdate(record?.state ?? null, update, author, self);
+        if (!decision.applied) return { decision, next: null };
+        const next = recordAfterUpdate(record, decision);
+        await stores.metadata.saveGroup(next);
+        // A member again: what it was not sent while out is not missing (docs/architecture.md, "Gap detection").
+        if (decision.selfAdded) await stores.metadata.deleteSequenceTracks(groupSequenceKey(groupId));
+        return { decision, next };
+      }),
+    );
     const { decision, next } = outcome;
     if (!decision.applied || !next) return decision.applied ? null : decision.reason;
     this.host.emitGroupUpdated({
@@ -309,6 +326,7 @@ export class GroupService {
    * the group, and accepted when the group is known, names both the sender
    * and this account as members, and the content is a group message of the
    * same group.
+   * @throws {DuplicateGroupMessage} for a message decrypted before (a replay).
    * @throws {SecureChatError} `DecryptionFailed` (no sender key: e.g. this account was removed and the
    *   sender rotated; or a bad message), `MalformedContent` (not a group message of a group this
    *   account is in, or from a non-member).
@@ -424,7 +442,7 @@ export class GroupService {
       } catch (cause) {
         throw invalid(cause instanceof Error ? cause.message : 'not a valid group change', cause);
       }
-      const next: GroupRecord = rotate ? { state, distributionId: newDistributionId(), sharedWith: [] } : { ...record, state };
+      const next: GroupRecord = rotate ? { ...record, state, distributionId: newDistributionId(), sharedWith: [] } : { ...record, state };
       await this.host.stores.metadata.saveGroup(next);
       return next;
     });
@@ -499,7 +517,7 @@ function describeGroupMessage(plaintext: Uint8Array, record: GroupRecord): Opene
   }
   const kind = body.innerKind === 1 ? ContentKind.Text : ContentKind.Bytes;
   return {
-    content: { kind, timestamp: content.timestamp, body: body.body },
+    content: { kind, timestamp: content.timestamp, body: body.body, ...(content.sequence ? { sequence: content.sequence } : {}) },
     group: { id: groupIdToString(body.groupId), title: record.state.title },
   };
 }

@@ -22,6 +22,7 @@ import {
   syncCopyOf,
   typingOf,
 } from './content.js';
+import { encodeGroupMessageBody } from '../groups/group-wire.js';
 
 const text = (s: string) => new TextEncoder().encode(s);
 
@@ -154,6 +155,16 @@ describe('content encoding', () => {
       return bytes;
     };
 
+    it('round-trips the sequence of a group message (kind 10, numbered in its sender device\'s sequence to the group), hand-built form included', () => {
+      const body = encodeGroupMessageBody({ groupId: new Uint8Array(32).fill(7), innerKind: 1, body: text('to the group') });
+      const decoded = decodeContent(encodeContent({ kind: ContentKind.GroupMessage, timestamp: 3, body, sequence }));
+      expect(decoded).toEqual({ kind: ContentKind.GroupMessage, timestamp: 3, body, sequence });
+      expect(decodeContent(handBuiltV2(ContentKind.GroupMessage, body, 7, 8)).sequence).toEqual({ stream: 7, number: 8 });
+      // A largest group message still fits the largest record's padded length.
+      const largest = encodeGroupMessageBody({ groupId: new Uint8Array(32), innerKind: 2, body: new Uint8Array(MAX_BODY_BYTES) });
+      expect(encodeContent({ kind: ContentKind.GroupMessage, timestamp: 1, body: largest, sequence }).length).toBe(61_600);
+    });
+
     it('accepts the hand-built form of a sequenced text', () => {
       expect(decodeContent(handBuiltV2(ContentKind.Text, text('ok'), 7, 8)).sequence).toEqual({ stream: 7, number: 8 });
     });
@@ -165,6 +176,8 @@ describe('content encoding', () => {
       ['a receipt', handBuiltV2(ContentKind.Receipt, Uint8Array.from([1, 0, 1, ...new Uint8Array(8)]), 7, 8)],
       ['a typing record', handBuiltV2(ContentKind.Typing, Uint8Array.of(1), 7, 8)],
       ['a profile key', handBuiltV2(ContentKind.ProfileKey, new Uint8Array(32), 7, 8)],
+      ['a group update', handBuiltV2(ContentKind.GroupUpdate, new Uint8Array(50), 7, 8)],
+      ['a sender key', handBuiltV2(ContentKind.SenderKeyDistribution, new Uint8Array(40), 7, 8)],
     ])('rejects a version 2 record with %s', (_name, bytes) => {
       expect(() => decodeContent(bytes)).toThrow(ContentFormatError);
     });

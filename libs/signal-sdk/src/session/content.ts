@@ -7,7 +7,7 @@
  *                                  3 = session reset request (a control record, never shown to the app)
  *   offset 2   u64  timestamp      sender's clock, ms since the epoch (<= 2^53 - 1)
  *   version 2 only:
- *   offset 10  u32  stream         the sender's sequence to this recipient account (1..2^32 - 1)
+ *   offset 10  u32  stream         the sender's sequence to this recipient account, or group (1..2^32 - 1)
  *   offset 14  u32  sequence       this message's number in it (1..2^32 - 1)
  *   then (offset h = 10 in version 1, 18 in version 2):
  *   offset h   u32  bodyLength     n
@@ -17,9 +17,10 @@
  *
  * Version 2 (gap detection, `session/message-sequence.ts`) is written for
  * the kinds a user sends and reads, text and bytes, and for their sync
- * copies (kind 4, which carry the original message's stream and number);
- * every other kind is written as version 1, and version 2 of another kind
- * is rejected. A version 1 text, bytes or sync copy (an older sender, or a
+ * copies (kind 4, which carry the original message's stream and number),
+ * and for group messages (kind 10, numbered in the sender device's
+ * sequence to the group, not to an account); every other kind is written as version 1, and version 2 of another kind
+ * is rejected. A version 1 text, bytes, sync copy or group message (an older sender, or a
  * record stored before this version) is accepted and has no sequence.
  *
  * Padding hides the length of short messages from anyone who sees the
@@ -126,8 +127,8 @@ const MAX_RECORD_BODY_BYTES = MAX_BODY_BYTES + SYNC_COPY_MAX_PREFIX_BYTES;
 
 const isContentKind = (kind: number): kind is ContentKind => Number.isInteger(kind) && kind >= ContentKind.Text && kind <= ContentKind.GroupMessage;
 export const isUserContentKind = (kind: number): kind is UserContentKind => kind === ContentKind.Text || kind === ContentKind.Bytes;
-/** The kinds that carry a sequence (content version 2): what a user sends, and its sync copies. */
-export const isSequencedKind = (kind: ContentKind): boolean => isUserContentKind(kind) || kind === ContentKind.SyncCopy;
+/** The kinds that carry a sequence (content version 2): what a user sends, its sync copies, and group messages. */
+export const isSequencedKind = (kind: ContentKind): boolean => isUserContentKind(kind) || kind === ContentKind.SyncCopy || kind === ContentKind.GroupMessage;
 
 export interface MessageContent {
   kind: ContentKind;
@@ -136,7 +137,8 @@ export interface MessageContent {
   body: Uint8Array;
   /**
    * The message's place in its sender's sequence to the recipient account
-   * (only text, bytes and sync copies; absent in a version 1 record).
+   * or group (only text, bytes, sync copies and group messages; absent in a
+   * version 1 record).
    */
   sequence?: MessageSequence;
 }

@@ -3,8 +3,12 @@ import { asDeviceId } from '../ids.js';
 import {
   MAX_MISSING_RANGES,
   MAX_SEQUENCE_NUMBER,
+  MAX_RECENT_GROUP_SENDS,
   countMissing,
+  groupOfSequenceKey,
+  groupSequenceKey,
   nextSequence,
+  numberGroupSend,
   observeSequence,
   type SequenceRange,
   type SequenceTrack,
@@ -163,5 +167,53 @@ describe('sender sequence numbering', () => {
       expect(stream).toBeGreaterThanOrEqual(1);
       expect(stream).toBeLessThanOrEqual(MAX_SEQUENCE_NUMBER);
     }
+  });
+});
+
+describe('group send numbering', () => {
+  const counter = (start: number) => {
+    let next = start;
+    return () => next++;
+  };
+
+  it('numbers each new send id once per group, 1, 2, 3, in one stream per sender key', () => {
+    const streams = counter(100);
+    const first = numberGroupSend(undefined, 'key-1', 'a', streams);
+    expect(first.sequence).toEqual({ stream: 100, number: 1 });
+    const second = numberGroupSend(first.next!, 'key-1', 'b', streams);
+    expect(second.sequence).toEqual({ stream: 100, number: 2 });
+    expect(second.next).toMatchObject({ distributionId: 'key-1', stream: 100, number: 2 });
+  });
+
+  it('gives a retry (a send id numbered before) the position it had, and changes nothing', () => {
+    const streams = counter(100);
+    const a = numberGroupSend(undefined, 'key-1', 'a', streams);
+    const b = numberGroupSend(a.next!, 'key-1', 'b', streams);
+    expect(numberGroupSend(b.next!, 'key-1', 'a', streams)).toEqual({ sequence: { stream: 100, number: 1 }, next: null });
+    expect(numberGroupSend(b.next!, 'key-1', 'c', streams).sequence).toEqual({ stream: 100, number: 3 });
+  });
+
+  it('starts a new stream at 1 with a new sender key (a member was removed), and a retry of an earlier send keeps its old position', () => {
+    const streams = counter(100);
+    const a = numberGroupSend(undefined, 'key-1', 'a', streams);
+    const b = numberGroupSend(a.next!, 'key-2', 'b', streams);
+    expect(b.sequence).toEqual({ stream: 101, number: 1 });
+    expect(numberGroupSend(b.next!, 'key-2', 'a', streams).sequence).toEqual({ stream: 100, number: 1 });
+    expect(numberGroupSend(b.next!, 'key-2', 'c', streams).sequence).toEqual({ stream: 101, number: 2 });
+  });
+
+  it(`remembers the latest ${MAX_RECENT_GROUP_SENDS} send ids only`, () => {
+    let last = numberGroupSend(undefined, 'key-1', 'send-0', counter(100)).next!;
+    for (let i = 1; i <= MAX_RECENT_GROUP_SENDS; i++) last = numberGroupSend(last, 'key-1', `send-${i}`).next!;
+    expect(last.recent).toHaveLength(MAX_RECENT_GROUP_SENDS);
+    expect(last.recent.some((send) => send.id === 'send-0')).toBe(false);
+    expect(numberGroupSend(last, 'key-1', 'send-1').sequence.number).toBe(2);
+    expect(numberGroupSend(last, 'key-1', 'send-0').sequence.number).toBe(MAX_RECENT_GROUP_SENDS + 2);
+  });
+
+  it('keys a group sequence apart from every account: group:<id>, which no username can be', () => {
+    const key = groupSequenceKey('A'.repeat(43));
+    expect(groupOfSequenceKey(key)).toBe('A'.repeat(43));
+    expect(groupOfSequenceKey('alice')).toBeNull();
   });
 });

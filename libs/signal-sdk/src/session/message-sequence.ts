@@ -9,6 +9,18 @@
  * counter starts again (restored from a backup, reinstalled with the same
  * device id, or its store lost) starts a new stream, never a "gap" of
  * numbers it already used.
+ *
+ * Group messages (content kind 10) are numbered the same way, in a sequence
+ * per sending device and group: the conversation key of that sequence is
+ * `group:` and the group id (`groupSequenceKey`), which no username can be.
+ * The number is ours, not libsignal's sender-key iteration: that one
+ * advances on every `groupEncrypt`, also when a device correction makes the
+ * send encrypt again, so it would show gaps nobody made. A group's sequence
+ * starts a new stream with each new sender key of the sending device (a new
+ * distribution id, after a member was removed), so that a member removed
+ * and added again never sees the messages it was not sent as missing; a
+ * retry of a send (the same send id) keeps its number
+ * (`numberGroupSend`).
  */
 
 import { randomInt } from 'node:crypto';
@@ -122,3 +134,52 @@ export function observeSequence(
 
 /** How many numbers `ranges` hold. */
 export const countMissing = (ranges: readonly SequenceRange[]): number => ranges.reduce((sum, range) => sum + (range.to - range.from + 1), 0);
+
+// --- groups --------------------------------------------------------------------
+
+const GROUP_KEY_PREFIX = 'group:';
+
+/** The conversation key of a group's sequences (the `recipient` of their tracks and send positions). */
+export const groupSequenceKey = (groupId: string): string => `${GROUP_KEY_PREFIX}${groupId}`;
+
+/** The group id of a group conversation key, or null for an account's (a username has no `:`). */
+export const groupOfSequenceKey = (key: string): string | null => (key.startsWith(GROUP_KEY_PREFIX) ? key.slice(GROUP_KEY_PREFIX.length) : null);
+
+/** How many recent send ids a group's send position remembers, so that their retries keep their numbers. */
+export const MAX_RECENT_GROUP_SENDS = 32;
+
+/**
+ * This device's position in its sequence to a group (kept in the group's
+ * record): the stream for the sender key `distributionId`, the last number
+ * used, and the latest sends' ids with their positions.
+ */
+export interface GroupSendSequence {
+  distributionId: string;
+  stream: number;
+  number: number;
+  /** Newest last; at most `MAX_RECENT_GROUP_SENDS`. */
+  recent: { id: string; stream: number; number: number }[];
+}
+
+/**
+ * The position of the group send `id` under the sender key
+ * `distributionId`, after `last`: a send id used before (a retry) gets the
+ * position it had; else the next number, in a new stream when there is
+ * none yet or the sender key changed. `next` is what to keep, or null when
+ * nothing changed.
+ */
+export function numberGroupSend(
+  last: GroupSendSequence | undefined,
+  distributionId: string,
+  id: string,
+  newStream: () => number = newSequenceStream,
+): { sequence: MessageSequence; next: GroupSendSequence | null } {
+  const earlier = last?.recent.find((send) => send.id === id);
+  if (earlier) return { sequence: { stream: earlier.stream, number: earlier.number }, next: null };
+  const sequence = nextSequence(last && last.distributionId === distributionId ? last : null, newStream);
+  const recent = [...(last?.recent ?? []), { id, ...sequence }];
+  return {
+    sequence,
+    next: { distributionId, ...sequence, recent: recent.slice(Math.max(0, recent.length - MAX_RECENT_GROUP_SENDS)) },
+  };
+}

@@ -40,7 +40,7 @@ import { receivedMessageKey, sentMessageKey } from '../stores/message-log-keys.j
 import { StoreGate, transactionalStores, type StoreSet } from '../stores/transactional-stores.js';
 import { RecordKind, RecordTable, fromSqliteError, sqlite, type AppRecordKind } from './record-table.js';
 import type { GroupRecord } from '../groups/group-rules.js';
-import type { MessageSequence, SequenceTrack } from '../session/message-sequence.js';
+import type { GroupSendSequence, MessageSequence, SequenceTrack } from '../session/message-sequence.js';
 import { groupIdFromString, groupIdToString, type GroupMember } from '../groups/group-wire.js';
 import {
   DEFAULT_STORE_KDF,
@@ -667,9 +667,11 @@ interface StoredGroupRecord {
   admins: string[];
   distributionId: string;
   sharedWith: string[];
+  /** Absent before this device's first group message (and in records written before gap detection). */
+  sendSequence?: GroupSendSequence;
 }
 
-const encodeGroupRecord = ({ state, distributionId, sharedWith }: GroupRecord): Buffer =>
+const encodeGroupRecord = ({ state, distributionId, sharedWith, sendSequence }: GroupRecord): Buffer =>
   json({
     id: groupIdToString(state.id),
     title: state.title,
@@ -678,7 +680,15 @@ const encodeGroupRecord = ({ state, distributionId, sharedWith }: GroupRecord): 
     admins: [...state.admins],
     distributionId,
     sharedWith: [...sharedWith],
+    ...(sendSequence ? { sendSequence: copyGroupSendSequence(sendSequence) } : {}),
   } satisfies StoredGroupRecord);
+
+const copyGroupSendSequence = ({ distributionId, stream, number, recent }: GroupSendSequence): GroupSendSequence => ({
+  distributionId,
+  stream,
+  number,
+  recent: recent.map((send) => ({ id: send.id, stream: send.stream, number: send.number })),
+});
 
 function decodeGroupRecord(payload: Buffer): GroupRecord {
   const stored = parseJson<StoredGroupRecord>(payload);
@@ -686,6 +696,7 @@ function decodeGroupRecord(payload: Buffer): GroupRecord {
     state: { id: groupIdFromString(stored.id), title: stored.title, revision: stored.revision, members: stored.members, admins: stored.admins },
     distributionId: stored.distributionId,
     sharedWith: stored.sharedWith,
+    ...(stored.sendSequence ? { sendSequence: copyGroupSendSequence(stored.sendSequence) } : {}),
   };
 }
 
@@ -988,6 +999,12 @@ class SqliteMetadataStore extends SecureChatMetadataStore {
       .list(RecordKind.Metadata)
       .filter(({ id }) => id.startsWith(SEQUENCE_TRACK_PREFIX))
       .map(({ payload }) => parseSequenceTrack(payload));
+  }
+
+  async deleteSequenceTracks(recipient: string): Promise<void> {
+    for (const { id, payload } of this.records.list(RecordKind.Metadata)) {
+      if (id.startsWith(SEQUENCE_TRACK_PREFIX) && parseSequenceTrack(payload).recipient === recipient) this.records.delete(RecordKind.Metadata, id);
+    }
   }
 
   private sentIndex(recipient: string): SentIndexEntry[] {

@@ -669,6 +669,10 @@ export class MemoryMetadataStore extends SecureChatMetadataStore implements Snap
   async getSequenceTracks(): Promise<SequenceTrack[]> {
     return [...this.sequenceTracks.values()].map((track) => structuredClone(track));
   }
+
+  async deleteSequenceTracks(recipient: string): Promise<void> {
+    for (const [key, track] of [...this.sequenceTracks.entries()]) if (track.recipient === recipient) this.sequenceTracks.delete(key);
+  }
 }
 
 /** Usernames cannot hold a space, so the key names one track. */

@@ -316,7 +316,8 @@ export abstract class SecureChatMetadataStore {
 
   // Gap detection (docs/architecture.md, "Gap detection"): the position this
   // install last used in its sequence to each recipient account, and per
-  // sender device and recipient account the sequence it receives. Not
+  // sender device and recipient account the sequence it receives; the
+  // `recipient` of a group's is `group:<group id>` (`groupSequenceKey`). Not
   // bounded by count: one entry per peer (per peer device), like sessions;
   // each track's missing ranges are bounded (`MAX_MISSING_RANGES`).
   /** The stream and number of the last message this install numbered for `recipient`, or null before the first. */
@@ -329,6 +330,8 @@ export abstract class SecureChatMetadataStore {
   abstract saveSequenceTrack(track: SequenceTrack): Promise<void>;
   /** Every track, in any order, as copies. */
   abstract getSequenceTracks(): Promise<SequenceTrack[]>;
+  /** Deletes every track whose `recipient` is `recipient` (a group's, when this account joins it again). */
+  abstract deleteSequenceTracks(recipient: string): Promise<void>;
 }
 
 /** A send waiting in the outbox. */

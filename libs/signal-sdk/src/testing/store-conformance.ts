@@ -899,6 +899,26 @@ export function describeStoreConformance(
         await expect(stores.metadata.getSequenceTrack('bob', asDeviceId(1), 'alice')).resolves.toEqual(replaced);
       });
 
+      it("deletes every track of one recipient (a group's key), and only those, also rolled back with a failed transaction", async () => {
+        const group = 'group:' + 'G'.repeat(43);
+        const kept = [track('bob', 1, 'alice', 2), track('bob', 1, 'group:' + 'H'.repeat(43), 5)];
+        const gone = [track('bob', 1, group, 3), track('bob', 2, group, 4), track('carol', 1, group, 1)];
+        for (const t of [...kept, ...gone]) await stores.metadata.saveSequenceTrack(t);
+        const failure = new Error('fails after deleting');
+        await expect(
+          stores.transaction!(async (tx) => {
+            await tx.metadata.deleteSequenceTracks(group);
+            throw failure;
+          }),
+        ).rejects.toBe(failure);
+        await expect(stores.metadata.getSequenceTracks()).resolves.toHaveLength(5);
+        await expect(stores.metadata.deleteSequenceTracks(group)).resolves.toBeUndefined();
+        const key = (t: SequenceTrack) => `${t.sender} ${t.senderDevice} ${t.recipient}`;
+        expect((await stores.metadata.getSequenceTracks()).sort((a, b) => key(a).localeCompare(key(b)))).toEqual(kept);
+        await expect(stores.metadata.getSequenceTrack('bob', asDeviceId(1), group)).resolves.toBeNull();
+        await expect(stores.metadata.deleteSequenceTracks('nobody')).resolves.toBeUndefined();
+      });
+
       it('rolls sequence positions and tracks back with a failed transaction', async () => {
         await stores.metadata.saveSendSequence('bob', { stream: 5, number: 1 });
         await stores.metadata.saveSequenceTrack(track('bob', 1, 'alice', 3));
@@ -1061,6 +1081,7 @@ export function describeStoreConformance(
           },
           distributionId: randomUUID(),
           sharedWith: ['alice.2'],
+          sendSequence: { distributionId: randomUUID(), stream: 77, number: 4, recent: [{ id: 'send-a', stream: 70, number: 12 }, { id: 'send-b', stream: 77, number: 4 }] },
         };
         await stores.metadata.saveGroup(group);
         await reopen();
