@@ -32,6 +32,9 @@ import { startCompromisedRelay, type CompromisedRelay } from './support/compromi
 import { bytesSecret, SecretScanner, textSecret, type DumpTable, type Finding, type Secret } from './support/compromise-scan.js';
 import { RecordingTransport, recordingStores, SecretLedger } from './support/compromise-secrets.js';
 
+/** How long a step waits for what it waits on (generous: CI machines are shared; no timing is asserted). */
+const WAIT_MS = 30_000;
+
 /** 1 MiB of scrypt instead of the SDK's 128 MiB default: the same format, cheaper to make. */
 const TEST_KDF: BackupKdfParams = { logN: 10, r: 8, p: 1 };
 
@@ -107,7 +110,7 @@ describe('adversarial: server compromise', () => {
 
   /** Waits until `device`'s app was handed a message with this text; returns it. */
   async function received(device: Install, text: string): Promise<IncomingMessage> {
-    await until(() => device.inbox.received.some((m) => m.text === text), `${device.name} receiving "${labelOf.get(text)}"`);
+    await until(() => device.inbox.received.some((m) => m.text === text), `${device.name} receiving "${labelOf.get(text)}"`, WAIT_MS);
     return device.inbox.received.find((m) => m.text === text)!;
   }
 
@@ -156,24 +159,24 @@ describe('adversarial: server compromise', () => {
     const atAlice = await received(a1, sealedToAlice);
     await received(a2, sealedToAlice);
     await bob.client.sendTyping(usernames.alice, true);
-    await until(() => a1.typing.some((t) => t.sender === usernames.bob && t.typing), 'alice seeing bob type');
+    await until(() => a1.typing.some((t) => t.sender === usernames.bob && t.typing), 'alice seeing bob type', WAIT_MS);
     await a1.client.sendReadReceipt(usernames.bob, [atAlice.timestamp]);
-    await until(() => bob.receipts.some((r) => r.type === 'read' && r.timestamps.includes(sentSealed.timestamp)), 'bob getting the read receipt');
+    await until(() => bob.receipts.some((r) => r.type === 'read' && r.timestamps.includes(sentSealed.timestamp)), 'bob getting the read receipt', WAIT_MS);
 
     // --- a group: created, everyone sends, dave removed ------------------------------------------
     const title = secretText('message', 'group title');
     const group = await a1.client.createGroup(title, [usernames.bob, usernames.carol, usernames.dave]);
     ledger.bytes('message', 'group id', Buffer.from(group.id, 'base64url'));
     ledger.text('message', 'group id (base64url)', group.id);
-    for (const member of [a2, bob, carol, dave]) await until(() => member.groupUpdates.some((u) => u.group.id === group.id), `${member.name} learning the group`);
+    for (const member of [a2, bob, carol, dave]) await until(() => member.groupUpdates.some((u) => u.group.id === group.id), `${member.name} learning the group`, WAIT_MS);
     for (const sender of [a1, bob, carol, dave]) {
       const text = secretText('message', `group message from ${sender.name}`);
       await sender.client.sendGroupMessage(group.id, text);
       for (const member of [a1, a2, bob, carol, dave]) if (member !== sender) await received(member, text);
     }
     await a1.client.removeGroupMember(group.id, usernames.dave);
-    for (const member of [a2, bob, carol]) await until(() => member.groupUpdates.some((u) => u.removed.includes(usernames.dave)), `${member.name} learning dave left`);
-    await until(() => dave.groupUpdates.some((u) => u.removedSelf), 'dave learning he was removed');
+    for (const member of [a2, bob, carol]) await until(() => member.groupUpdates.some((u) => u.removed.includes(usernames.dave)), `${member.name} learning dave left`, WAIT_MS);
+    await until(() => dave.groupUpdates.some((u) => u.removedSelf), 'dave learning he was removed', WAIT_MS);
     const afterRemoval = secretText('message', 'group message after the removal');
     await bob.client.sendGroupMessage(group.id, afterRemoval);
     for (const member of [a1, a2, carol]) await received(member, afterRemoval);
@@ -198,7 +201,7 @@ describe('adversarial: server compromise', () => {
     // --- carol changes her password (every socket of hers is closed; she reconnects) -----------
     const carolNewPassword = secretText('credential', 'carol new password');
     await carol.client.changePassword(passwords.carol, carolNewPassword);
-    await until(() => carol.client.connectionState === ConnectionState.Connected, 'carol reconnecting after the password change');
+    await until(() => carol.client.connectionState === ConnectionState.Connected, 'carol reconnecting after the password change', WAIT_MS);
     const carolAfterChange = secretText('message', 'carol to bob after her password change');
     await carol.client.send(usernames.bob, carolAfterChange);
     await received(bob, carolAfterChange);
