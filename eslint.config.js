@@ -46,13 +46,14 @@ export default [
     rules: { '@typescript-eslint/no-non-null-assertion': 'off' },
   },
   {
-    // The relay's end-to-end tests drive real SDK clients against it.
+    // The relay's end-to-end tests drive real SDK clients against it, and start
+    // the built relay as a process through the shared harness.
     files: ['apps/relay/test/**/*.ts'],
     rules: {
       '@nx/enforce-module-boundaries': [
         'error',
         {
-          depConstraints: [{ sourceTag: 'scope:relay', onlyDependOnLibsWithTags: ['scope:shared', 'scope:sdk'] }],
+          depConstraints: [{ sourceTag: 'scope:relay', onlyDependOnLibsWithTags: ['scope:shared', 'scope:sdk', 'scope:testing'] }],
         },
       ],
     },

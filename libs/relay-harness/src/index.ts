@@ -1,4 +1,5 @@
 export {
+  type DataFile,
   type DatabaseTable,
   freeLoopbackPort,
   inheritedEnv,

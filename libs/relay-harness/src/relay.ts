@@ -4,13 +4,14 @@
 // the relay's embedded PGlite in a temporary DATA_DIR. It can be stopped and
 // started again on the same port and database (a relay restart as clients see
 // it), and it keeps everything the relay printed and can dump everything it
-// stored, so that a test can show neither holds a message's plaintext.
+// stored (every table, every file of its data directory; with Redis, the key
+// prefix to read there), so that a test can show none holds a message's plaintext.
 import { type ChildProcess, spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
-import { dirname, join, resolve } from 'node:path';
+import { dirname, join, relative, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { PGlite } from '@electric-sql/pglite';
 import pg from 'pg';
@@ -63,6 +64,19 @@ export interface RelayOptions {
   readyPollMs?: number;
   /** The embedded database even when DATABASE_URL is set. */
   embedded?: boolean;
+  /**
+   * Keep the run's REDIS_URL, when it has one (by default the relay runs
+   * without Redis): rate-limit counters and live deliveries then go through
+   * Redis, as deployed, under this relay's own key prefix (`redisKeyPrefix`).
+   */
+  redis?: boolean;
+}
+
+/** One file of the relay's data directory. */
+export interface DataFile {
+  /** Relative to the data directory: `sealed-sender-keys.json`, `pglite/base/…`. */
+  path: string;
+  bytes: Buffer;
 }
 
 /** One table of the relay's database, every value as text (bytea also as hex and as escaped text). */
@@ -77,6 +91,10 @@ export interface TestRelayProcess {
   readonly url: string;
   /** Where the relay keeps its data: its scratch Postgres database, or PGlite under DATA_DIR. */
   readonly database: 'postgres' | 'embedded';
+  /** The Redis the relay uses (the run's REDIS_URL, with `redis: true`), else undefined. */
+  readonly redisUrl: string | undefined;
+  /** The relay's RATE_LIMIT_KEY_PREFIX: its keys in Redis start with it. */
+  readonly redisKeyPrefix: string;
   /** The running relay's process id (for /proc/<pid>/status), undefined while it is stopped. */
   readonly pid: number | undefined;
   /** The last start(): milliseconds from spawning the process to its first ready answer. */
@@ -93,6 +111,12 @@ export interface TestRelayProcess {
   databaseTables(): Promise<DatabaseTable[]>;
   /** `databaseTables()` as one text to search. */
   databaseText(): Promise<string>;
+  /**
+   * Every file under the relay's DATA_DIR, read while the relay is stopped:
+   * the development sealed-sender keys and, with the embedded database, its
+   * own files (pages, dead rows and write-ahead log included).
+   */
+  dataFiles(): Promise<DataFile[]>;
   /** Stops the relay and removes its database and data directory. */
   close(): Promise<void>;
 }
@@ -109,6 +133,7 @@ export async function startRelay(options: RelayOptions = {}): Promise<TestRelayP
     cleanups.push(() => rm(dataDir, { recursive: true, force: true }));
     const serverUrl = options.embedded ? undefined : process.env.DATABASE_URL;
     const databaseUrl = serverUrl ? await createScratchDatabase(serverUrl, cleanups) : undefined;
+    const redisUrl = (options.redis && process.env.REDIS_URL) || undefined;
     const port = await freeLoopbackPort();
     const url = `http://127.0.0.1:${port}`;
     const env: Record<string, string> = {
@@ -120,6 +145,7 @@ export async function startRelay(options: RelayOptions = {}): Promise<TestRelayP
       JWT_SECRET: randomBytes(32).toString('base64url'),
       RATE_LIMIT_KEY_PREFIX: `relay-harness-${randomBytes(6).toString('hex')}`,
       ...(databaseUrl && { DATABASE_URL: databaseUrl }),
+      ...(redisUrl && { REDIS_URL: redisUrl }),
       ...options.env,
     };
     const output: string[] = [];
@@ -171,10 +197,19 @@ export async function startRelay(options: RelayOptions = {}): Promise<TestRelayP
       }
     };
 
+    const dataFiles = async () => {
+      if (child) throw new Error('stop the relay before reading its data directory');
+      const entries = await readdir(dataDir, { recursive: true, withFileTypes: true });
+      const paths = entries.filter((entry) => entry.isFile()).map((entry) => join(entry.parentPath, entry.name));
+      return Promise.all(paths.map(async (path) => ({ path: relative(dataDir, path), bytes: await readFile(path) })));
+    };
+
     await start();
     return {
       url,
       database: databaseUrl ? 'postgres' : 'embedded',
+      redisUrl: env['REDIS_URL'],
+      redisKeyPrefix: env['RATE_LIMIT_KEY_PREFIX'] ?? '',
       get pid() {
         return child?.process.pid;
       },
@@ -190,6 +225,7 @@ export async function startRelay(options: RelayOptions = {}): Promise<TestRelayP
         (await databaseTables())
           .map((table) => [`-- ${table.name} (${table.columns.join(', ')})`, ...table.rows.map((row) => row.join(' | '))].join('\n'))
           .join('\n'),
+      dataFiles,
       close: cleanUp,
     };
   } catch (error) {
