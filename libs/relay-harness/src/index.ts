@@ -4,6 +4,7 @@ export {
   freeLoopbackPort,
   inheritedEnv,
   RELAY_MAIN,
+  type RelayExit,
   type RelayOptions,
   residentSetKiB,
   type SpawnedServer,

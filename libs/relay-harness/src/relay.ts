@@ -65,6 +65,12 @@ export interface RelayOptions {
   /** The embedded database even when DATABASE_URL is set. */
   embedded?: boolean;
   /**
+   * A Postgres database the caller owns, used as it is (the relay migrates
+   * it) and left in place by `close()`: several relays on one database, as
+   * instances of one deployment, or a database reached through a proxy.
+   */
+  databaseUrl?: string;
+  /**
    * Keep the run's REDIS_URL, when it has one (by default the relay runs
    * without Redis): rate-limit counters and live deliveries then go through
    * Redis, as deployed, under this relay's own key prefix (`redisKeyPrefix`).
@@ -86,6 +92,9 @@ export interface DatabaseTable {
   rows: string[][];
 }
 
+/** How the relay process ended: its exit code, the signal that ended it, or undefined when it was not running. */
+export type RelayExit = number | string | null | undefined;
+
 export interface TestRelayProcess {
   /** http://127.0.0.1:<port>, the same across restarts. */
   readonly url: string;
@@ -101,10 +110,10 @@ export interface TestRelayProcess {
   readonly readyAfterMs: number;
   /** Starts the relay (again) on the same port and database; resolves when it is ready. */
   start(): Promise<void>;
-  /** SIGTERM, as an orchestrator stops it; resolves when it exited. */
-  stop(): Promise<void>;
-  /** SIGKILL, a crash; resolves when it exited. */
-  kill(): Promise<void>;
+  /** SIGTERM, as an orchestrator stops it; resolves when it exited, with its exit code (or signal; undefined if it was not running). */
+  stop(): Promise<RelayExit>;
+  /** SIGKILL, a crash; resolves when it exited, as `stop()`. */
+  kill(): Promise<RelayExit>;
   /** Everything the relay wrote to stdout and stderr, across every start. */
   logs(): string;
   /** Every row of every table. The embedded database is read only while the relay is stopped. */
@@ -132,7 +141,7 @@ export async function startRelay(options: RelayOptions = {}): Promise<TestRelayP
     const dataDir = await mkdtemp(join(tmpdir(), 'relay-harness-'));
     cleanups.push(() => rm(dataDir, { recursive: true, force: true }));
     const serverUrl = options.embedded ? undefined : process.env.DATABASE_URL;
-    const databaseUrl = serverUrl ? await createScratchDatabase(serverUrl, cleanups) : undefined;
+    const databaseUrl = options.databaseUrl ?? (serverUrl ? await createScratchDatabase(serverUrl, cleanups) : undefined);
     const redisUrl = (options.redis && process.env.REDIS_URL) || undefined;
     const port = await freeLoopbackPort();
     const url = `http://127.0.0.1:${port}`;
@@ -169,13 +178,13 @@ export async function startRelay(options: RelayOptions = {}): Promise<TestRelayP
         if (child === relay) child = null;
       });
     };
-    const sendSignal = async (name: NodeJS.Signals) => {
+    const sendSignal = async (name: NodeJS.Signals): Promise<RelayExit> => {
       const running = child;
-      if (!running) return;
+      if (!running) return undefined;
       running.process.kill(name);
-      await running.exited;
+      return running.exited;
     };
-    cleanups.push(() => sendSignal('SIGKILL'));
+    cleanups.push(async () => void (await sendSignal('SIGKILL')));
 
     const databaseTables = async () => {
       if (databaseUrl) {

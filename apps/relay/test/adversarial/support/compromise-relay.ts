@@ -87,7 +87,7 @@ export async function startCompromisedRelay(): Promise<CompromisedRelay> {
     url: relay.url,
     database: relay.database,
     redis: redisUrl !== undefined,
-    stop: () => relay.stop(),
+    stop: async () => void (await relay.stop()),
     logs: () => relay.logs(),
     dataFiles: () => relay.dataFiles(),
     async databaseTables() {
