@@ -149,6 +149,18 @@ async function postAs(from: Party, to: Party, type: EnvelopeType, ciphertext: Ui
 }
 
 /** Sends `ciphertext` to `to` through the relay's sealed endpoint, with the access key `from` holds for `to`. */
+/** alice and bob in a group of their own (sealed sends), one group message read by bob, who is then offline. */
+async function groupWithBobOffline(title: string): Promise<{ alice: Party; bob: Party; group: Awaited<ReturnType<SecureChatClient['createGroup']>> }> {
+  const { alice, bob } = await talking({ sealed: true });
+  const group = await alice.client.createGroup(title, [bob.username]);
+  await until(async () => (await bob.client.groups()).some((g) => g.id === group.id), 'bob to know the group');
+  await alice.client.sendGroupMessage(group.id, 'group hello');
+  await until(() => texts(bob).includes('group hello'));
+  await drained(bob);
+  await bob.client.close();
+  return { alice, bob, group };
+}
+
 async function postSealed(from: Party, to: Party, ciphertext: Uint8Array): Promise<void> {
   const profileKey = await from.stores.metadata.getPeerProfileKey(to.username);
   if (!profileKey) throw new Error(`${from.username} holds no profile key of ${to.username}`);
@@ -257,13 +269,7 @@ describe('adversarial: replay', () => {
   });
 
   it('the relay requeues an acked group (sender-key) message under a new id: libsignal refuses the old iteration, the SDK acks it silently (as a replayed 1:1 message), it is not shown twice', async () => {
-    const { alice, bob } = await talking({ sealed: true });
-    const group = await alice.client.createGroup('replayed', [bob.username]);
-    await until(async () => (await bob.client.groups()).some((g) => g.id === group.id), 'bob to know the group');
-    await alice.client.sendGroupMessage(group.id, 'group hello');
-    await until(() => texts(bob).includes('group hello'));
-    await drained(bob);
-    await bob.client.close();
+    const { alice, bob, group } = await groupWithBobOffline('replayed');
     await alice.client.sendGroupMessage(group.id, 'group once');
     const row = await onlyQueued(fixture.relay, bob.username);
     await bob.client.connect();
@@ -447,13 +453,7 @@ describe('adversarial: tampering', () => {
   });
 
   it('the relay flips a bit in, truncates or extends a group (sender-key) message: refused (DecryptionFailed), unless the change missed the bytes libsignal authenticates (low bits of the version byte): then shown once, as sent, and every later such copy acked silently as a duplicate; the group goes on', async () => {
-    const { alice, bob } = await talking({ sealed: true });
-    const group = await alice.client.createGroup('tampered', [bob.username]);
-    await until(async () => (await bob.client.groups()).some((g) => g.id === group.id), 'bob to know the group');
-    await alice.client.sendGroupMessage(group.id, 'group hello');
-    await until(() => texts(bob).includes('group hello'));
-    await drained(bob);
-    await bob.client.close();
+    const { alice, bob, group } = await groupWithBobOffline('tampered');
     await alice.client.sendGroupMessage(group.id, 'genuine group');
     const genuine = await withhold(fixture.relay, bob.username);
     expect(genuine.type).toBe(EnvelopeType.Sealed);
